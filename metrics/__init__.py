@@ -1,0 +1,1 @@
+"""Built-in metrics, each module a plugin declared in ``pyproject.toml``."""

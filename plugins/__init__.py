@@ -1,0 +1,1 @@
+"""Built-in attribution methods, each module a plugin declared in ``pyproject.toml``."""

@@ -1,0 +1,71 @@
+"""xai-toolbox: explanations for image classifiers on PyTorch and TensorFlow/Keras.
+
+Every method and metric is a plugin; the built-ins are found the same way as third-party ones.
+
+Example:
+    >>> import xai_toolbox as xt
+    >>> xt.list_methods()
+    ['gradcam', 'gradcampp', ...]
+    >>> maps = xt.explain(model, images, labels, method="gradcam")      # (N, H, W)
+    >>> xt.metric("deletion", model)(images, labels, maps).mean
+
+Method and metric classes are also attributes of the package (``xt.Saliency``,
+``xt.GradCAM``, ``xt.Deletion``, ...), resolved through the registry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _compat
+
+_compat.apply()
+
+from .api import explain, list_methods, list_metrics, method, metric  # noqa: E402
+from .backends import ModelAdapter, adapt  # noqa: E402
+from .backends.numpy import NumpyModel  # noqa: E402
+from .base import AttributionMethod, Metric, MetricResult  # noqa: E402
+from .errors import *  # noqa: E402,F403
+from .errors import __all__ as _error_names  # noqa: E402
+from .registry import hookimpl, reload_plugins  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttributionMethod",
+    "Metric",
+    "MetricResult",
+    "ModelAdapter",
+    "NumpyModel",
+    "adapt",
+    "explain",
+    "hookimpl",
+    "list_methods",
+    "list_metrics",
+    "method",
+    "metric",
+    "reload_plugins",
+    *_error_names,
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Method/metric classes come from plugins, so they are looked up lazily by class name.
+    if name[:1].isupper():
+        from .api import find_class
+
+        cls = find_class(name)
+        if cls is not None:
+            return cls
+    if name in ("evaluate", "plot"):
+        import importlib
+
+        module = importlib.import_module(f".{'evaluation' if name == 'evaluate' else name}", __name__)
+        return getattr(module, name) if name == "evaluate" else module
+    raise AttributeError(f"module 'xai_toolbox' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    from .api import class_names
+
+    return sorted({*globals(), *__all__, *class_names()})

@@ -1,0 +1,118 @@
+"""Streaming many model inputs through the model in chunks of ``batch_size``.
+
+A perturbation method asks for ``n_per_item`` model inputs for each of ``n_items`` images.
+We enumerate the ``n_items * n_per_item`` (image, sample) pairs in order and cut them into
+chunks of ``batch_size`` regardless of image boundaries, so every forward pass is full and
+peak memory depends on ``batch_size`` only.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import eagerpy as ep
+import numpy as np
+
+from .backends import ModelAdapter
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A contiguous range ``[start, stop)`` of (item, sample) pairs."""
+
+    start: int
+    stop: int
+    n_per_item: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def items(self) -> np.ndarray:
+        """Item (image) index of each pair."""
+        return np.arange(self.start, self.stop) // self.n_per_item
+
+    @property
+    def samples(self) -> np.ndarray:
+        """Sample index (within its item) of each pair."""
+        return np.arange(self.start, self.stop) % self.n_per_item
+
+    def runs(self) -> Iterator[tuple[int, int, int]]:
+        """``(item, lo, hi)``: the positions ``[lo, hi)`` of this chunk that belong to ``item``."""
+        pos = self.start
+        while pos < self.stop:
+            item = pos // self.n_per_item
+            end = min(self.stop, (item + 1) * self.n_per_item)
+            yield item, pos - self.start, end - self.start
+            pos = end
+
+
+def chunks(n_items: int, n_per_item: int, batch_size: int) -> list[Chunk]:
+    total = n_items * n_per_item
+    return [
+        Chunk(start, min(start + batch_size, total), n_per_item)
+        for start in range(0, total, batch_size)
+    ]
+
+
+class ItemSums:
+    """Per-item sums of per-pair values, accumulated chunk by chunk on the device."""
+
+    def __init__(self, n_items: int) -> None:
+        self._sums: list[ep.Tensor | None] = [None] * n_items
+
+    def add(self, chunk: Chunk, values: ep.Tensor) -> None:
+        for item, lo, hi in chunk.runs():
+            part = values[lo:hi].sum(axis=0)
+            current = self._sums[item]
+            self._sums[item] = part if current is None else current + part
+
+    def result(self) -> ep.Tensor:
+        missing = [i for i, s in enumerate(self._sums) if s is None]
+        if missing:
+            raise RuntimeError(f"no values were added for items {missing}")
+        return ep.stack(self._sums, axis=0)  # type: ignore[arg-type]
+
+
+def take_rows(x: ep.Tensor, items: np.ndarray) -> ep.Tensor:
+    """``x[items]`` with a NumPy index (repeats allowed), gathered on ``x``'s device."""
+    if len(items) and np.all(np.diff(items) == 1):
+        return x[int(items[0]) : int(items[-1]) + 1]
+    return x[ep.from_numpy(x, items.astype(np.int64))]
+
+
+def batched_forward(adapter: ModelAdapter, x: ep.Tensor, batch_size: int) -> ep.Tensor:
+    """Model outputs for all of ``x``, ``batch_size`` inputs per forward pass."""
+    if x.shape[0] <= batch_size:
+        return adapter.forward(x)
+    parts = [adapter.forward(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    return ep.concatenate(parts, axis=0)
+
+
+def progress(iterable: Iterable[T], *, enabled: bool | None, total: int, desc: str) -> Iterable[T]:
+    """Wrap ``iterable`` in a tqdm bar. ``enabled=None``: only on an interactive terminal."""
+    if enabled is None:
+        enabled = sys.stderr.isatty() and not os.environ.get("CI") and total > 1
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False)
+
+
+def to_numpy(t: Any) -> np.ndarray:
+    """A tensor (EagerPy or native) as a NumPy array (a host copy)."""
+    if isinstance(t, ep.Tensor):
+        return t.numpy()
+    if hasattr(t, "detach"):
+        return t.detach().cpu().numpy()
+    if hasattr(t, "numpy"):
+        return np.asarray(t.numpy())
+    return np.asarray(t)

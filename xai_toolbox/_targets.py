@@ -1,0 +1,182 @@
+"""Which score is explained: class indices, one-hot/score weights, top-1, or a ``score_fn``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import eagerpy as ep
+import numpy as np
+
+from ._streaming import batched_forward
+from ._validation import dtype_name, is_floating
+from .backends import ModelAdapter
+from .errors import ScoreFunctionError, TargetError
+
+ScoreFn = Callable[[Any, Any], Any]
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Resolved targets for a batch of ``n`` inputs.
+
+    Exactly one representation is used: ``weights`` ``(n, K)`` for the built-in score
+    ``sum(outputs * weights, axis=1)``, or ``raw`` (the user's targets, native, possibly
+    ``None``) passed to ``score_fn``. ``labels`` holds class indices where they are known.
+    """
+
+    n: int
+    weights: ep.Tensor | None = None
+    labels: np.ndarray | None = None
+    raw: Any = None
+    score_fn: ScoreFn | None = None
+
+    def take(self, items: np.ndarray | slice) -> Targets:
+        """The targets of a subset (a slice or item indices, repeats allowed)."""
+        labels = None if self.labels is None else self.labels[items]
+        n = len(labels) if labels is not None else len(np.arange(self.n)[items])
+        weights = None if self.weights is None else _take(self.weights, items)
+        raw = self.raw
+        if raw is not None and self.score_fn is not None:
+            raw = _take_native(raw, items)
+        return Targets(n, weights, labels, raw, self.score_fn)
+
+    def score(self, outputs: ep.Tensor) -> ep.Tensor:
+        """One score per row of ``outputs``."""
+        if self.score_fn is None:
+            assert self.weights is not None
+            if outputs.ndim != 2:
+                raise ScoreFunctionError(
+                    f"the model returned outputs of shape {outputs.shape}; the default score needs "
+                    "(N, K) outputs — pass score_fn=... for other outputs"
+                )
+            return (outputs * self.weights).sum(axis=1)
+        value = self.score_fn(outputs.raw, self.raw)
+        if not hasattr(value, "shape"):
+            raise ScoreFunctionError(
+                f"score_fn must return a tensor of shape ({outputs.shape[0]},), got {type(value).__name__}"
+            )
+        scores = ep.astensor(value)
+        if tuple(scores.shape) != (outputs.shape[0],):
+            raise ScoreFunctionError(
+                f"score_fn must return one score per input, shape ({outputs.shape[0]},); "
+                f"it returned shape {tuple(scores.shape)}"
+            )
+        return scores.astype(outputs.dtype) if scores.dtype != outputs.dtype else scores
+
+
+def _take(t: ep.Tensor, items: np.ndarray | slice) -> ep.Tensor:
+    if isinstance(items, slice):
+        return t[items]
+    return t[ep.from_numpy(t, np.asarray(items, dtype=np.int64))]
+
+
+def _take_native(raw: Any, items: np.ndarray | slice) -> Any:
+    if isinstance(items, slice):
+        return raw[items]
+    if isinstance(raw, np.ndarray):
+        return raw[items]
+    return _take(ep.astensor(raw), items).raw
+
+
+def _to_numpy(targets: Any) -> np.ndarray:
+    if hasattr(targets, "detach"):
+        return targets.detach().cpu().numpy()
+    if hasattr(targets, "numpy") and not isinstance(targets, np.ndarray):
+        return np.asarray(targets.numpy())
+    return np.asarray(targets)
+
+
+def resolve_targets(
+    adapter: ModelAdapter,
+    x: ep.Tensor,
+    targets: Any,
+    score_fn: ScoreFn | None,
+    batch_size: int,
+) -> Targets:
+    """Validate ``targets`` against the batch ``x`` and turn them into :class:`Targets`.
+
+    Accepts ``None`` (the model's top-1 class), an int (same class for every input), integer
+    indices ``(N,)``, or one-hot / score weights ``(N, K)``. With ``score_fn`` the targets are
+    passed to it unchanged (``None`` stays ``None``), after a length check.
+    """
+    n = x.shape[0]
+    if score_fn is not None:
+        if not callable(score_fn):
+            raise ScoreFunctionError(f"score_fn must be callable, got {type(score_fn).__name__}")
+        if targets is not None:
+            native = adapter.to_model(targets) if not adapter.is_native(targets) else targets
+            if hasattr(native, "shape") and len(native.shape) >= 1 and native.shape[0] != n:
+                raise TargetError(f"got {native.shape[0]} targets for {n} inputs; pass one per input")
+            targets = native.raw if isinstance(native, ep.Tensor) else native
+        return Targets(n, raw=targets, score_fn=score_fn)
+
+    if targets is None:
+        outputs = batched_forward(adapter, x, batch_size)
+        if outputs.ndim != 2:
+            raise ScoreFunctionError(
+                f"the model returned outputs of shape {outputs.shape}; top-1 targets need (N, K) "
+                "outputs — pass targets and score_fn=... for other outputs"
+            )
+        labels = outputs.argmax(axis=1).numpy().astype(np.int64)
+        return _from_labels(adapter, x, labels, outputs.shape[1])
+
+    array = _to_numpy(targets)
+    if array.ndim == 0:
+        array = np.full(n, array.item())
+    if array.ndim == 1:
+        if not np.issubdtype(array.dtype, np.integer):
+            if not (is_floating(array) and np.all(np.isfinite(array)) and np.all(array == np.round(array))):
+                raise TargetError(
+                    f"targets of shape ({len(array)},) must be integer class indices, got dtype "
+                    f"{dtype_name(targets)} with non-integer values; for score weights pass shape (N, K)"
+                )
+        array = array.astype(np.int64)
+        if len(array) != n:
+            raise TargetError(f"got {len(array)} targets for {n} inputs; pass one per input (or an int)")
+        width = _output_width(adapter, x)
+        bad = (array < 0) | (array >= width)
+        if bad.any():
+            raise TargetError(
+                f"target index {int(array[bad][0])} is out of range for a model with {width} "
+                f"outputs; valid indices are 0..{width - 1}"
+            )
+        return _from_labels(adapter, x, array, width)
+    if array.ndim == 2:
+        if array.shape[0] != n:
+            raise TargetError(f"got {array.shape[0]} target rows for {n} inputs; pass one per input")
+        width = _output_width(adapter, x)
+        if array.shape[1] != width:
+            raise TargetError(
+                f"one-hot/weight targets must have one column per model output: expected shape "
+                f"({n}, {width}), got {array.shape}"
+            )
+        if not np.all(np.isfinite(array.astype(np.float64))):
+            raise TargetError("target weights contain NaN or infinite values")
+        weights = ep.from_numpy(x, array.astype(np.float32))
+        is_onehot = np.all((array == 0) | (array == 1)) and np.all(array.sum(axis=1) == 1)
+        labels = array.argmax(axis=1).astype(np.int64) if is_onehot else None
+        return Targets(n, weights=weights, labels=labels)
+    raise TargetError(
+        f"targets must be None, an int, indices (N,) or weights (N, K); got shape {array.shape}"
+    )
+
+
+def _from_labels(adapter: ModelAdapter, x: ep.Tensor, labels: np.ndarray, width: int) -> Targets:
+    onehot = np.zeros((len(labels), width), dtype=np.float32)
+    onehot[np.arange(len(labels)), labels] = 1.0
+    return Targets(len(labels), weights=ep.from_numpy(x, onehot), labels=labels)
+
+
+def _output_width(adapter: ModelAdapter, x: ep.Tensor) -> int:
+    width = adapter.output_width()
+    if width is None:  # unknown statically: one forward pass on one input tells
+        outputs = adapter.forward(x[:1])
+        if outputs.ndim != 2:
+            raise ScoreFunctionError(
+                f"the model returned outputs of shape {outputs.shape}; class targets need (N, K) "
+                "outputs — pass score_fn=... for other outputs"
+            )
+        width = outputs.shape[1]
+    return int(width)

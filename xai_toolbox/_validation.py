@@ -1,0 +1,148 @@
+"""Checks on user inputs that run before any model call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import eagerpy as ep
+import numpy as np
+
+from .backends import ModelAdapter
+from .errors import (
+    ExplanationShapeError,
+    InputDtypeError,
+    InputError,
+    LayoutError,
+    NonFiniteInputError,
+    ParameterError,
+)
+
+_LIKELY_CHANNELS = (1, 3, 4)
+
+
+def dtype_name(x: Any) -> str:
+    dtype = getattr(x, "dtype", None)
+    name = getattr(dtype, "name", None) or str(dtype)
+    return name.replace("torch.", "")
+
+
+def is_floating(x: Any) -> bool:
+    name = dtype_name(x)
+    return name.startswith(("float", "bfloat", "half", "double"))
+
+
+def as_array_like(x: Any) -> Any:
+    """Lists and scalars become NumPy arrays; tensors and arrays are returned unchanged."""
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return x
+    return np.asarray(x)
+
+
+def check_inputs(adapter: ModelAdapter, inputs: Any) -> None:
+    """Rank, emptiness, dtype and layout of a batch, before conversion and any model call."""
+    shape = tuple(int(d) for d in inputs.shape)
+    layout = "(N, C, H, W)" if adapter.channel_axis == 1 else "(N, H, W, C)"
+    if len(shape) < 2:
+        raise InputError(
+            f"expected a batch of inputs with a leading batch axis, e.g. images {layout} for a "
+            f"{adapter.display_name} model; got shape {shape} — add a batch axis with x[None]"
+        )
+    if shape[0] == 0:
+        raise InputError("the batch is empty (shape[0] == 0); pass at least one input")
+    if not is_floating(inputs):
+        raise InputDtypeError(
+            f"inputs must be floating point (float32 recommended), got dtype {dtype_name(inputs)}; "
+            "convert with x.float() / tf.cast(x, tf.float32) / x.astype(np.float32)"
+        )
+    rank, channels = adapter.expected_input()
+    if rank is not None and len(shape) != rank:
+        what = {4: f"images {layout}", 3: "series", 2: "rows (N, F)"}.get(rank, f"rank {rank}")
+        raise InputError(
+            f"the {adapter.display_name} model expects {what} (rank {rank}); got shape {shape}"
+        )
+    if len(shape) == 4:
+        _check_layout(adapter, shape, channels, layout)
+
+
+def _check_layout(
+    adapter: ModelAdapter, shape: tuple[int, ...], channels: int | None, layout: str
+) -> None:
+    here = shape[adapter.channel_axis]
+    there = shape[-1] if adapter.channel_axis == 1 else shape[1]
+    flipped = "(N, H, W, C)" if adapter.channel_axis == 1 else "(N, C, H, W)"
+    if channels is not None:
+        if here == channels:
+            return
+        if there == channels:
+            raise LayoutError(
+                f"the {adapter.display_name} model expects images {layout} with {channels} "
+                f"channels, but got shape {shape}, which looks like {flipped}; transpose it first"
+            )
+        raise InputError(
+            f"the {adapter.display_name} model expects {channels} channels in {layout}, got shape {shape}"
+        )
+    if here not in _LIKELY_CHANNELS and there in _LIKELY_CHANNELS:
+        raise LayoutError(
+            f"the {adapter.display_name} model takes images {layout}, but shape {shape} looks like "
+            f"{flipped}; transpose it first"
+        )
+
+
+def check_finite(x: ep.Tensor, what: str = "inputs") -> None:
+    if not bool(ep.logical_or(x.isnan(), x.isinf()).any().item()):
+        return
+    raise NonFiniteInputError(f"the {what} contain NaN or infinite values; clean them first")
+
+
+def check_explanations(inputs_shape: tuple[int, ...], maps_shape: tuple[int, ...], channel_axis: int) -> None:
+    """Explanations must be ``(N, *positions)`` or the inputs' own shape."""
+    positions = explanation_shape(inputs_shape, channel_axis)
+    if tuple(maps_shape) not in (positions, tuple(inputs_shape)):
+        raise ExplanationShapeError(
+            f"explanations of shape {tuple(maps_shape)} do not match inputs of shape "
+            f"{tuple(inputs_shape)}: expected {positions} (one value per position) or "
+            f"{tuple(inputs_shape)} (one per input value)"
+        )
+
+
+def explanation_shape(inputs_shape: tuple[int, ...], channel_axis: int) -> tuple[int, ...]:
+    """The shape of an explanation for inputs of ``inputs_shape``: channels removed."""
+    shape = tuple(int(d) for d in inputs_shape)
+    if len(shape) <= 2:
+        return shape
+    axis = 1 if channel_axis == 1 else len(shape) - 1
+    return shape[:axis] + shape[axis + 1 :]
+
+
+# -- parameters ----------------------------------------------------------------------------
+def positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ParameterError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def in_range(name: str, value: Any, low: float, high: float, *, inclusive: bool = False) -> float:
+    ok = isinstance(value, int | float | np.number) and not isinstance(value, bool)
+    if ok:
+        ok = (low <= value <= high) if inclusive else (low < value < high)
+    if not ok:
+        brackets = "[{}, {}]" if inclusive else "({}, {})"
+        raise ParameterError(f"{name} must lie in {brackets.format(low, high)}, got {value!r}")
+    return float(value)
+
+
+def one_of(name: str, value: Any, choices: tuple[Any, ...]) -> Any:
+    if value not in choices:
+        raise ParameterError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def power_of_two(name: str, value: Any) -> int:
+    value = positive_int(name, value)
+    if value & (value - 1):
+        lower = 1 << (value.bit_length() - 1)
+        raise ParameterError(
+            f"{name} must be a power of two (Sobol sequences balance only then), got {value}; "
+            f"try {lower} or {lower * 2}"
+        )
+    return value

@@ -1,0 +1,222 @@
+"""TensorFlow/Keras 3 adapter: Sequential, functional, subclassed and nested models, NHWC inputs."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import eagerpy as ep
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ..errors import LayerError
+from ._base import ModelAdapter, ScoreOf, pick_default_layer
+
+# Inner layers are reached by temporarily wrapping ``layer.call`` on the instance, which works
+# for every kind of Keras model (a functional sub-model cannot be cut out of a subclassed one).
+# The wrapping is per layer object, so captures are serialised.
+_patch_lock = threading.RLock()
+
+
+def _walk(layer: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``(qualified name, layer)`` for every layer below ``layer``, depth first, model order."""
+    for child in getattr(layer, "layers", []) or []:
+        qualified = f"{prefix}{child.name}"
+        if isinstance(child, keras.layers.InputLayer):
+            continue
+        yield qualified, child
+        yield from _walk(child, qualified + "/")
+
+
+class _CallPatch:
+    """Wrap ``layer.call`` on the instance for the duration of a ``with`` block."""
+
+    def __init__(self, layer: Any, after: Callable[[Any], Any]) -> None:
+        self.layer, self.after = layer, after
+
+    def __enter__(self) -> None:
+        layer = self.layer
+        self._had_own = "call" in layer.__dict__
+        self._own = layer.__dict__.get("call")
+        original = layer.call
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self.after(original(*args, **kwargs))
+
+        layer.call = call
+
+    def __exit__(self, *exc: object) -> None:
+        if self._had_own:
+            self.layer.call = self._own
+        else:
+            del self.layer.call
+
+
+class KerasAdapter(ModelAdapter):
+    """Adapter for Keras 3 models on the TensorFlow backend (channels-last inputs).
+
+    Layers are addressed by name; layers inside nested sub-models by their own name when it
+    is unique, or by the path ``"outer/inner"``.
+    """
+
+    framework = "tf"
+    display_name = "TensorFlow/Keras"
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model, channel_axis=-1)
+        self._default_layers: dict[tuple[int, ...], str] = {}
+
+    # -- data --------------------------------------------------------------------------
+    def is_native(self, x: Any) -> bool:
+        return tf.is_tensor(x) or isinstance(x, tf.Variable)
+
+    def to_model(self, x: Any) -> ep.Tensor:
+        if not self.is_native(x):
+            x = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
+        return ep.astensor(tf.cast(tf.convert_to_tensor(x), tf.float32))
+
+    def restore(self, t: ep.Tensor, like: Any) -> Any:
+        if self.is_native(like):
+            return t.raw
+        array = t.raw.numpy()
+        if isinstance(like, np.ndarray):
+            return array
+        import torch  # a torch tensor handed to a Keras model: give torch back
+
+        return torch.from_numpy(array).to(like.device)
+
+    # -- model -------------------------------------------------------------------------
+    def forward(self, x: ep.Tensor) -> ep.Tensor:
+        return ep.astensor(tf.convert_to_tensor(self.model(x.raw, training=False)))
+
+    def differentiable_forward(self, x: ep.Tensor) -> ep.Tensor:
+        return ep.astensor(tf.convert_to_tensor(self.model(x.raw, training=False)))
+
+    def value_and_grad(
+        self, fn: Callable[[ep.Tensor], ep.Tensor], x: ep.Tensor
+    ) -> tuple[ep.Tensor, ep.Tensor]:
+        leaf = x.raw
+        with tf.GradientTape() as tape:
+            tape.watch(leaf)
+            value = fn(ep.astensor(leaf)).raw
+        grad = tape.gradient(value, leaf)
+        if grad is None:
+            grad = tf.zeros_like(leaf)
+        return ep.astensor(value), ep.astensor(grad)
+
+    def _named_layers(self) -> list[tuple[str, Any]]:
+        return list(_walk(self.model))
+
+    def _layer(self, layer: str) -> Any:
+        named = self._named_layers()
+        exact = [obj for name, obj in named if name == layer]
+        if exact:
+            return exact[0]
+        short = [(name, obj) for name, obj in named if name.rsplit("/", 1)[-1] == layer]
+        if len(short) == 1:
+            return short[0][1]
+        if len(short) > 1:
+            raise LayerError(
+                f"layer name {layer!r} is ambiguous in this Keras model; use one of: "
+                + ", ".join(repr(name) for name, _ in short)
+            )
+        raise self.unknown_layer(layer)
+
+    def layer_activations(
+        self, x: ep.Tensor, layer: str, score_of: ScoreOf | None = None
+    ) -> tuple[ep.Tensor, ep.Tensor | None, ep.Tensor]:
+        target = self._layer(layer)
+        captured: list[Any] = []
+        tape_box: list[tf.GradientTape] = []
+
+        def capture(out: Any) -> Any:
+            if not tf.is_tensor(out):
+                raise LayerError(
+                    f"layer {layer!r} returns {type(out).__name__}, not a tensor; "
+                    "pick a layer with a single tensor output"
+                )
+            if tape_box:
+                tape_box[0].watch(out)
+            captured[:] = [out]
+            return out
+
+        with _patch_lock, _CallPatch(target, capture):
+            if score_of is None:
+                outputs = self.model(x.raw, training=False)
+                if not captured:
+                    raise LayerError(f"layer {layer!r} was not called by the model")
+                return ep.astensor(captured[0]), None, ep.astensor(tf.convert_to_tensor(outputs))
+            with tf.GradientTape() as tape:
+                tape_box.append(tape)
+                outputs = tf.convert_to_tensor(self.model(x.raw, training=False))
+                if not captured:
+                    raise LayerError(f"layer {layer!r} was not called by the model")
+                score = score_of(ep.astensor(outputs)).raw
+            grad = tape.gradient(score, captured[0])
+        if grad is None:
+            raise LayerError(f"the score does not depend on layer {layer!r}")
+        return ep.astensor(captured[0]), ep.astensor(grad), ep.astensor(outputs)
+
+    def layer_names(self) -> list[str]:
+        return [name for name, _ in self._named_layers()]
+
+    def _display_name(self, qualified: str) -> str:
+        short = qualified.rsplit("/", 1)[-1]
+        same = [n for n in self.layer_names() if n.rsplit("/", 1)[-1] == short]
+        return short if len(same) == 1 else qualified
+
+    def default_layer(self, x: ep.Tensor) -> str:
+        key = tuple(x.shape[1:])
+        if key not in self._default_layers:
+            records: list[tuple[str, tuple[int, ...]]] = []
+            leaves = [(n, obj) for n, obj in self._named_layers() if not getattr(obj, "layers", None)]
+            patches = []
+            for name, obj in leaves:
+
+                def record(out: Any, name: str = name) -> Any:
+                    if tf.is_tensor(out):
+                        records.append((name, tuple(out.shape)))
+                    return out
+
+                patches.append(_CallPatch(obj, record))
+            with _patch_lock:
+                entered = []
+                try:
+                    for p in patches:
+                        p.__enter__()
+                        entered.append(p)
+                    self.model(x.raw[:1], training=False)
+                finally:
+                    for p in reversed(entered):
+                        p.__exit__(None, None, None)
+            chosen = pick_default_layer(records, self.channel_axis)
+            if chosen is None:
+                raise LayerError(
+                    "the model has no layer with a spatial (N, H, W, C) output; a CAM method "
+                    "needs one — pass layer= explicitly or use a gradient/black-box method"
+                )
+            self._default_layers[key] = self._display_name(chosen)
+        return self._default_layers[key]
+
+    def output_width(self) -> int | None:
+        try:
+            shape = self.model.output_shape
+        except (AttributeError, ValueError, RuntimeError):
+            return None
+        if isinstance(shape, tuple) and len(shape) == 2 and isinstance(shape[-1], int):
+            return shape[-1]
+        return None
+
+    def expected_input(self) -> tuple[int | None, int | None]:
+        try:
+            shape = self.model.input_shape
+        except (AttributeError, ValueError, RuntimeError):
+            return None, None
+        if not isinstance(shape, tuple) or not shape or not all(
+            d is None or isinstance(d, int) for d in shape
+        ):
+            return None, None
+        channels = shape[-1] if len(shape) >= 3 else None
+        return len(shape), channels

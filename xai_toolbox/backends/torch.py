@@ -1,0 +1,207 @@
+"""PyTorch adapter: ``nn.Module`` (and TorchScript) models, NCHW inputs."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import eagerpy as ep
+import numpy as np
+import torch
+
+from ..errors import LayerError
+from ._base import ModelAdapter, ScoreOf, pick_default_layer
+
+# Models shared by several adapters or threads: eval mode is entered once and the original
+# training flag restored when the last user leaves.
+_mode_lock = threading.Lock()
+_mode_users: weakref.WeakKeyDictionary[torch.nn.Module, list[Any]] = weakref.WeakKeyDictionary()
+# Forward hooks are per module, not per thread: captures of one layer are serialised.
+_hook_lock = threading.RLock()
+
+
+class TorchAdapter(ModelAdapter):
+    """Adapter for ``torch.nn.Module`` models.
+
+    Inputs go to the device of the model's first parameter (or buffer). Gradients use
+    :func:`torch.autograd.grad` on the inputs only, so parameters' ``.grad`` stay untouched.
+    """
+
+    framework = "torch"
+    display_name = "PyTorch"
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__(model, channel_axis=1)
+        self._default_layers: dict[tuple[int, ...], str] = {}
+
+    # -- data --------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        for tensor in (*self.model.parameters(), *self.model.buffers()):
+            return tensor.device
+        return torch.device("cpu")
+
+    def is_native(self, x: Any) -> bool:
+        return isinstance(x, torch.Tensor)
+
+    def to_model(self, x: Any) -> ep.Tensor:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().to(device=self.device, dtype=torch.float32)
+        else:
+            t = torch.from_numpy(np.ascontiguousarray(np.asarray(x), dtype=np.float32))
+            t = t.to(self.device)
+        return ep.astensor(t)
+
+    def restore(self, t: ep.Tensor, like: Any) -> Any:
+        raw = t.raw.detach()
+        if isinstance(like, torch.Tensor):
+            return raw.to(like.device)
+        array = raw.cpu().numpy()
+        if isinstance(like, np.ndarray):
+            return array
+        import tensorflow as tf  # a TF tensor handed to a torch model: give TF back
+
+        return tf.convert_to_tensor(array)
+
+    # -- model -------------------------------------------------------------------------
+    def forward(self, x: ep.Tensor) -> ep.Tensor:
+        with torch.no_grad():
+            return ep.astensor(self.model(x.raw))
+
+    def differentiable_forward(self, x: ep.Tensor) -> ep.Tensor:
+        return ep.astensor(self.model(x.raw))
+
+    def value_and_grad(
+        self, fn: Callable[[ep.Tensor], ep.Tensor], x: ep.Tensor
+    ) -> tuple[ep.Tensor, ep.Tensor]:
+        leaf = x.raw.detach().requires_grad_(True)
+        with torch.enable_grad():
+            value = fn(ep.astensor(leaf)).raw
+            (grad,) = torch.autograd.grad(value.sum(), leaf, allow_unused=True)
+        if grad is None:  # the score does not depend on the input at all
+            grad = torch.zeros_like(leaf)
+        return ep.astensor(value.detach()), ep.astensor(grad)
+
+    def _module(self, layer: str) -> torch.nn.Module:
+        modules = dict(self.model.named_modules())
+        if layer not in modules or layer == "":
+            raise self.unknown_layer(layer)
+        return modules[layer]
+
+    def layer_activations(
+        self, x: ep.Tensor, layer: str, score_of: ScoreOf | None = None
+    ) -> tuple[ep.Tensor, ep.Tensor | None, ep.Tensor]:
+        module = self._module(layer)
+        captured: list[torch.Tensor] = []
+
+        def hook(_m: torch.nn.Module, _inp: Any, out: Any) -> Any:
+            if not isinstance(out, torch.Tensor):
+                raise LayerError(
+                    f"layer {layer!r} returns {type(out).__name__}, not a tensor; "
+                    "pick a layer with a single tensor output"
+                )
+            if score_of is not None and not out.requires_grad:
+                # Frozen weights and inputs without grad: make the activation a leaf.
+                out = out.detach().requires_grad_(True)
+            captured[:] = [out]
+            return out
+
+        with _hook_lock:
+            handle = module.register_forward_hook(hook)
+            try:
+                if score_of is None:
+                    with torch.no_grad():
+                        outputs = self.model(x.raw)
+                    return ep.astensor(captured[0]), None, ep.astensor(outputs)
+                with torch.enable_grad():
+                    outputs = self.model(x.raw)
+                    if not captured:
+                        raise LayerError(f"layer {layer!r} was not called by the model's forward")
+                    score = score_of(ep.astensor(outputs)).raw
+                    (grad,) = torch.autograd.grad(score.sum(), captured[0], allow_unused=True)
+            finally:
+                handle.remove()
+        if grad is None:
+            raise LayerError(f"the score does not depend on layer {layer!r}")
+        return ep.astensor(captured[0].detach()), ep.astensor(grad), ep.astensor(outputs.detach())
+
+    def layer_names(self) -> list[str]:
+        return [name for name, _ in self.model.named_modules() if name]
+
+    def default_layer(self, x: ep.Tensor) -> str:
+        key = tuple(x.shape[1:])
+        if key not in self._default_layers:
+            records: list[tuple[str, tuple[int, ...]]] = []
+            handles = []
+            for name, module in self.model.named_modules():
+                if not name:
+                    continue
+
+                def record(_m: Any, _i: Any, out: Any, name: str = name) -> None:
+                    if isinstance(out, torch.Tensor):
+                        records.append((name, tuple(out.shape)))
+
+                handles.append(module.register_forward_hook(record))
+            try:
+                with _hook_lock, torch.no_grad():
+                    self.model(x.raw[:1])
+            finally:
+                for h in handles:
+                    h.remove()
+            chosen = pick_default_layer(records, self.channel_axis)
+            if chosen is None:
+                raise LayerError(
+                    "the model has no layer with a spatial (N, C, H, W) output; a CAM method "
+                    "needs one — pass layer= explicitly or use a gradient/black-box method"
+                )
+            self._default_layers[key] = chosen
+        return self._default_layers[key]
+
+    def _first_and_last(self) -> tuple[torch.nn.Module | None, torch.nn.Module | None]:
+        if not isinstance(self.model, torch.nn.Sequential):
+            return None, None
+        leaves = [m for m in self.model.modules() if not list(m.children())]
+        return (leaves[0], leaves[-1]) if leaves else (None, None)
+
+    def output_width(self) -> int | None:
+        _, last = self._first_and_last()
+        return last.out_features if isinstance(last, torch.nn.Linear) else None
+
+    def expected_input(self) -> tuple[int | None, int | None]:
+        first, _ = self._first_and_last()
+        if first is None:  # custom forward: the first conv in registration order is a good hint
+            first = next(
+                (m for m in self.model.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Conv1d)),
+                None,
+            )
+            if first is None:
+                return None, None
+            return (4 if isinstance(first, torch.nn.Conv2d) else 3), first.in_channels
+        if isinstance(first, torch.nn.Conv2d):
+            return 4, first.in_channels
+        if isinstance(first, torch.nn.Conv1d):
+            return 3, first.in_channels
+        if isinstance(first, torch.nn.Linear):
+            return 2, first.in_features
+        return None, None
+
+    @contextlib.contextmanager
+    def preserved(self) -> Iterator[None]:
+        model = self.model
+        with _mode_lock:
+            users = _mode_users.setdefault(model, [0, model.training])
+            if users[0] == 0:
+                users[1] = model.training
+                model.eval()
+            users[0] += 1
+        try:
+            yield
+        finally:
+            with _mode_lock:
+                users[0] -= 1
+                if users[0] == 0:
+                    model.train(users[1])
+                    del _mode_users[model]

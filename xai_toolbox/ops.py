@@ -1,0 +1,166 @@
+"""Tensor operations EagerPy lacks, written once for every framework.
+
+Resizing and blurring are separable linear maps, so we apply them as two small matrix
+products ``W_h @ X @ W_w^T``. The matrices are built in NumPy from one definition and cached
+per device, which makes nearest/bilinear/bicubic identical across PyTorch and TensorFlow (their
+native resize kernels disagree on bicubic coefficients and nearest rounding) and differentiable
+wherever matmul is.
+
+Conventions: half-pixel centres (``align_corners=False``), edge samples clamped (replicate),
+bicubic with Keys' ``a = -0.5`` (TensorFlow's and PIL's choice).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Literal
+
+import eagerpy as ep
+import numpy as np
+
+ResizeMode = Literal["nearest", "bilinear", "bicubic"]
+_MODES = ("nearest", "bilinear", "bicubic")
+
+
+def _cubic(t: np.ndarray, a: float = -0.5) -> np.ndarray:
+    t = np.abs(t)
+    w = np.where(t <= 1, (a + 2) * t**3 - (a + 3) * t**2 + 1, 0.0)
+    return np.where((t > 1) & (t < 2), a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a, w)
+
+
+@functools.lru_cache(maxsize=256)
+def interpolation_matrix(n_in: int, n_out: int, mode: ResizeMode) -> np.ndarray:
+    """``(n_out, n_in)`` float32 matrix that resamples a 1-D signal of length ``n_in``."""
+    if mode not in _MODES:
+        raise ValueError(f"resize mode must be one of {_MODES}, got {mode!r}")
+    centre = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5  # source coordinate of each output
+    m = np.zeros((n_out, n_in), dtype=np.float64)
+    rows = np.arange(n_out)
+    if mode == "nearest":
+        src = np.clip(np.floor(centre + 0.5), 0, n_in - 1).astype(int)
+        m[rows, src] = 1.0
+    else:
+        lo = np.floor(centre).astype(int)
+        offsets = (0, 1) if mode == "bilinear" else (-1, 0, 1, 2)
+        for off in offsets:
+            idx = lo + off
+            dist = centre - idx
+            w = np.maximum(0.0, 1.0 - np.abs(dist)) if mode == "bilinear" else _cubic(dist)
+            np.add.at(m, (rows, np.clip(idx, 0, n_in - 1)), w)
+    return m.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def gaussian_matrix(n: int, ksize: int, sigma: float) -> np.ndarray:
+    """``(n, n)`` matrix of a 1-D Gaussian blur with zero padding (RISE's ``conv2d`` substrate)."""
+    half = ksize // 2
+    taps = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    m = np.zeros((n, n), dtype=np.float64)
+    for k, w in zip(range(-half, half + 1), taps, strict=True):
+        m += w * np.eye(n, k=k)
+    return m.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def box_matrix(n: int, size: int) -> np.ndarray:
+    """``(n, n)`` matrix of a 1-D box (mean) filter with replicated edges."""
+    m = np.zeros((n, n), dtype=np.float64)
+    start = -(size // 2)
+    for i in range(n):
+        for k in range(start, start + size):
+            m[i, min(max(i + k, 0), n - 1)] += 1.0 / size
+    return m.astype(np.float32)
+
+
+_device_cache: dict[tuple[object, ...], ep.Tensor] = {}
+_cache_lock = threading.Lock()
+
+
+def on_device(like: ep.Tensor, key: tuple[object, ...], array: np.ndarray) -> ep.Tensor:
+    """``array`` as a tensor beside ``like``, cached so hot loops never copy it again."""
+    device = getattr(like.raw, "device", None)
+    full = (type(like).__name__, str(device), *key)
+    cached = _device_cache.get(full)
+    if cached is None:
+        cached = ep.from_numpy(like, array)
+        with _cache_lock:
+            if len(_device_cache) > 512:  # bounded: long runs over many sizes cannot grow it
+                _device_cache.clear()
+            _device_cache[full] = cached
+    return cached
+
+
+def matmul(a: ep.Tensor, b: ep.Tensor) -> ep.Tensor:
+    """Batched, broadcasting matrix product (EagerPy's ``@`` accepts 2-D operands only)."""
+    return type(a)(a.raw @ b.raw)
+
+
+def resize(x: ep.Tensor, size: tuple[int, int], mode: ResizeMode = "bilinear") -> ep.Tensor:
+    """Resize the last two axes of ``x`` (``(..., h, w)``) to ``size`` = ``(H, W)``."""
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x
+    wh = on_device(x, ("resize", h, size[0], mode), interpolation_matrix(h, size[0], mode))
+    ww = on_device(x, ("resize-T", w, size[1], mode), interpolation_matrix(w, size[1], mode).T.copy())
+    return matmul(matmul(wh, x), ww)
+
+
+def spatial_filter(x: ep.Tensor, mh: ep.Tensor, mw: ep.Tensor, channel_axis: int) -> ep.Tensor:
+    """Apply ``mh`` to rows and ``mw`` to columns of images ``(N, C, H, W)`` or ``(N, H, W, C)``."""
+    if channel_axis in (-1, x.ndim - 1):
+        x = x.transpose((0, 3, 1, 2))
+        return matmul(matmul(mh, x), mw.T).transpose((0, 2, 3, 1))
+    return matmul(matmul(mh, x), mw.T)
+
+
+def gaussian_blur(x: ep.Tensor, channel_axis: int, ksize: int = 11, sigma: float = 5.0) -> ep.Tensor:
+    """Gaussian blur of a batch of images (zero padding), RISE's insertion substrate."""
+    h, w = _spatial_shape(x, channel_axis)
+    mh = on_device(x, ("gauss", h, ksize, sigma), gaussian_matrix(h, ksize, sigma))
+    mw = on_device(x, ("gauss", w, ksize, sigma), gaussian_matrix(w, ksize, sigma))
+    return spatial_filter(x, mh, mw, channel_axis)
+
+
+def box_blur(x: ep.Tensor, channel_axis: int, size: int = 10) -> ep.Tensor:
+    """Box (mean) blur of a batch of images with replicated edges (Sobol's ``blurring``)."""
+    h, w = _spatial_shape(x, channel_axis)
+    mh = on_device(x, ("box", h, size), box_matrix(h, size))
+    mw = on_device(x, ("box", w, size), box_matrix(w, size))
+    return spatial_filter(x, mh, mw, channel_axis)
+
+
+def _spatial_shape(x: ep.Tensor, channel_axis: int) -> tuple[int, int]:
+    if x.ndim != 4:
+        raise ValueError(f"expected a batch of images (rank 4), got shape {x.shape}")
+    return (x.shape[2], x.shape[3]) if channel_axis == 1 else (x.shape[1], x.shape[2])
+
+
+def expand_to_inputs(maps: ep.Tensor, inputs_ndim: int, channel_axis: int) -> ep.Tensor:
+    """Insert the channel axis into per-position maps so they broadcast against the inputs."""
+    if maps.ndim == inputs_ndim:
+        return maps
+    return maps.expand_dims(1 if channel_axis == 1 else maps.ndim)
+
+
+def reduce_channels(x: ep.Tensor, channel_axis: int, how: str = "sum") -> ep.Tensor:
+    """Reduce the channel axis of rank-3/4 inputs; rank-2 (tabular) inputs are returned as is."""
+    if x.ndim <= 2:
+        return x
+    axis = 1 if channel_axis == 1 else x.ndim - 1
+    if how == "sum":
+        return x.sum(axis=axis)
+    if how == "mean":
+        return x.mean(axis=axis)
+    if how == "max":
+        return x.max(axis=axis)
+    raise ValueError(f"unknown channel reduction {how!r}")
+
+
+def normalize_per_item(x: ep.Tensor, eps: float = 1e-12) -> ep.Tensor:
+    """Min-max normalise each item of a batch to [0, 1] (constant items become 0)."""
+    flat = x.reshape((x.shape[0], -1))
+    lo = flat.min(axis=1, keepdims=True)
+    hi = flat.max(axis=1, keepdims=True)
+    return ((flat - lo) / (hi - lo + eps)).reshape(x.shape)
