@@ -42,8 +42,11 @@ def spatial_activations(
         acts.append(channels_first(a, adapter.channel_axis))
         if g is not None:
             grads.append(channels_first(g, adapter.channel_axis))
-    cat = (lambda ts: ts[0] if len(ts) == 1 else ep.concatenate(ts, axis=0))
-    return cat(acts), (cat(grads) if grads else None)
+    return _concat(acts), (_concat(grads) if grads else None)
+
+
+def _concat(parts: list[ep.Tensor]) -> ep.Tensor:
+    return parts[0] if len(parts) == 1 else ep.concatenate(parts, axis=0)
 
 
 def input_size(x: ep.Tensor, channel_axis: int) -> tuple[int, int]:

@@ -126,12 +126,14 @@ def resolve_targets(
     if array.ndim == 0:
         array = np.full(n, array.item())
     if array.ndim == 1:
-        if not np.issubdtype(array.dtype, np.integer):
-            if not (is_floating(array) and np.all(np.isfinite(array)) and np.all(array == np.round(array))):
-                raise TargetError(
-                    f"targets of shape ({len(array)},) must be integer class indices, got dtype "
-                    f"{dtype_name(targets)} with non-integer values; for score weights pass shape (N, K)"
-                )
+        integral = np.issubdtype(array.dtype, np.integer) or (
+            is_floating(array) and np.all(np.isfinite(array)) and np.all(array == np.round(array))
+        )
+        if not integral:
+            raise TargetError(
+                f"targets of shape ({len(array)},) must be integer class indices, got dtype "
+                f"{dtype_name(targets)} with non-integer values; for score weights pass shape (N, K)"
+            )
         array = array.astype(np.int64)
         if len(array) != n:
             raise TargetError(f"got {len(array)} targets for {n} inputs; pass one per input (or an int)")

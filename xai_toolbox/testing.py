@@ -119,6 +119,39 @@ def twin_cnn(seed: int = 0, **kwargs: Any) -> tuple[Any, Any]:
     return cnn("torch", seed, **kwargs), cnn("tf", seed, **kwargs)
 
 
+def linear_model(framework: str, weight: np.ndarray, bias: np.ndarray | None = None) -> Any:
+    """``f(x) = W · flatten(x) (+ b)`` in ``framework``; ``weight`` is ``(K, *input_shape)`` with
+    the input shape channels-first (as PyTorch sees it), e.g. ``(K, C, H, W)`` or ``(K, F)``.
+
+    For Keras the weight is permuted to channels-last, so both models compute the same scores
+    for the same images in their own layouts.
+    """
+    weight = np.asarray(weight, dtype=np.float32)
+    k, shape = weight.shape[0], weight.shape[1:]
+    flat = weight.reshape(k, -1)
+    if framework == "torch":
+        import torch
+
+        layer = torch.nn.Linear(flat.shape[1], k, bias=bias is not None)
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(flat))
+            if bias is not None:
+                layer.bias.copy_(torch.from_numpy(np.asarray(bias, np.float32)))
+        return torch.nn.Sequential(torch.nn.Flatten(), layer).eval()
+    import keras
+
+    keras_shape = (*shape[1:], shape[0]) if len(shape) >= 2 else shape
+    permuted = np.moveaxis(weight, 1, -1) if len(shape) >= 2 else weight
+    inputs = keras.Input(keras_shape)
+    dense = keras.layers.Dense(k, use_bias=bias is not None, name="linear")
+    model = keras.Model(inputs, dense(keras.layers.Flatten()(inputs)))
+    values = [permuted.reshape(k, -1).T]
+    if bias is not None:
+        values.append(np.asarray(bias, np.float32))
+    dense.set_weights(values)
+    return model
+
+
 def to_framework(images_nchw: np.ndarray, framework: str) -> Any:
     """NumPy images ``(N, C, H, W)`` as the framework's native batch (layout included)."""
     images_nchw = np.ascontiguousarray(images_nchw, dtype=np.float32)

@@ -1,0 +1,82 @@
+"""Test configuration: ``--framework torch|tf`` (repeatable) picks the frameworks under test.
+
+Without the option every installed framework is tested. Asking for a framework that is not
+installed is a usage error, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+
+from xai_toolbox.testing import installed_frameworks  # noqa: E402
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--framework",
+        action="append",
+        choices=["torch", "tf"],
+        default=None,
+        help="framework to test (repeatable); default: every installed one",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    chosen = config.getoption("framework") or installed_frameworks()
+    missing = [f for f in chosen if f not in installed_frameworks()]
+    if missing:
+        raise pytest.UsageError(f"--framework {' '.join(missing)} requested but not installed")
+    config.frameworks = list(dict.fromkeys(chosen))  # type: ignore[attr-defined]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"xai-toolbox frameworks under test: {', '.join(config.frameworks) or 'none'}"  # type: ignore[attr-defined]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "framework" in metafunc.fixturenames:
+        metafunc.parametrize("framework", metafunc.config.frameworks)  # type: ignore[attr-defined]
+
+
+def _require(config: pytest.Config, framework: str) -> None:
+    if framework not in config.frameworks:  # type: ignore[attr-defined]
+        pytest.skip(f"{framework} not selected (--framework {framework})")
+
+
+@pytest.fixture
+def torch(pytestconfig: pytest.Config) -> Any:
+    """The torch module, when torch is under test (else the test is skipped)."""
+    _require(pytestconfig, "torch")
+    import torch as module
+
+    return module
+
+
+@pytest.fixture
+def tf(pytestconfig: pytest.Config) -> Any:
+    """The tensorflow module, when tf is under test (else the test is skipped)."""
+    _require(pytestconfig, "tf")
+    import tensorflow as module
+
+    return module
+
+
+@pytest.fixture
+def keras(tf: Any) -> Any:
+    import keras as module
+
+    return module
+
+
+@pytest.fixture
+def both(pytestconfig: pytest.Config) -> None:
+    """Cross-framework tests run only when both frameworks are under test."""
+    _require(pytestconfig, "torch")
+    _require(pytestconfig, "tf")

@@ -1,0 +1,35 @@
+"""EagerPy 0.30 on NumPy 2: the TensorFlow backend's mixed-dtype operations work."""
+
+from __future__ import annotations
+
+import eagerpy as ep
+import numpy as np
+import pytest
+
+from xai_toolbox import _compat
+
+
+def test_find_common_type_shim_uses_result_type() -> None:
+    shim = _compat._NumpyWithFindCommonType()
+    assert shim.find_common_type([np.dtype("float32"), np.dtype("int64")], []) == np.result_type(np.float32, np.int64)
+    assert shim.float32 is np.float32  # everything else is numpy itself
+
+
+def test_global_numpy_is_not_patched() -> None:
+    _compat.apply()
+    assert not hasattr(np, "find_common_type") or np.__version__.startswith("1.")
+
+
+def test_mixed_dtype_tensorflow_comparisons(tf, monkeypatch) -> None:
+    """EagerPy's TF comparisons call ``np.find_common_type`` whenever the dtypes differ."""
+    import eagerpy.tensor.tensorflow as ep_tf
+
+    _compat.apply()
+    a = ep.astensor(tf.constant([1.5, 2.5], tf.float32))
+    b = ep.astensor(tf.constant([1, 3], tf.int32))
+    np.testing.assert_array_equal((a > b).numpy(), [True, False])
+    np.testing.assert_array_equal((a == b).numpy(), [False, False])
+    if not hasattr(np, "find_common_type"):  # NumPy 2: without the shim this breaks
+        monkeypatch.setattr(ep_tf, "np", np)
+        with pytest.raises(AttributeError, match="find_common_type"):
+            _ = a > b
