@@ -67,6 +67,9 @@ class KerasAdapter(ModelAdapter):
     def __init__(self, model: Any) -> None:
         super().__init__(model, channel_axis=-1)
         self._default_layers: dict[tuple[int, ...], str] = {}
+        self._compiled: dict[tuple[tuple[int, ...], str], Any] = {}
+        #: Number of ``tf.function`` traces so far (benchmarks report it; chunks must not retrace).
+        self.traces = 0
 
     # -- data --------------------------------------------------------------------------
     def is_native(self, x: Any) -> bool:
@@ -88,11 +91,41 @@ class KerasAdapter(ModelAdapter):
         return torch.from_numpy(array).to(like.device)
 
     # -- model -------------------------------------------------------------------------
+    def _call(self, raw: Any) -> Any:
+        """The model on ``raw`` through a ``tf.function`` whose batch axis is unknown.
+
+        One trace per input shape (batch excluded), so the chunks of a perturbation method,
+        including a smaller last one, never retrace. Gradient tapes record through it. Models
+        that cannot be traced fall back to eager calls.
+        """
+        key = (tuple(raw.shape[1:]), raw.dtype.name)
+        fn = self._compiled.get(key)
+        if fn is None:
+            spec = tf.TensorSpec((None, *raw.shape[1:]), raw.dtype)
+
+            def call(x: Any) -> Any:
+                self.traces += 1
+                return tf.convert_to_tensor(self.model(x, training=False))
+
+            fn = tf.function(call, input_signature=[spec])
+            with _patch_lock:  # never trace while another thread has a layer's call wrapped
+                try:
+                    result = fn(raw)
+                except (TypeError, NotImplementedError, tf.errors.OperatorNotAllowedInGraphError):
+                    fn = self._eager_call
+                    result = fn(raw)
+            self._compiled[key] = fn
+            return result
+        return fn(raw)
+
+    def _eager_call(self, raw: Any) -> Any:
+        return tf.convert_to_tensor(self.model(raw, training=False))
+
     def forward(self, x: ep.Tensor) -> ep.Tensor:
-        return ep.astensor(tf.convert_to_tensor(self.model(x.raw, training=False)))
+        return ep.astensor(self._call(x.raw))
 
     def differentiable_forward(self, x: ep.Tensor) -> ep.Tensor:
-        return ep.astensor(tf.convert_to_tensor(self.model(x.raw, training=False)))
+        return ep.astensor(self._call(x.raw))
 
     def value_and_grad(
         self, fn: Callable[[ep.Tensor], ep.Tensor], x: ep.Tensor
