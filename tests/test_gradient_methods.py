@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 import xai_toolbox as xt
-from xai_toolbox.testing import as_numpy, check_method, cnn, linear_model, normalized, to_framework, twin_cnn
+from xai_toolbox.testing import (
+    as_numpy,
+    check_method,
+    cnn,
+    linear_model,
+    normalized,
+    to_framework,
+    twin_cnn,
+)
 
 GRADIENT_METHODS = ["saliency", "gradient_input", "integrated_gradients", "smoothgrad", "gradcam", "gradcampp"]
 FAST = {"integrated_gradients": {"steps": 8}, "smoothgrad": {"nb_samples": 6, "seed": 3}}

@@ -1,0 +1,129 @@
+"""Framework adapters: model kinds, type/device round trips, compiled forward, NumPy callables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xai_toolbox as xt
+from xai_toolbox.testing import as_numpy, cnn, to_framework
+
+
+def _images(n: int = 3) -> np.ndarray:
+    return np.random.default_rng(0).random((n, 3, 16, 16), dtype=np.float32)
+
+
+def test_adapter_is_chosen_by_model_type(framework: str) -> None:
+    adapter = xt.adapt(cnn(framework))
+    assert adapter.framework == framework
+    assert adapter.channel_axis == (1 if framework == "torch" else -1)
+    assert xt.adapt(adapter) is adapter
+    assert xt.adapt(lambda x: x, framework="numpy").framework == "numpy"
+
+
+def test_numpy_in_numpy_out_native_in_native_out(framework: str) -> None:
+    model = cnn(framework)
+    x = _images()
+    native = to_framework(x, framework)
+    as_np = as_numpy(native)
+    out_native = xt.Saliency(model)(native, [0, 1, 2])
+    out_np = xt.Saliency(model)(as_np, [0, 1, 2])
+    assert isinstance(out_np, np.ndarray) and out_np.dtype == np.float32
+    assert type(out_native).__module__.split(".")[0] in ("torch", "tensorflow")
+    np.testing.assert_allclose(as_numpy(out_native), out_np)
+
+
+def test_other_framework_tensor_comes_back_in_its_own_type(both: None) -> None:
+    import tensorflow as tf
+    import torch
+
+    x = _images()
+    keras_model = cnn("tf")
+    out = xt.Saliency(keras_model)(torch.from_numpy(x.transpose(0, 2, 3, 1).copy()), [0, 1, 2])
+    assert isinstance(out, torch.Tensor)
+    out = xt.Saliency(cnn("torch"))(tf.convert_to_tensor(x), [0, 1, 2])
+    assert tf.is_tensor(out)
+
+
+@pytest.mark.parametrize("kind", ["sequential", "functional", "subclassed", "nested"])
+def test_keras_model_kinds(keras, kind: str) -> None:
+    keras.utils.set_random_seed(0)
+    conv = lambda name: keras.layers.Conv2D(4, 3, padding="same", activation="relu", name=name)  # noqa: E731
+    if kind == "sequential":
+        model = keras.Sequential([keras.Input((16, 16, 3)), conv("c"), keras.layers.GlobalAveragePooling2D(),
+                                  keras.layers.Dense(3)])
+    elif kind == "functional":
+        inputs = keras.Input((16, 16, 3))
+        model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(conv("c")(inputs))))
+    elif kind == "subclassed":
+        class Net(keras.Model):
+            def __init__(self):
+                super().__init__()
+                self.c, self.pool, self.head = conv("c"), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)
+
+            def call(self, x):
+                return self.head(self.pool(self.c(x)))
+
+        model = Net()
+        model(np.zeros((1, 16, 16, 3), np.float32))
+    else:
+        inner = keras.Sequential([keras.Input((16, 16, 3)), conv("c")], name="inner")
+        inputs = keras.Input((16, 16, 3))
+        model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(inner(inputs))))
+    x = _images().transpose(0, 2, 3, 1).copy()
+    for name in ("saliency", "gradcam", "integrated_gradients"):
+        maps = np.asarray(xt.method(name, model, **({"steps": 4} if name == "integrated_gradients" else {}))(x, [0, 1, 2]))
+        assert maps.shape == (3, 16, 16) and np.isfinite(maps).all()
+    assert xt.adapt(model).default_layer(xt.adapt(model).to_model(x)) == "c"
+
+
+def test_keras_chunks_do_not_retrace(keras) -> None:
+    model = cnn("tf")
+    adapter = xt.adapt(model)
+    x = _images(7).transpose(0, 2, 3, 1).copy()
+    xt.SmoothGrad(adapter, nb_samples=5, batch_size=4)(x, [0] * 7)   # 35 inputs: chunks of 4 and 3
+    xt.Saliency(adapter, batch_size=3)(x, [0] * 7)
+    assert adapter.traces == 1
+
+
+def test_torch_model_on_its_device_and_results_on_the_inputs(torch) -> None:
+    model = cnn("torch")
+    adapter = xt.adapt(model)
+    assert adapter.device == torch.device("cpu")
+    x = torch.from_numpy(_images())
+    out = xt.GradCAM(model)(x, [0, 1, 2])
+    assert out.device == x.device and out.dtype == torch.float32
+
+
+def test_torch_model_without_parameters(torch) -> None:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Identity())
+    out = xt.Saliency(model)(np.ones((2, 3), np.float32), [1, 2])
+    np.testing.assert_allclose(out, [[0, 1, 0], [0, 0, 1]])
+
+
+def test_numpy_callable_model_for_black_box_use() -> None:
+    w = np.random.default_rng(0).normal(size=(12, 2)).astype(np.float32)
+    model = xt.NumpyModel(lambda x: x.reshape(len(x), -1) @ w, channel_axis=1)
+    adapter = xt.adapt(model)
+    assert adapter.channel_axis == 1 and not adapter.supports_gradients
+    x = np.ones((3, 3, 2, 2), np.float32)
+    out = adapter.forward(adapter.to_model(x)).numpy()
+    np.testing.assert_allclose(out, x.reshape(3, -1) @ w, rtol=1e-6)
+    with pytest.raises(xt.UnsupportedModelError, match="one row of scores per input"):
+        xt.adapt(lambda x: np.ones(5)).forward(adapter.to_model(x))
+    with pytest.raises(ValueError, match="channel_axis"):
+        xt.NumpyModel(lambda x: x, channel_axis=2)
+    with pytest.raises(xt.UnsupportedModelError, match="needs gradients"):
+        xt.GradCAM(model)(x, [0, 0, 0])
+    with pytest.raises(xt.UnsupportedModelError, match="no inner layers"):
+        adapter.layer_activations(adapter.to_model(x), "any")
+
+
+def test_top1_targets_with_a_numpy_callable() -> None:
+    model = lambda x: np.stack([x.sum((1, 2, 3)), -x.sum((1, 2, 3))], axis=1)  # noqa: E731
+    adapter = xt.adapt(model)
+    from xai_toolbox._targets import resolve_targets
+
+    x = adapter.to_model(np.stack([np.ones((2, 2, 3)), -np.ones((2, 2, 3))]).astype(np.float32))
+    targets = resolve_targets(adapter, x, None, None, batch_size=1)
+    np.testing.assert_array_equal(targets.labels, [0, 1])
