@@ -1,0 +1,190 @@
+"""Shared machinery of the black-box perturbation methods (RISE, Sobol, HSIC, Occlusion).
+
+* :class:`PerturbationMethod` checks the geometry of a call (grid or patch against the image)
+  right after input validation, i.e. before targets are resolved and before any model call.
+* :class:`BlockSampler` gives random low-resolution draws for any set of sample indices that
+  depend only on ``(seed, sample index)``: draws come in fixed blocks, block ``b`` from
+  ``numpy.random.default_rng([seed, b])``. Chunks of any ``batch_size`` see the same masks, and
+  only one block is held in memory, so memory does not grow with the number of samples.
+* :func:`perturb` applies a mask to images (inpainting, blurring, amplitude) on the device.
+
+Example:
+    >>> sampler = BlockSampler(0, lambda rng, k: (rng.random((k, 3, 3)) < 0.5,))
+    >>> (grids,) = sampler.take(np.array([0, 5, 4000]))      # the same for any chunking
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import eagerpy as ep
+import numpy as np
+
+from xai_toolbox import _validation as v
+from xai_toolbox.base import AttributionMethod
+from xai_toolbox.errors import InputError, ParameterError
+from xai_toolbox.ops import box_blur, expand_to_inputs, resize
+
+PERTURBATIONS = ("inpainting", "blurring", "amplitude")
+
+
+class PerturbationMethod(AttributionMethod):
+    """An attribution method that only runs the model forward on perturbed inputs.
+
+    Subclasses implement :meth:`_check_call` to reject inputs their parameters do not fit
+    (a grid larger than the image, a patch larger than the input) before any model call.
+    """
+
+    needs_gradients = False
+
+    def _prepare(self, inputs: Any) -> tuple[Any, ep.Tensor]:
+        inputs, x = super()._prepare(inputs)
+        # Runs before targets are resolved (which may call the model): nothing has run yet.
+        self._check_call(x)
+        return inputs, x
+
+    def _check_call(self, x: ep.Tensor) -> None:
+        """Raise :class:`ParameterError`/:class:`InputError` if this call cannot be done."""
+
+
+# -- parameters ------------------------------------------------------------------------------
+def seed_value(seed: Any) -> int | None:
+    """``None`` or a non-negative integer seed."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ParameterError(f"seed must be None or a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def number(name: str, value: Any) -> float:
+    """A finite real number (a scalar baseline or strength)."""
+    ok = isinstance(value, int | float | np.number) and not isinstance(value, bool)
+    if not ok or not np.isfinite(float(value)):
+        raise ParameterError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def image_size(x: ep.Tensor, channel_axis: int, method: str) -> tuple[int, int]:
+    """``(H, W)`` of a batch of images, or an :class:`InputError` for other inputs."""
+    if x.ndim != 4:
+        raise InputError(
+            f"{method} perturbs images on a grid: expected (N, C, H, W) / (N, H, W, C) inputs, "
+            f"got shape {tuple(x.shape)}; for tabular or series inputs use occlusion"
+        )
+    return (x.shape[2], x.shape[3]) if channel_axis == 1 else (x.shape[1], x.shape[2])
+
+
+def check_grid(grid_size: int, size: tuple[int, int], method: str) -> None:
+    """A ``grid_size × grid_size`` grid needs at least one pixel per cell."""
+    if grid_size > min(size):
+        raise ParameterError(
+            f"{method}: grid_size={grid_size} is larger than the image ({size[0]}×{size[1]}); "
+            f"use grid_size <= {min(size)}"
+        )
+
+
+# -- random low-resolution draws ---------------------------------------------------------------
+Draw = Callable[[np.random.Generator, int], tuple[np.ndarray, ...]]
+
+
+class BlockSampler:
+    """Random draws for sample indices, reproducible whatever the chunking.
+
+    ``draw(rng, k)`` returns a tuple of arrays with ``k`` rows (one per sample). Samples are
+    grouped in blocks of ``block`` consecutive indices; block ``b`` is drawn with
+    ``numpy.random.default_rng([seed, b])``. ``seed=None`` picks one fresh seed per sampler.
+    """
+
+    def __init__(self, seed: int | None, draw: Draw, block: int = 256) -> None:
+        if seed is None:  # one random seed for the whole call, so all chunks agree
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
+        self.seed, self.draw, self.block = seed, draw, block
+        self._cache: OrderedDict[int, tuple[np.ndarray, ...]] = OrderedDict()
+
+    def _block(self, b: int) -> tuple[np.ndarray, ...]:
+        found = self._cache.get(b)
+        if found is None:
+            found = self.draw(np.random.default_rng([self.seed, b]), self.block)
+            self._cache[b] = found
+            while len(self._cache) > 2:  # a chunk spans at most a few blocks; keep memory flat
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(b)
+        return found
+
+    def take(self, samples: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The draws of ``samples`` (sample indices), stacked in that order."""
+        samples = np.asarray(samples, dtype=np.int64)
+        blocks = samples // self.block
+        parts: list[tuple[np.ndarray, ...]] = []
+        start = 0
+        # consecutive runs of one block (chunks are runs of consecutive samples)
+        while start < len(samples):
+            b = blocks[start]
+            stop = start + 1
+            while stop < len(samples) and blocks[stop] == b:
+                stop += 1
+            arrays = self._block(int(b))
+            offsets = samples[start:stop] - b * self.block
+            parts.append(tuple(a[offsets] for a in arrays))
+            start = stop
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(np.concatenate(cols, axis=0) for cols in zip(*parts, strict=True))
+
+
+# -- perturbations -----------------------------------------------------------------------------
+def upsample_nearest(grids: ep.Tensor, size: tuple[int, int]) -> ep.Tensor:
+    """Low-resolution masks ``(B, g, g)`` → ``(B, H, W)`` by nearest neighbour (half-pixel)."""
+    return resize(grids, size, "nearest")
+
+
+def reference_images(
+    x: ep.Tensor, channel_axis: int, perturbation: str, baseline: float, blur_size: int
+) -> ep.Tensor | float | None:
+    """What masked pixels move towards: a value (inpainting), blurred images, or nothing."""
+    if perturbation == "inpainting":
+        return baseline
+    if perturbation == "blurring":
+        return box_blur(x, channel_axis, blur_size)
+    return None
+
+
+def perturb(
+    x: ep.Tensor,
+    masks: ep.Tensor,
+    channel_axis: int,
+    perturbation: str,
+    reference: ep.Tensor | float | None,
+    amplitude_sigma: float = 1.0,
+) -> ep.Tensor:
+    """Perturb images ``x`` ``(B, ...)`` with masks ``(B, H, W)`` in ``[0, 1]`` (1 = keep).
+
+    * inpainting, blurring: ``x ⊙ M + (1 − M) ⊙ x0`` with ``x0`` the baseline value or the
+      blurred image;
+    * amplitude: ``x ⊙ (1 + σ (M − 0.5))`` — the pixel amplitude scaled between
+      ``1 − σ/2`` (M = 0) and ``1 + σ/2`` (M = 1), unchanged at M = 0.5.
+    """
+    m = expand_to_inputs(masks, x.ndim, channel_axis)
+    if perturbation == "amplitude":
+        return x * (1.0 + amplitude_sigma * (m - 0.5))
+    if isinstance(reference, ep.Tensor):
+        return reference + (x - reference) * m
+    if reference == 0.0:
+        return x * m
+    return x * m + (1.0 - m) * float(reference)  # type: ignore[arg-type]
+
+
+def perturbation_params(
+    perturbation: Any, blur_size: Any, amplitude_sigma: Any, baseline: Any
+) -> tuple[str, int, float, float]:
+    """Validate the perturbation options shared by Sobol and HSIC."""
+    return (
+        v.one_of("perturbation", perturbation, PERTURBATIONS),
+        v.positive_int("blur_size", blur_size),
+        v.in_range("amplitude_sigma", amplitude_sigma, 0.0, 2.0, inclusive=True),
+        number("baseline", baseline),
+    )

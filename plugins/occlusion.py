@@ -1,0 +1,158 @@
+"""Occlusion (Zeiler & Fergus, 2014), averaged over overlapping windows as Captum does.
+
+A window of ``patch_size`` slides over the positions of the input (image pixels, all channels
+together; features of a tabular row; time steps of a series) with ``stride``; each placement
+sets the window to ``baseline`` and records the score drop ``f(x) − f(x_occluded)``. The
+attribution of a position is the mean drop over the windows that cover it.
+
+Placements follow Captum's ``Occlusion``: the first window sits at index 0, windows start every
+``stride`` until the whole axis is covered (``ceil((n − patch) / stride) + 1`` starts), and the
+last one may be cut off by the border. The windows are streamed ``batch_size`` model inputs at
+a time across images; a window is built on the device from its start indices only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import eagerpy as ep
+import numpy as np
+
+from xai_toolbox import _validation as v
+from xai_toolbox._streaming import ItemSums, batched_forward, chunks, progress, take_rows
+from xai_toolbox._targets import Targets
+from xai_toolbox.errors import ParameterError
+from xai_toolbox.ops import on_device
+from xai_toolbox.registry import hookimpl
+
+from ._masks import PerturbationMethod, number, perturb
+
+
+def _sizes(name: str, value: Any) -> tuple[int, ...]:
+    """An int or a tuple of positive ints."""
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        return (v.positive_int(name, value),)
+    if isinstance(value, tuple | list) and 1 <= len(value) <= 2:
+        return tuple(v.positive_int(name, item) for item in value)
+    raise ParameterError(f"{name} must be a positive int or a tuple of one or two positive ints, got {value!r}")
+
+
+def window_table(n: int, patch: int, stride: int) -> np.ndarray:
+    """``(count, n)`` 0/1 table: row ``k`` marks the positions of the ``k``-th window on an axis."""
+    count = math.ceil((n - patch) / stride) + 1
+    table = np.zeros((count, n), dtype=np.float32)
+    for k in range(count):
+        table[k, k * stride : k * stride + patch] = 1.0
+    return table
+
+
+class Occlusion(PerturbationMethod):
+    """Occlusion sensitivity: mean score drop over the windows covering each position.
+
+    Args:
+        patch_size: window size: an int (square window / length) or ``(h, w)``.
+        stride: step between windows: an int or ``(sh, sw)``; at most the window size on every
+            axis the window does not span entirely (otherwise positions would be skipped).
+        baseline: the value occluded positions take (0: black, or the mean colour of
+            normalised images).
+
+    The map has one value per position: images ``(N, H, W)`` (windows span all channels),
+    tabular ``(N, F)``, series ``(N, T)``.
+
+    Example:
+        >>> maps = xt.Occlusion(model, patch_size=8, stride=4)(images, labels)
+    """
+
+    name = "occlusion"
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        patch_size: int | tuple[int, ...] = 3,
+        stride: int | tuple[int, ...] = 3,
+        baseline: float = 0.0,
+        batch_size: int = 64,
+        score_fn: Any = None,
+        progress: bool | None = None,
+        framework: str | None = None,
+    ) -> None:
+        super().__init__(model, batch_size=batch_size, score_fn=score_fn, progress=progress, framework=framework)
+        _sizes("patch_size", patch_size)
+        _sizes("stride", stride)
+        self.patch_size = patch_size
+        self.stride = stride
+        self.baseline = number("baseline", baseline)
+
+    def _geometry(self, x: ep.Tensor) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """``(positions, patch, stride)`` per axis for the inputs ``x``, validated."""
+        positions = v.explanation_shape(tuple(x.shape), self.adapter.channel_axis)[1:]
+        k = len(positions)
+        patch, stride = _sizes("patch_size", self.patch_size), _sizes("stride", self.stride)
+        if len(patch) == 1:
+            patch = patch * k
+        if len(stride) == 1:
+            stride = stride * k
+        if len(patch) != k or len(stride) != k:
+            raise ParameterError(
+                f"patch_size={self.patch_size!r} and stride={self.stride!r} must have one value per "
+                f"axis of the positions {positions} (or be ints)"
+            )
+        for n, p, s in zip(positions, patch, stride, strict=True):
+            if p > n:
+                raise ParameterError(
+                    f"occlusion: patch_size {patch} is larger than the input positions {positions}"
+                )
+            if s > p and p < n:
+                raise ParameterError(
+                    f"occlusion: stride {stride} is larger than patch_size {patch}, which would leave "
+                    "positions never occluded; use stride <= patch_size"
+                )
+        return positions, patch, stride
+
+    def _check_call(self, x: ep.Tensor) -> None:
+        self._geometry(x)
+
+    def _explain(self, x: ep.Tensor, targets: Targets) -> ep.Tensor:
+        adapter = self.adapter
+        positions, patch, stride = self._geometry(x)
+        tables = [window_table(n, p, s) for n, p, s in zip(positions, patch, stride, strict=True)]
+        counts = [t.shape[0] for t in tables]
+        per_item = int(np.prod(counts))
+        key = ("occlusion", positions, patch, stride)
+        device_tables = [on_device(x, (*key, axis), t) for axis, t in enumerate(tables)]
+        # windows covering each position: the same for every image
+        coverage = tables[0].sum(axis=0)
+        if len(tables) == 2:
+            coverage = np.outer(coverage, tables[1].sum(axis=0))
+        base = targets.score(batched_forward(adapter, x, self.batch_size))       # f(x), (N,)
+        sums = ItemSums(x.shape[0])
+        todo = chunks(x.shape[0], per_item, self.batch_size)
+        for chunk in progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
+            items = chunk.items
+            window = self._windows(x, device_tables, counts, chunk.samples)     # (B, *positions)
+            occluded = perturb(take_rows(x, items), 1.0 - window, adapter.channel_axis, "inpainting", self.baseline)
+            scores = targets.take(items).score(adapter.forward(occluded))
+            drop = take_rows(base, items) - scores
+            sums.add(chunk, drop.reshape((-1,) + (1,) * len(positions)) * window)
+        return sums.result() / ep.from_numpy(x, coverage.astype(np.float32))
+
+    @staticmethod
+    def _windows(x: ep.Tensor, tables: list[ep.Tensor], counts: list[int], samples: np.ndarray) -> ep.Tensor:
+        """0/1 windows ``(B, *positions)`` of the window indices ``samples`` (row-major order)."""
+        if len(tables) == 1:
+            return tables[0][ep.from_numpy(x, samples.astype(np.int64))]
+        rows, cols = np.divmod(samples.astype(np.int64), counts[1])
+        r = tables[0][ep.from_numpy(x, rows)]                                     # (B, H)
+        c = tables[1][ep.from_numpy(x, cols)]                                     # (B, W)
+        return r.expand_dims(2) * c.expand_dims(1)
+
+
+Register = Callable[[str, type], None]
+
+
+@hookimpl
+def register_methods(register: Register) -> None:
+    register(Occlusion.name, Occlusion)
