@@ -1,0 +1,192 @@
+"""Causal metrics: Deletion and Insertion (Petsiuk, Das, Saenko — RISE, BMVC 2018).
+
+Positions are ranked by the explanation (all channels of a position together). Deletion
+replaces the most important positions of the input by a substrate and follows the target
+score as more are replaced; Insertion starts from the substrate and puts the most important
+positions back. Each curve is summarised by its area (trapezoid rule on ``[0, 1]``).
+
+The ranking is a stable descending sort done once per call in NumPy, so ties are broken by
+position index (row-major), identically in every framework. Each perturbed input is built
+on the device from the rank of each position: a position is replaced at step ``i`` iff its
+rank is below ``k_i``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import eagerpy as ep
+import numpy as np
+
+from xai_toolbox import _validation as v
+from xai_toolbox._streaming import Chunk, take_rows
+from xai_toolbox._targets import Targets
+from xai_toolbox.base import Metric, MetricResult
+from xai_toolbox.ops import expand_to_inputs, gaussian_blur
+from xai_toolbox.registry import hookimpl
+
+from ._common import check_activation, check_number, index_column, streamed_scores
+
+
+def descending_ranks(maps: np.ndarray) -> np.ndarray:
+    """Rank of each position of each map (0 = most important), ties broken by position index.
+
+    Example:
+        >>> descending_ranks(np.array([[0.1, 0.5, 0.5, 0.2]]))
+        array([[3, 0, 1, 2]])
+    """
+    flat = maps.reshape(maps.shape[0], -1)
+    order = np.argsort(-flat, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(flat.shape[1])[None, :], axis=1)
+    return ranks.reshape(maps.shape)
+
+
+def trapezoid_auc(curves: np.ndarray) -> np.ndarray:
+    """Area under each curve sampled at equally spaced points of ``[0, 1]`` (trapezoid rule)."""
+    return 0.5 * (curves[:, :-1] + curves[:, 1:]).mean(axis=1)
+
+
+class _CausalMetric(Metric):
+    """Shared machinery of :class:`Deletion` and :class:`Insertion`."""
+
+    #: True: the path goes from the input to the substrate (deletion).
+    _deleting: bool = True
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        steps: int = 10,
+        step_pixels: int | None = None,
+        max_percentage_perturbed: float = 1.0,
+        baseline: float | str = 0.0,
+        activation: str | None = None,
+        batch_size: int = 64,
+        score_fn: Any = None,
+        progress: bool | None = None,
+        framework: str | None = None,
+    ) -> None:
+        super().__init__(model, batch_size=batch_size, score_fn=score_fn, progress=progress, framework=framework)
+        self.steps = v.positive_int("steps", steps)
+        self.step_pixels = None if step_pixels is None else v.positive_int("step_pixels", step_pixels)
+        self.max_percentage_perturbed = v.in_range(
+            "max_percentage_perturbed", max_percentage_perturbed, 0.0, 1.0, inclusive=True
+        )
+        if self.max_percentage_perturbed == 0.0:
+            raise v.ParameterError("max_percentage_perturbed must lie in (0, 1], got 0")
+        if isinstance(baseline, str):
+            self.baseline: float | str = v.one_of("baseline", baseline, ("blur",))
+        else:
+            self.baseline = check_number("baseline", baseline)
+        self.activation = check_activation(activation)
+
+    def perturbed_counts(self, n_positions: int) -> np.ndarray:
+        """Number of positions replaced at each point of the curve (starts at 0)."""
+        total = int(np.floor(n_positions * self.max_percentage_perturbed))
+        if self.step_pixels is not None:
+            n_steps = max(1, -(-total // self.step_pixels))  # ceil, as RISE's n_steps
+            return np.minimum(np.arange(n_steps + 1) * self.step_pixels, total)
+        # floor(i · total / steps): Xplique's truncated linspace, in exact integer arithmetic.
+        return (np.arange(self.steps + 1, dtype=np.int64) * total) // self.steps
+
+    def _substrate(self, x: ep.Tensor) -> ep.Tensor | float:
+        if not isinstance(self.baseline, str):
+            return self.baseline
+        if x.ndim != 4:
+            raise v.ParameterError(
+                f"baseline='blur' needs images (rank 4); got inputs of shape {tuple(x.shape)}; "
+                "use a number"
+            )
+        # RISE's insertion substrate: Gaussian kernel 11, sigma 5, zero padding.
+        return gaussian_blur(x, self.adapter.channel_axis, 11, 5.0)
+
+    def _score(
+        self, x: ep.Tensor, targets: Targets, maps: ep.Tensor | None, masks: ep.Tensor | None
+    ) -> MetricResult:
+        assert maps is not None
+        n = x.shape[0]
+        ranks_np = descending_ranks(maps.numpy())
+        counts = self.perturbed_counts(int(np.prod(ranks_np.shape[1:])))
+        ranks = ep.from_numpy(x, ranks_np.astype(np.float32))  # exact below 2**24 positions
+        substrate = self._substrate(x)
+        build = self._builder(x, ranks, counts, substrate)
+        curves, _ = streamed_scores(
+            self, targets, n, len(counts), build, self.activation, desc=self._plugin_name()
+        )
+        return self._result(
+            trapezoid_auc(curves),
+            curves=curves,
+            perturbed=counts,
+            fractions=counts / max(1, int(np.prod(ranks_np.shape[1:]))),
+        )
+
+    def _builder(
+        self, x: ep.Tensor, ranks: ep.Tensor, counts: np.ndarray, substrate: ep.Tensor | float
+    ) -> Callable[[Chunk], ep.Tensor]:
+        channel_axis = self.adapter.channel_axis
+
+        def build(chunk: Chunk) -> ep.Tensor:
+            items = chunk.items
+            rows = take_rows(x, items)
+            k = index_column(x, counts[chunk.samples], ranks.ndim)
+            replaced = (take_rows(ranks, items) < k).astype(rows.dtype)
+            if not self._deleting:
+                replaced = 1.0 - replaced  # insertion: what is not yet inserted is substrate
+            m = expand_to_inputs(replaced, rows.ndim, channel_axis)
+            sub = substrate if isinstance(substrate, float) else take_rows(substrate, items)
+            # x·(1−m) + s·m is exact for m ∈ {0, 1}: kept values are bit-identical.
+            return rows * (1.0 - m) + sub * m
+
+        return build
+
+
+class Deletion(_CausalMetric):
+    """Deletion (Petsiuk et al., 2018): area under the score curve as the most important
+    positions are replaced by a substrate — lower is better.
+
+    Args:
+        steps: number of intervals; the curve has ``steps + 1`` points at fractions
+            ``0, 1/steps, …, 1`` of the perturbed budget (default 10, as Xplique).
+        step_pixels: replace this many positions per step instead (RISE used 224 for single
+            images and 1 792 for its published numbers); overrides ``steps``.
+        max_percentage_perturbed: fraction of the positions perturbed at the last point.
+        baseline: the substrate: a number (default 0, RISE's zero image) or ``"blur"``
+            (Gaussian blur, kernel 11, sigma 5).
+        activation: ``None`` (scores as the model gives them, e.g. logits), ``"softmax"`` (RISE's
+            probabilities) or ``"sigmoid"``, applied to the outputs before the target score.
+
+    The result holds per-input AUCs (``scores``), the curves ``(N, points)`` and, in
+    ``details``, the number (``perturbed``) and share (``fractions``) of replaced positions.
+
+    Example:
+        >>> result = xt.Deletion(model, activation="softmax")(images, labels, maps)
+        >>> result.mean, result.curves.shape
+    """
+
+    name = "deletion"
+    higher_is_better = False
+    _deleting = True
+
+
+class Insertion(_CausalMetric):
+    """Insertion (Petsiuk et al., 2018): area under the score curve as the most important
+    positions are inserted into the substrate — higher is better.
+
+    Parameters as :class:`Deletion`. RISE's insertion starts from a blurred image
+    (``baseline="blur"``); the default 0 follows Xplique.
+
+    Example:
+        >>> result = xt.Insertion(model, baseline="blur", activation="softmax")(images, labels, maps)
+    """
+
+    name = "insertion"
+    higher_is_better = True
+    _deleting = False
+
+
+@hookimpl
+def register_metrics(register: Callable[[str, type], None]) -> None:
+    register(Deletion.name, Deletion)
+    register(Insertion.name, Insertion)

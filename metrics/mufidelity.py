@@ -1,0 +1,166 @@
+"""MuFidelity / faithfulness correlation (Bhatt, Weller, Moura — IJCAI 2020, Def. 3).
+
+For random subsets ``S`` of the input, correlate the attribution mass of ``S`` with the drop
+of the target score when ``S`` is set to a baseline:
+
+    µF = Corr_S( Σ_{i∈S} φ_i ,  f(x)[c] − f(x_[S ← baseline])[c] )
+
+Subsets are Xplique's: cells of a ``grid_size × grid_size`` grid, each removed independently
+with probability ``subset_percent``, drawn with ``np.random.default_rng(seed)`` at grid
+resolution (framework-independent layout) and nearest-upsampled on the device. The same
+``nb_samples`` subsets serve every input, so an input's score does not depend on the rest of
+the batch, on ``batch_size`` or on the framework.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import eagerpy as ep
+import numpy as np
+from scipy.stats import rankdata
+
+from xai_toolbox import _validation as v
+from xai_toolbox._streaming import Chunk, take_rows
+from xai_toolbox._targets import Targets
+from xai_toolbox.base import Metric, MetricResult
+from xai_toolbox.ops import expand_to_inputs, interpolation_matrix, matmul, on_device, resize
+from xai_toolbox.registry import hookimpl
+
+from ._common import check_activation, check_number, clean_scores, positions_shape, streamed_scores
+
+
+def rowwise_correlation(a: np.ndarray, b: np.ndarray, kind: str = "pearson") -> np.ndarray:
+    """Correlation between the rows of ``a`` and ``b`` ``(N, S)``; undefined (constant row) → 0.
+
+    Example:
+        >>> rowwise_correlation(np.array([[1.0, 2, 3]]), np.array([[2.0, 4, 7]]), "spearman")
+        array([1.])
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if kind == "spearman":
+        a, b = rankdata(a, axis=1), rankdata(b, axis=1)  # average ranks for ties, as scipy's spearmanr
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    denom = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = (a * b).sum(axis=1) / denom
+    return np.where(np.isfinite(corr), np.clip(corr, -1.0, 1.0), 0.0)
+
+
+class MuFidelity(Metric):
+    """MuFidelity (Bhatt et al., 2020): correlation between the attribution of random subsets
+    and the score drop when they are removed — higher is better, in ``[-1, 1]``.
+
+    Args:
+        grid_size: side of the grid of removable cells for images (default 9, Xplique); ``None``
+            removes single positions. Tabular inputs always use single features; series use
+            ``grid_size`` cells along time.
+        subset_percent: probability that a cell is removed (default 0.2, Xplique).
+        nb_samples: number of random subsets per input (default 200, Xplique).
+        baseline: value given to removed positions (default 0).
+        correlation: ``"pearson"`` (default: the paper's definition and Quantus') or
+            ``"spearman"`` (Xplique since 2021).
+        activation: ``None`` (logits), ``"softmax"`` or ``"sigmoid"`` before the target score.
+        seed: seed of the NumPy generator that draws the subsets.
+
+    Per-input correlations are ``scores``; ``details`` hold the subsets' ``attributions`` and
+    ``drops`` ``(N, nb_samples)``. An undefined correlation (constant drops) counts as 0.
+
+    Example:
+        >>> result = xt.MuFidelity(model, nb_samples=100, seed=0)(images, labels, maps)
+    """
+
+    name = "mufidelity"
+    higher_is_better = True
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        grid_size: int | None = 9,
+        subset_percent: float = 0.2,
+        nb_samples: int = 200,
+        baseline: float = 0.0,
+        correlation: str = "pearson",
+        activation: str | None = None,
+        seed: int | None = 0,
+        batch_size: int = 64,
+        score_fn: Any = None,
+        progress: bool | None = None,
+        framework: str | None = None,
+    ) -> None:
+        super().__init__(model, batch_size=batch_size, score_fn=score_fn, progress=progress, framework=framework)
+        self.grid_size = None if grid_size is None else v.positive_int("grid_size", grid_size)
+        self.subset_percent = v.in_range("subset_percent", subset_percent, 0.0, 1.0)
+        self.nb_samples = v.positive_int("nb_samples", nb_samples)
+        if self.nb_samples < 2:
+            raise v.ParameterError("nb_samples must be at least 2 to compute a correlation")
+        self.baseline = check_number("baseline", baseline)
+        self.correlation = v.one_of("correlation", correlation, ("pearson", "spearman"))
+        self.activation = check_activation(activation)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer)):
+            raise v.ParameterError(f"seed must be an int or None, got {seed!r}")
+        self.seed = seed
+
+    def draw_keep(self, positions: tuple[int, ...], tabular: bool) -> np.ndarray:
+        """The kept cells ``(nb_samples, *grid)`` as 0/1 float32, at grid resolution."""
+        if tabular or self.grid_size is None:
+            grid = positions
+        else:
+            grid = (self.grid_size,) * len(positions)
+        u = np.random.default_rng(self.seed).random((self.nb_samples, *grid))
+        return (u > self.subset_percent).astype(np.float32)
+
+    def _score(
+        self, x: ep.Tensor, targets: Targets, maps: ep.Tensor | None, masks: ep.Tensor | None
+    ) -> MetricResult:
+        assert maps is not None
+        channel_axis = self.adapter.channel_axis
+        positions = positions_shape(x, channel_axis)
+        keep_grid = self.draw_keep(positions, tabular=x.ndim == 2)
+        cells = ep.from_numpy(x, keep_grid)
+        upsample = _upsampler(cells, positions)
+        base = clean_scores(self, x, targets, self.activation).numpy().astype(np.float64)
+
+        def keep_of(chunk: Chunk) -> ep.Tensor:
+            return upsample(take_rows(cells, chunk.samples))
+
+        def build(chunk: Chunk) -> ep.Tensor:
+            rows = take_rows(x, chunk.items)
+            keep = expand_to_inputs(keep_of(chunk), rows.ndim, channel_axis)
+            return rows * keep + (1.0 - keep) * self.baseline
+
+        def attribution(chunk: Chunk) -> ep.Tensor:
+            removed = 1.0 - keep_of(chunk)
+            weighted = take_rows(maps, chunk.items) * removed
+            return weighted.reshape((weighted.shape[0], -1)).sum(axis=1)
+
+        scores, attrs = streamed_scores(
+            self, targets, x.shape[0], self.nb_samples, build, self.activation,
+            desc=self.name, extra=attribution,
+        )
+        assert attrs is not None
+        drops = base[:, None] - scores
+        return self._result(
+            rowwise_correlation(attrs, drops, self.correlation), attributions=attrs, drops=drops
+        )
+
+
+def _upsampler(cells: ep.Tensor, positions: tuple[int, ...]) -> Callable[[ep.Tensor], ep.Tensor]:
+    """Nearest-neighbour upsampling of ``(B, *grid)`` cells to ``(B, *positions)``."""
+    grid = tuple(cells.shape[1:])
+    if grid == positions:
+        return lambda c: c
+    if len(positions) == 2:
+        return lambda c: resize(c, positions, "nearest")
+    matrix = interpolation_matrix(grid[0], positions[0], "nearest").T.copy()  # (g, T)
+    m = on_device(cells, ("mufidelity-nearest", grid[0], positions[0]), matrix)
+    return lambda c: matmul(c, m)
+
+
+@hookimpl
+def register_metrics(register: Callable[[str, type], None]) -> None:
+    register(MuFidelity.name, MuFidelity)
