@@ -124,7 +124,9 @@ def make_shapes(n: int, seed: int, size: int = 64) -> ShapesData:
     images = _background(rng, tint, size)
     _draw_distractors(rng, images, tint, colour)
     masks = _object_masks(rng, labels, size)
-    np.copyto(images, np.broadcast_to(colour[:, None, None, :], images.shape), where=masks[..., None])
+    np.copyto(
+        images, np.broadcast_to(colour[:, None, None, :], images.shape), where=masks[..., None]
+    )
     images += _PIXEL_NOISE_STD * rng.standard_normal(size=images.shape, dtype=np.float32)
     np.clip(images, 0.0, 1.0, out=images)
     return ShapesData(

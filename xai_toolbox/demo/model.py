@@ -2,6 +2,7 @@
 
 Architecture (about 24 k parameters, fast on a CPU)::
 
+    normalize (fixed per-channel affine: 4 * (x - 0.5), i.e. [0, 1] -> [-2, 2])
     conv1 (3x3, 3->16, same) -> relu1 -> pool1 (max 2x2)
     conv2 (3x3, 16->32, same) -> relu2 -> pool2 (max 2x2)
     conv3 (3x3, 32->64, same) -> relu3 -> gap (global average pool) -> fc (64->classes, logits)
@@ -13,6 +14,13 @@ is the same computation in either framework. PyTorch takes ``(N, 3, H, W)``, Ker
 convolution with padding 1 == ``padding="same"`` at stride 1, ``MaxPool2d(2)`` ==
 ``MaxPooling2D(2)``, mean over H and W == ``GlobalAveragePooling2D``), so with the same
 weights the two models agree to float32 rounding.
+
+``normalize`` is a frozen depthwise 1x1 convolution (``Conv2d(3, 3, 1, groups=3)`` /
+``Conv2D(3, 1, groups=3)``, not trainable): both frameworks express it with standard layers,
+and it ships with the other weights. It is there because training on raw ``[0, 1]`` inputs
+stalled at chance level in our runs, while centred inputs trained; a likely reason is that
+zero padding of raw inputs frames every image in black, whereas centred inputs are padded
+with mid-grey.
 
 The weights ship once, in PyTorch layout (``weights.npz``, keyed by ``state_dict`` names);
 :func:`copy_state_dict_to_keras` converts them when the Keras twin is loaded. They are
@@ -88,6 +96,9 @@ WEIGHTS_PATH = Path(__file__).with_name("weights.npz")
 # Output channels of conv1..conv3. Both builders loop over this one tuple, so the twins
 # cannot drift apart.
 _CONV_CHANNELS = (16, 32, 64)
+# The fixed input normalisation x -> _NORM_SCALE * x + _NORM_OFFSET maps [0, 1] to [-2, 2],
+# roughly zero mean and unit variance on the demo images.
+_NORM_SCALE, _NORM_OFFSET = 4.0, -2.0
 
 _FRAMEWORK_ALIASES = {
     "torch": "torch",
@@ -101,8 +112,9 @@ _FRAMEWORK_ALIASES = {
 def build_torch_model(num_classes: int = len(CLASS_NAMES)) -> torch.nn.Module:
     """Build the (untrained) PyTorch demo CNN, an ``nn.Sequential`` with named parts.
 
-    Submodules are ``conv1, relu1, pool1, conv2, relu2, pool2, conv3, relu3, gap, fc``;
-    ``gap`` averages over height and width and flattens, so its output is ``(N, 64)`` like
+    Submodules are ``normalize, conv1, relu1, pool1, conv2, relu2, pool2, conv3, relu3, gap,
+    fc``; ``normalize`` is a frozen per-channel affine map (a depthwise 1x1 convolution with
+    ``requires_grad=False``, see the module docstring); ``gap`` averages over height and width and flattens, so its output is ``(N, 64)`` like
     the Keras twin's. ReLUs are not in-place, because in-place ops break the backward hooks
     that gradient-based explanation methods register on layers.
 
@@ -115,6 +127,11 @@ def build_torch_model(num_classes: int = len(CLASS_NAMES)) -> torch.nn.Module:
 
     _check_num_classes(num_classes)
     parts: OrderedDict[str, nn.Module] = OrderedDict()
+    normalize = nn.Conv2d(3, 3, kernel_size=1, groups=3)
+    nn.init.constant_(normalize.weight, _NORM_SCALE)
+    nn.init.constant_(normalize.bias, _NORM_OFFSET)
+    normalize.requires_grad_(False)
+    parts["normalize"] = normalize
     in_channels = 3
     for i, out_channels in enumerate(_CONV_CHANNELS, start=1):
         parts[f"conv{i}"] = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
@@ -122,9 +139,7 @@ def build_torch_model(num_classes: int = len(CLASS_NAMES)) -> torch.nn.Module:
         if i < len(_CONV_CHANNELS):
             parts[f"pool{i}"] = nn.MaxPool2d(2)
         in_channels = out_channels
-    parts["gap"] = nn.Sequential(
-        OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten())
-    )
+    parts["gap"] = nn.Sequential(OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten()))
     parts["fc"] = nn.Linear(in_channels, num_classes)
     return nn.Sequential(parts)
 
@@ -134,7 +149,8 @@ def build_keras_model(
 ) -> keras.Model:
     """Build the (untrained) Keras 3 twin of :func:`build_torch_model`.
 
-    A functional model with layers ``conv1, relu1, pool1, ..., conv3, relu3, gap, fc``; the
+    A functional model with layers ``normalize, conv1, relu1, pool1, ..., conv3, relu3, gap,
+    fc`` (``normalize`` frozen with ``trainable=False``); the
     ReLUs are separate layers (not ``activation=`` of the convolutions) so the post-ReLU
     feature maps can be addressed by name. ``size=None`` accepts any image size (the global
     pooling makes the head size-independent).
@@ -152,7 +168,16 @@ def build_keras_model(
     # transpose the twin.
     fmt = "channels_last"
     inputs = keras.Input(shape=(size, size, 3), name="image")
-    x = inputs
+    x = layers.Conv2D(
+        3,
+        1,
+        groups=3,
+        data_format=fmt,
+        kernel_initializer=keras.initializers.Constant(_NORM_SCALE),
+        bias_initializer=keras.initializers.Constant(_NORM_OFFSET),
+        trainable=False,
+        name="normalize",
+    )(inputs)
     for i, out_channels in enumerate(_CONV_CHANNELS, start=1):
         x = layers.Conv2D(out_channels, 3, padding="same", data_format=fmt, name=f"conv{i}")(x)
         x = layers.ReLU(name=f"relu{i}")(x)
@@ -247,7 +272,9 @@ def copy_state_dict_to_keras(
         layer.set_weights(weights)
         assigned.add(layer.name)
 
-    missed = [layer.name for layer in keras_model.layers if layer.weights and layer.name not in assigned]
+    missed = [
+        layer.name for layer in keras_model.layers if layer.weights and layer.name not in assigned
+    ]
     if missed:
         raise LayerError(
             f"Keras layers {missed} have weights but no torch module was copied into them; "
