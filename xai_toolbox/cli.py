@@ -1,13 +1,49 @@
-"""Command line: ``xai-toolbox list`` (methods and metrics with the package providing each)."""
+"""The ``xai-toolbox`` command line.
+
+* ``xai-toolbox list`` — methods and metrics, and the package providing each;
+* ``xai-toolbox demo`` — the main job: the embedded demo model explained by every method and
+  scored by every metric, with a ranked table and ``xai-demo/report.html``;
+* ``xai-toolbox explain`` — explanations of your own model on your images (``.npy`` maps and
+  PNG overlays);
+* ``xai-toolbox evaluate`` — the same plus metric scores and an HTML report.
+
+Errors print one line, ``xai-toolbox: error: ...``, and exit non-zero; ``--debug`` shows the
+traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
+import re
 import sys
+import textwrap
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
 
 from .registry import get_registry
 
+PROG = "xai-toolbox"
 
+DEFAULT_EXPLAIN_METHODS = ("saliency",)
+
+
+class CliError(Exception):
+    """A usage problem found by the command line itself (shown as one line)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line, like every other CLI error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+# -- list ---------------------------------------------------------------------------------------
 def _cmd_list(args: argparse.Namespace) -> int:
     registry = get_registry()
     for title, table in (("methods", registry.methods), ("metrics", registry.metrics)):
@@ -24,29 +60,485 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="xai-toolbox",
-        description="Explanations for image classifiers on PyTorch and TensorFlow/Keras.",
-        epilog="example: xai-toolbox list",
+# -- demo ---------------------------------------------------------------------------------------
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo_job import run_demo
+
+    result = run_demo(
+        args.framework,
+        methods=args.methods,
+        metrics=args.metrics,
+        n_images=args.n_images,
+        out=args.out,
+        seed=args.seed,
+        quick=args.quick,
+        progress=False if args.no_progress else None,
+        echo=print,
+        keep_going=not args.debug,
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("list", help="list methods and metrics", epilog="example: xai-toolbox list")
+    return _report_failures(result.run.failures)
+
+
+def _report_failures(failures: dict[str, str]) -> int:
+    for what, why in failures.items():
+        print(f"{PROG}: error: {what} failed: {why}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+# -- explain / evaluate ---------------------------------------------------------------------------
+def _parse_params(items: Sequence[str] | None, allowed: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["rise.nb_samples=500", "gradcam.layer=conv3"]`` -> ``{"rise": {"nb_samples": 500}, ...}``."""
+    params: dict[str, dict[str, Any]] = {}
+    for item in items or ():
+        match = re.fullmatch(r"([A-Za-z0-9_]+)\.([A-Za-z_][A-Za-z0-9_]*)=(.*)", item)
+        if match is None:
+            raise CliError(f"--param {item!r} must look like NAME.KEY=VALUE, e.g. rise.nb_samples=500")
+        name, key, raw = match.groups()
+        if name not in allowed:
+            raise CliError(
+                f"--param {item!r} is for {name!r}, which is not among the selected methods/metrics "
+                f"({', '.join(allowed)})"
+            )
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw  # a bare word: a layer name, a mode...
+        params.setdefault(name, {})[key] = value
+    return params
+
+
+def _parse_target(text: str) -> int | None:
+    if text.lower() in ("top1", "top-1", "pred", "predicted"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise CliError(f"--target must be 'top1' or a class index, got {text!r}") from None
+    if value < 0:
+        raise CliError(f"--target must be a non-negative class index, got {value}")
+    return value
+
+
+def _read_class_names(path: str | None) -> list[str] | None:
+    if path is None:
+        return None
+    file = Path(path)
+    if not file.is_file():
+        raise CliError(f"class names file not found: {path!r}")
+    try:
+        names = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read class names file {path!r}: {exc}") from exc
+    return names
+
+
+def _load_masks(paths: Sequence[str], image_names: Sequence[str], size: tuple[int, int]) -> Any:
+    """Binary masks ``(N, H, W)`` matched to the images by file stem."""
+    import numpy as np
+    from PIL import Image
+
+    from .io import ImageLoadError, find_images
+
+    by_stem: dict[str, Path] = {}
+    for path in find_images(paths):
+        by_stem.setdefault(path.stem, path)
+    masks = []
+    for name in image_names:
+        stem = Path(name).stem
+        if stem not in by_stem:
+            raise ImageLoadError(f"no mask for image {name!r}: expected a mask file named {stem}.<ext>")
+        try:
+            with Image.open(by_stem[stem]) as img:
+                mask = img.convert("L").resize((size[1], size[0]), Image.Resampling.NEAREST)
+        except OSError as exc:
+            raise ImageLoadError(f"cannot read mask {str(by_stem[stem])!r}: {exc}") from exc
+        masks.append(np.asarray(mask) > 127)
+    return np.stack(masks).astype(np.float32)
+
+
+def _explain_or_evaluate(args: argparse.Namespace, with_metrics: bool) -> int:
+    import numpy as np
+
+    from .demo_job import DEFAULT_EXCLUDED_METRICS, evaluate_methods, resolve_names
+    from .io import (
+        load_images,
+        load_model,
+        normalize,
+        output_path,
+        probe_images,
+        to_model_layout,
+        unique_stems,
+    )
+
+    # Everything cheap is checked before a framework is imported or a model loaded.
+    methods = resolve_names("method", args.method or list(DEFAULT_EXPLAIN_METHODS))
+    metrics: list[str] = []
+    if with_metrics:
+        if args.metric:
+            metrics = resolve_names("metric", args.metric)
+        else:
+            registry = get_registry()
+            metrics = [
+                m for m in resolve_names("metric", None, exclude=DEFAULT_EXCLUDED_METRICS)
+                if args.masks or not registry.metrics[m].cls.needs_masks
+            ]
+        if not args.masks:
+            needing = [m for m in metrics if get_registry().metrics[m].cls.needs_masks]
+            if needing:
+                raise CliError(f"metric(s) {', '.join(needing)} need ground-truth masks: pass --masks")
+    params = _parse_params(args.param, [*methods, *metrics])
+    target = _parse_target(args.target)
+    probe_images(args.images)  # missing or unreadable files fail here, before any model is loaded
+    if getattr(args, "masks", None):
+        probe_images(args.masks)
+    class_names = _read_class_names(args.class_names)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {str(out)!r} exists and is not a folder")
+
+    loaded = load_model(args.model, weights=args.weights, trust_model_code=args.trust_model_code)
+    size = tuple(args.size) if args.size else loaded.input_size
+    channels = 1 if loaded.channels == 1 else 3
+    batch = load_images(args.images, size=size, channels=channels)
+    model_inputs = to_model_layout(normalize(batch.images, args.mean, args.std), loaded.framework)
+    mask_paths = getattr(args, "masks", None)
+    masks = _load_masks(mask_paths, batch.names, batch.images.shape[1:3]) if mask_paths else None
+    predictions, n_classes = _predict(loaded.model, model_inputs, args.batch_size)
+    if target is not None and target >= n_classes:
+        raise CliError(f"--target {target} is out of range: the model has {n_classes} outputs (0..{n_classes - 1})")
+    if class_names is not None and len(class_names) != n_classes:
+        raise CliError(f"--class-names lists {len(class_names)} names but the model has {n_classes} outputs")
+    targets = predictions if target is None else np.full(len(predictions), target, dtype=np.int64)
+
+    print(
+        f"{PROG}: {len(batch.names)} image(s) {batch.images.shape[2]}x{batch.images.shape[1]}, "
+        f"{loaded.source}, {len(methods)} method(s)" + (f", {len(metrics)} metric(s)" if with_metrics else "")
+    )
+    run = evaluate_methods(
+        loaded.model,
+        model_inputs,
+        targets,
+        methods=methods,
+        metrics=metrics,
+        masks=masks,
+        method_params={m: params.get(m, {}) for m in methods},
+        metric_params={m: params.get(m, {}) for m in metrics},
+        batch_size=args.batch_size,
+        progress=False if args.no_progress else None,
+        echo=print,
+        keep_going=not args.debug,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    from .plot import overlay
+    from .report import png_bytes
+
+    stems = unique_stems(batch.names)
+    written = 0
+    for method, maps in run.maps.items():
+        overlays = overlay(batch.images, maps, alpha=args.alpha, cmap=args.cmap, channels_first=False)
+        for i, stem in enumerate(stems):
+            np.save(output_path(out, stem, method, suffix=".npy"), maps[i])
+            output_path(out, stem, method, suffix=".png").write_bytes(png_bytes(overlays[i]))
+            written += 2
+    print(f"wrote {written} files (.npy maps and .png overlays) to {out}")
+
+    if with_metrics:
+        from .report import collect_scores, format_summary, write_report
+
+        scores = collect_scores(run.results)
+        if scores:
+            print()
+            print(format_summary(scores, run.timings))
+            _write_csv(out / "scores.csv", scores)
+        settings = {
+            "model": loaded.source,
+            "images": f"{len(batch.names)} file(s), {batch.images.shape[2]}x{batch.images.shape[1]}",
+            "normalisation": {"mean": args.mean or "none", "std": args.std or "none"},
+            "target": "top-1 prediction" if target is None else f"class {target}",
+            "batch_size": args.batch_size,
+            "methods": run.params["methods"],
+            "metrics": run.params["metrics"],
+        }
+        notes = [f"FAILED {what}: {why}" for what, why in run.failures.items()]
+        report = write_report(
+            out / "report.html",
+            images=batch.images,
+            maps=run.maps,
+            results=run.results,
+            names=batch.names,
+            predictions=predictions,
+            labels=None,
+            class_names=class_names,
+            settings=settings,
+            timings=run.timings,
+            notes=notes,
+            title=f"xai-toolbox evaluation — {Path(str(args.model)).name}",
+            channels_first=False,
+            max_images=args.max_report_images,
+            alpha=args.alpha,
+            cmap=args.cmap,
+        )
+        print(f"report: {report}")
+    return _report_failures(_with_hints(run.failures, loaded.model))
+
+
+def _with_hints(failures: dict[str, str], model: Any) -> dict[str, str]:
+    if "torch" not in sys.modules or not failures:
+        return failures
+    import torch
+
+    if not isinstance(model, torch.jit.ScriptModule):
+        return failures
+    hint = (
+        " (TorchScript models have no module hooks, so layer-based methods such as CAMs cannot run "
+        "on them; load the model with --model package.module:factory [--weights FILE] instead)"
+    )
+    return {k: v + hint if "hook" in v or "layer" in v.lower() else v for k, v in failures.items()}
+
+
+def _write_csv(path: Path, scores: Sequence[Any]) -> None:
+    import csv
+
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "metric", "mean", "std", "n", "higher_is_better"])
+        for s in scores:
+            writer.writerow([s.method, s.metric, f"{s.mean:.6g}", f"{s.std:.6g}", s.n, s.higher_is_better])
+
+
+def _predict(model: Any, inputs: Any, batch_size: int) -> tuple[Any, int]:
+    import numpy as np
+
+    from ._streaming import batched_forward
+    from .backends import adapt
+    from .errors import ScoreFunctionError
+
+    adapter = adapt(model)
+    with adapter.preserved():
+        outputs = batched_forward(adapter, adapter.to_model(inputs), batch_size)
+    if outputs.ndim != 2:
+        raise ScoreFunctionError(
+            f"the model returned outputs of shape {tuple(outputs.shape)}; the command line explains "
+            "classifiers with (N, classes) outputs"
+        )
+    return outputs.numpy().argmax(axis=1).astype(np.int64), int(outputs.shape[1])
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    return _explain_or_evaluate(args, with_metrics=False)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    return _explain_or_evaluate(args, with_metrics=True)
+
+
+# -- parser ---------------------------------------------------------------------------------------
+_MODEL_HELP = """\
+model:
+  --model accepts
+    model.pt / model.ts        a TorchScript archive (torch.jit.script(model).save(path)), or
+    model.keras                a Keras 3 file, loaded with safe_mode=True, or
+    pkg.module:factory         a function returning an nn.Module or keras.Model
+    path/to/file.py:factory    (same, from a file); add --weights state.pth (PyTorch state dict,
+                               read with torch.load(weights_only=True)) or --weights x.weights.h5.
+  Pickled whole models (torch.save(model)), legacy .h5 models and .keras files with Lambda
+  layers can run arbitrary code while loading: they need --trust-model-code. Use it only
+  for files you trust.
+  TorchScript models have no module hooks: CAM methods need a factory-loaded model.
+"""
+
+_EXPLAIN_EPILOG = _MODEL_HELP + """
+examples:
+  xai-toolbox explain --model resnet.ts --size 224 --mean 0.485 0.456 0.406 \\
+      --std 0.229 0.224 0.225 --method saliency --method rise photos/
+  xai-toolbox explain --model torchvision.models:resnet18 --weights r18.pth \\
+      --method gradcam --param gradcam.layer=layer4 cat.jpg dog.jpg
+  xai-toolbox explain --model classifier.keras --method gradcam --target 3 images/
+"""
+
+_EVALUATE_EPILOG = _MODEL_HELP + """
+examples:
+  xai-toolbox evaluate --model classifier.keras --method gradcam --method rise \\
+      --metric deletion --metric insertion images/ --out eval-out
+  xai-toolbox evaluate --model net.ts --size 64 --method saliency --masks masks/ images/
+  (masks/ holds one mask per image with the same file stem; nonzero = object)
+"""
+
+_DEMO_EPILOG = """\
+examples:
+  xai-toolbox demo                                   # PyTorch, every method and metric
+  xai-toolbox demo --framework tf --out tf-demo
+  xai-toolbox demo --methods gradcam rise sobol --metrics deletion pointing_game
+  xai-toolbox demo --quick --n-images 4              # a smoke test of a few seconds
+
+The demo's hyper-parameters are DEMO_PARAMS in xai_toolbox/demo_job.py (listed in the
+report's settings). The model-randomisation check is left out unless asked for
+(--metrics ... randomization): it re-explains every image on randomised models.
+"""
+
+
+def _add_model_arguments(p: argparse.ArgumentParser, with_metrics: bool) -> None:
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...) and/or folders of them")
+    p.add_argument("--model", required=True, help="model file or package.module:factory (see below)")
+    p.add_argument("--weights", help="weights for a factory's model: a PyTorch state dict or Keras .weights.h5")
+    p.add_argument(
+        "--trust-model-code",
+        action="store_true",
+        help="allow model formats that execute code while loading (pickled modules, legacy .h5, "
+        "Lambda layers) — only for files you trust",
+    )
+    p.add_argument(
+        "--size", nargs="+", type=int, metavar="N",
+        help="resize images to H W (or one int for square); default: the model's declared input size "
+        "(Keras), else the images' own size",
+    )
+    p.add_argument("--mean", nargs="+", type=float, metavar="M", help="per-channel mean subtracted before the model")
+    p.add_argument("--std", nargs="+", type=float, metavar="S", help="per-channel std divided by before the model")
+    p.add_argument("--target", default="top1", help="class index to explain, or 'top1' (default): the model's prediction")
+    p.add_argument(
+        "--method", action="append", metavar="NAME",
+        help=f"method to run (repeatable; default: {', '.join(DEFAULT_EXPLAIN_METHODS)}); see 'xai-toolbox list'",
+    )
+    if with_metrics:
+        p.add_argument(
+            "--metric", action="append", metavar="NAME",
+            help="metric to score (repeatable; default: every metric that needs no masks, or all with "
+            "--masks, except randomization)",
+        )
+        p.add_argument("--masks", nargs="+", metavar="PATH", help="ground-truth masks (files or folder) matched to images by file stem")
+        p.add_argument("--max-report-images", type=int, default=32, metavar="N", help="images shown in the report (default 32)")
+    p.add_argument(
+        "--param", action="append", metavar="NAME.KEY=VALUE",
+        help="a hyper-parameter of a method or metric, e.g. rise.nb_samples=2000 or gradcam.layer=layer4 "
+        "(repeatable; values are JSON, else text)",
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="model inputs per forward pass (default 64)")
+    p.add_argument("--class-names", metavar="FILE", help="text file with one class name per line")
+    p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity of the overlays (default 0.5)")
+    p.add_argument("--cmap", default="jet", help="colormap of the overlays (default jet)")
+    p.add_argument("--out", default="xai-evaluation" if with_metrics else "xai-explanations",
+                   help="output folder (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _wrap(text: str) -> str:
+    # Raw formatters keep the epilogs' examples as written; descriptions are wrapped here.
+    return textwrap.fill(text, width=88)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .testing import installed_frameworks
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+    parser = _Parser(
+        prog=PROG,
+        description="Explanations for image classifiers on PyTorch and TensorFlow/Keras.",
+        epilog="examples:\n  xai-toolbox list\n  xai-toolbox demo\n  xai-toolbox explain --model net.ts cat.png\n"
+        "  xai-toolbox evaluate --model net.keras --method gradcam images/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", default=False, help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", parents=[common], help="list methods and metrics",
+                       epilog="example: xai-toolbox list", description="List the registered methods and metrics.")
     p.set_defaults(func=_cmd_list)
+
+    frameworks = installed_frameworks() or ["torch", "tf"]
+    p = sub.add_parser(
+        "demo", parents=[common], help="explain and score the embedded demo model (the main job)",
+        description=_wrap(
+            "Explain held-out images of the embedded demo CNN with every method, score the "
+            "explanations with every metric (pointing games against the true object masks), print a "
+            "ranked table and write OUT/report.html."
+        ),
+        epilog=_DEMO_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--framework", choices=["torch", "tf"], default=frameworks[0],
+                   help="which twin of the demo model to explain (default: %(default)s)")
+    p.add_argument("--methods", nargs="+", metavar="NAME", help="methods (default: every registered one)")
+    p.add_argument("--metrics", nargs="+", metavar="NAME", help="metrics (default: every registered one but randomization)")
+    p.add_argument("--n-images", type=_positive, default=8, help="held-out images to explain (default 8)")
+    p.add_argument("--out", default="xai-demo", help="output folder (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the held-out images (default: the demo's held-out seed)")
+    p.add_argument("--quick", action="store_true", help="reduced settings: a smoke test of a few seconds")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "explain", parents=[common], help="explain your own model on your images",
+        description=_wrap(
+            "Explain a model's predictions on image files: writes OUT/<image>_<method>.npy "
+            "(the map, H x W float32) and OUT/<image>_<method>.png (an overlay)."
+        ),
+        epilog=_EXPLAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_model_arguments(p, with_metrics=False)
+    p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser(
+        "evaluate", parents=[common], help="explain and score your own model; HTML report",
+        description=_wrap(
+            "Explain a model's predictions on image files and score the explanations: "
+            "writes the maps and overlays as 'explain' does, OUT/scores.csv and OUT/report.html."
+        ),
+        epilog=_EVALUATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_model_arguments(p, with_metrics=True)
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    from .errors import XaiToolboxError
+
+    text = " ".join(str(exc).split())
+    if isinstance(exc, KeyError) and not isinstance(exc, XaiToolboxError):
+        text = text.strip("'\"")  # KeyError's str() is the repr of its argument
+    if not text:
+        text = type(exc).__name__
+
+    if not isinstance(exc, XaiToolboxError | CliError | OSError | ValueError):
+        text = f"{type(exc).__name__}: {text} (run with --debug for the traceback)"
+    return text
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``xai-toolbox`` command (returns the exit status)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    # Each method builds its own adapter, hence its own tf.function: TensorFlow's "retracing"
+    # warnings are expected here and would only drown the progress lines.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except Exception as exc:
-        if args.debug:
-            raise
-        print(f"xai-toolbox: error: {exc}", file=sys.stderr)
-        return 1
+    debug = bool(getattr(args, "debug", False))
+    args.debug = debug
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _show_warning
+        try:
+            return int(args.func(args))
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as exc:
+            if debug:
+                raise
+            print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

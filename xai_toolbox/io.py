@@ -1,0 +1,556 @@
+"""Loading the user's model and images for the command line, and naming output files safely.
+
+Models (see :func:`load_model`):
+
+* PyTorch: a TorchScript archive (``torch.jit.load``), or ``package.module:factory`` /
+  ``path/to/file.py:factory`` returning an ``nn.Module``, optionally with a state dict
+  (``--weights model.pt``) read by ``torch.load(weights_only=True)``;
+* Keras 3: a ``.keras`` file, read with ``keras.models.load_model(path, safe_mode=True)``, or a
+  factory returning a ``keras.Model`` (optionally with ``--weights model.weights.h5``).
+
+Formats that unpickle arbitrary Python code on load (a whole pickled ``nn.Module``, a
+legacy ``.h5`` model, a ``.keras`` file with ``Lambda`` layers) are refused unless
+``trust_model_code=True``: loading such a file runs whatever code its author put in it.
+
+Images are PNG/JPEG/... files read by Pillow as float32 ``(N, H, W, C)`` in ``[0, 1]``.
+
+Example:
+    >>> from xai_toolbox.io import load_images, load_model
+    >>> loaded = load_model("resnet.ts")
+    >>> batch = load_images(["cat.png", "photos/"], size=(224, 224))
+    >>> batch.images.shape, batch.names
+    ((3, 224, 224, 3), ['cat.png', 'dog.jpg', 'owl.jpg'])
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError, UnsupportedModelError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImageBatch",
+    "ImageLoadError",
+    "LoadedModel",
+    "ModelLoadError",
+    "find_images",
+    "load_images",
+    "load_model",
+    "normalize",
+    "output_path",
+    "probe_images",
+    "safe_stem",
+    "to_model_layout",
+    "unique_stems",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit", ".zip")
+_TRUST_HINT = (
+    "it can run arbitrary code while loading; pass --trust-model-code only for a file you "
+    "trust (trust_model_code=True in Python)"
+)
+
+
+class ModelLoadError(UnsupportedModelError):
+    """The model file or factory could not be loaded (or loading it would be unsafe)."""
+
+
+class ImageLoadError(InputError):
+    """An image file is missing, unreadable or inconsistent with the others."""
+
+
+# -- file names -----------------------------------------------------------------------------------
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_stem(name: str, default: str = "image") -> str:
+    """A file-name stem that is safe to create inside an output folder.
+
+    Keeps the base name only (both ``/`` and ``\\`` separators), drops the extension,
+    replaces every character outside ``[A-Za-z0-9._-]`` by ``_``, removes leading dots
+    (no hidden files, no ``..``) and caps the length at 80 characters.
+
+    Example:
+        >>> safe_stem("../../x.png"), safe_stem("<img src=x>.png"), safe_stem("..")
+        ('x', 'img_src_x', 'image')
+    """
+    base = re.split(r"[\\/]", str(name))[-1]
+    stem = base.rsplit(".", 1)[0] if "." in base.lstrip(".") else base
+    stem = _UNSAFE.sub("_", stem).strip("_").lstrip(".")
+    stem = stem.strip("_")[:80]
+    return stem or default
+
+
+def unique_stems(names: Sequence[str]) -> list[str]:
+    """:func:`safe_stem` of each name, made unique by suffixing ``_2``, ``_3``, ...
+
+    Example:
+        >>> unique_stems(["a/x.png", "b/x.png"])
+        ['x', 'x_2']
+    """
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        stem = safe_stem(name)
+        key = stem.lower()  # case-insensitive file systems
+        seen[key] = seen.get(key, 0) + 1
+        out.append(stem if seen[key] == 1 else f"{stem}_{seen[key]}")
+    return out
+
+
+def output_path(folder: str | Path, *parts: str, suffix: str) -> Path:
+    """``folder / "<part1>_<part2>...<suffix>"`` with every part sanitised by :func:`safe_stem`.
+
+    The result is guaranteed to lie directly inside ``folder`` (checked after resolving).
+
+    Example:
+        >>> output_path("out", "../../x.png", "gradcam", suffix=".npy")
+        PosixPath('out/x_gradcam.npy')
+    """
+    folder = Path(folder)
+    name = "_".join(safe_stem(p) for p in parts) + suffix
+    path = folder / name
+    if path.resolve().parent != folder.resolve():  # defence in depth: never leave the folder
+        raise InputError(f"refusing to write outside the output folder: {name!r}")
+    return path
+
+
+# -- images ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageBatch:
+    """Images read from files.
+
+    Attributes:
+        images: float32 ``(N, H, W, C)`` in ``[0, 1]`` (channels last, whatever the framework).
+        names: the file names (base names), for captions.
+        paths: the files read.
+    """
+
+    images: np.ndarray
+    names: list[str]
+    paths: list[Path]
+
+
+def find_images(paths: Sequence[str | Path]) -> list[Path]:
+    """The image files named by ``paths``: files as given, folders expanded (sorted, not recursive).
+
+    Raises:
+        ImageLoadError: a path does not exist, or a folder holds no image file.
+
+    Example:
+        >>> find_images(["photos/"])
+        [PosixPath('photos/cat.png'), PosixPath('photos/dog.jpg')]
+    """
+    if not paths:
+        raise ImageLoadError("no images given: pass image files or a folder")
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise ImageLoadError(
+                    f"folder {str(path)!r} contains no image files ({', '.join(IMAGE_SUFFIXES)})"
+                )
+            found.extend(files)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise ImageLoadError(f"image file not found: {str(path)!r}")
+    return found
+
+
+def probe_images(paths: Sequence[str | Path]) -> list[Path]:
+    """:func:`find_images`, then check that Pillow recognises each file (header only, cheap).
+
+    Lets the command line reject a bad image before it loads a model.
+
+    Raises:
+        ImageLoadError: a path is missing or a file is not an image Pillow can read.
+    """
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError as exc:  # pragma: no cover - Pillow is in the plot/all extras
+        raise ImageLoadError("reading images needs Pillow: pip install pillow") from exc
+    files = find_images(paths)
+    for path in files:
+        try:
+            with Image.open(path):
+                pass
+        except UnidentifiedImageError as exc:
+            raise ImageLoadError(f"cannot read image {str(path)!r}: not an image file Pillow can read") from exc
+        except OSError as exc:
+            raise ImageLoadError(f"cannot read image {str(path)!r}: {exc}") from exc
+    return files
+
+
+def _parse_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    values = [size] if isinstance(size, int) else list(size)
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or any(int(v) < 1 for v in values):
+        raise InputError(f"size must be one positive int or two (H W), got {size!r}")
+    return int(values[0]), int(values[1])
+
+
+def load_images(
+    paths: Sequence[str | Path], size: int | Sequence[int] | None = None, channels: int = 3
+) -> ImageBatch:
+    """Read image files (or folders of them) into one float32 batch ``(N, H, W, C)`` in ``[0, 1]``.
+
+    Args:
+        paths: image files and/or folders (see :func:`find_images`).
+        size: ``(H, W)`` or one int for square images; images are resized bilinearly
+            (with antialiasing). ``None``: keep the files' size, which must then agree.
+        channels: 3 (RGB) or 1 (grayscale); 4-channel files are composited to RGB.
+
+    Raises:
+        ImageLoadError: a file is missing or not an image Pillow can read, or sizes differ
+            without ``size``.
+
+    Example:
+        >>> load_images(["cat.png"], size=64).images.shape
+        (1, 64, 64, 3)
+    """
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError as exc:  # pragma: no cover - Pillow is in the plot/all extras
+        raise ImageLoadError("reading images needs Pillow: pip install pillow") from exc
+    if channels not in (1, 3):
+        raise ImageLoadError(f"channels must be 1 or 3, got {channels}")
+    hw = _parse_size(size)
+    files = find_images(paths)
+    arrays = []
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                img.load()
+                mode = "L" if channels == 1 else "RGB"
+                picture = img.convert(mode)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            detail = "not an image file Pillow can read" if isinstance(exc, UnidentifiedImageError) else str(exc)
+            raise ImageLoadError(f"cannot read image {str(path)!r}: {detail}") from exc
+        if hw is not None and picture.size != (hw[1], hw[0]):
+            picture = picture.resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
+        array = np.asarray(picture, dtype=np.float32) / 255.0
+        arrays.append(array[..., None] if array.ndim == 2 else array)
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        listed = ", ".join(f"{p.name}: {a.shape[1]}x{a.shape[0]}" for p, a in list(zip(files, arrays, strict=True))[:4])
+        raise ImageLoadError(f"images have different sizes ({listed}, ...); pass --size H W to resize them")
+    return ImageBatch(np.stack(arrays).astype(np.float32), [p.name for p in files], files)
+
+
+def normalize(
+    images: np.ndarray, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> np.ndarray:
+    """``(images - mean) / std`` per channel on ``(N, H, W, C)`` images (one value = every channel).
+
+    Example:
+        >>> normalize(x, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    """
+    channels = images.shape[-1]
+
+    def per_channel(values: Sequence[float] | None, default: float, what: str) -> np.ndarray:
+        if values is None:
+            return np.full(channels, default, dtype=np.float32)
+        v = np.asarray(list(values), dtype=np.float32).reshape(-1)
+        if v.size == 1:
+            v = np.repeat(v, channels)
+        if v.size != channels:
+            raise InputError(f"--{what} has {v.size} values for images with {channels} channels")
+        return v
+
+    m = per_channel(mean, 0.0, "mean")
+    s = per_channel(std, 1.0, "std")
+    if np.any(s <= 0):
+        raise InputError(f"--std values must be positive, got {s.tolist()}")
+    return ((images - m) / s).astype(np.float32)
+
+
+def to_model_layout(images_nhwc: np.ndarray, framework: str) -> np.ndarray:
+    """``(N, H, W, C)`` images in the layout of ``framework`` (PyTorch: ``(N, C, H, W)``)."""
+    if framework == "torch":
+        return np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2))
+    return np.ascontiguousarray(images_nhwc)
+
+
+# -- models ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model loaded for the command line.
+
+    Attributes:
+        model: the ``nn.Module`` / ``keras.Model``.
+        framework: ``"torch"`` or ``"tf"``.
+        source: how it was loaded, for the report's settings.
+        input_size: ``(H, W)`` the model declares (Keras), else ``None``.
+        channels: the number of input channels the model declares, else ``None``.
+    """
+
+    model: Any
+    framework: str
+    source: str
+    input_size: tuple[int, int] | None = None
+    channels: int | None = None
+
+
+_FACTORY = re.compile(r"^(?P<module>.+):(?P<attr>[A-Za-z_][A-Za-z0-9_.]*)$")
+
+
+def _split_factory(spec: str) -> tuple[str, str] | None:
+    match = _FACTORY.match(spec)
+    if match is None:
+        return None
+    module = match.group("module")
+    if len(module) == 1 and module.isalpha():  # "C:..." is a Windows drive, not a module
+        return None
+    return module, match.group("attr")
+
+
+def _import_factory(module_spec: str, attr: str) -> Any:
+    if module_spec.endswith(".py"):
+        path = Path(module_spec)
+        if not path.is_file():
+            raise ModelLoadError(f"model factory file not found: {module_spec!r}")
+        name = f"_xai_toolbox_user_{safe_stem(path.stem)}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ModelLoadError(f"cannot import {module_spec!r} as a Python module")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(name, None)
+            raise ModelLoadError(f"importing {module_spec!r} failed: {type(exc).__name__}: {exc}") from exc
+    else:
+        try:
+            module = importlib.import_module(module_spec)
+        except ImportError as exc:
+            raise ModelLoadError(
+                f"cannot import module {module_spec!r} ({exc}); use package.module:factory with the "
+                "package on PYTHONPATH, or path/to/file.py:factory"
+            ) from exc
+    target: Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ModelLoadError(f"{module_spec!r} has no attribute {attr!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ModelLoadError(f"{module_spec}:{attr} is not callable; it must build and return the model")
+    return target
+
+
+def _framework_of(model: Any) -> str:
+    module = type(model).__module__
+    if "torch" in sys.modules:
+        import torch
+
+        if isinstance(model, torch.nn.Module):
+            return "torch"
+    if module.startswith(("keras", "tf_keras", "tensorflow")) or hasattr(model, "get_layer"):
+        return "tf"
+    raise ModelLoadError(
+        f"the factory returned a {module}.{type(model).__qualname__}; expected a torch.nn.Module "
+        "or a keras.Model"
+    )
+
+
+def _torch_state(path: Path, trust: bool) -> Any:
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        if not trust:
+            raise ModelLoadError(
+                f"{str(path)!r} cannot be read with torch.load(weights_only=True) ({type(exc).__name__}); "
+                f"it holds pickled Python objects — {_TRUST_HINT}"
+            ) from exc
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _load_weights(model: Any, framework: str, weights: Path, trust: bool) -> None:
+    if not weights.is_file():
+        raise ModelLoadError(f"weights file not found: {str(weights)!r}")
+    if framework == "torch":
+        state = _torch_state(weights, trust)
+        if hasattr(state, "state_dict") and callable(state.state_dict):
+            state = state.state_dict()
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise ModelLoadError(
+                f"{str(weights)!r} holds a {type(state).__name__}, not a state dict (name -> tensor)"
+            )
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ModelLoadError(f"the weights in {str(weights)!r} do not fit the model: {first}") from exc
+        return
+    if not str(weights).endswith(".weights.h5"):
+        raise ModelLoadError(
+            f"Keras weights must be a .weights.h5 file (model.save_weights), got {str(weights)!r}"
+        )
+    try:
+        model.load_weights(str(weights))
+    except Exception as exc:
+        raise ModelLoadError(f"loading Keras weights {str(weights)!r} failed: {exc}") from exc
+
+
+def _keras_input(model: Any) -> tuple[tuple[int, int] | None, int | None]:
+    try:
+        shape = model.input_shape
+    except (AttributeError, ValueError, RuntimeError):
+        return None, None
+    if not isinstance(shape, tuple) or len(shape) != 4:
+        return None, None
+    _, h, w, c = shape
+    size = (h, w) if isinstance(h, int) and isinstance(w, int) else None
+    return size, c if isinstance(c, int) else None
+
+
+def _torch_channels(model: Any) -> int | None:
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            return int(module.in_channels)
+    return None
+
+
+def load_model(
+    spec: str | Path,
+    *,
+    weights: str | Path | None = None,
+    trust_model_code: bool = False,
+) -> LoadedModel:
+    """Load a PyTorch or Keras model from a file or a factory (see the module docs).
+
+    Args:
+        spec: a TorchScript file, a ``.keras`` file, ``package.module:factory`` or
+            ``path/to/file.py:factory`` (the factory is called without arguments).
+        weights: a PyTorch state dict (``.pt``/``.pth``, read with ``weights_only=True``) or a
+            Keras ``.weights.h5`` file, loaded into the factory's model.
+        trust_model_code: allow formats that may execute code while loading (pickled
+            modules, legacy ``.h5`` models, ``.keras`` files with ``Lambda`` layers).
+
+    Raises:
+        ModelLoadError: the file is missing, of an unknown kind, unsafe without
+            ``trust_model_code``, or does not hold a model.
+
+    Example:
+        >>> load_model("model.keras").framework
+        'tf'
+        >>> load_model("mypkg.models:build_resnet", weights="resnet.pth").framework
+        'torch'
+    """
+    text = str(spec)
+    path = Path(text)
+    weights_path = Path(weights) if weights is not None else None
+    factory = None if path.exists() else _split_factory(text)
+    if factory is not None:
+        build = _import_factory(*factory)
+        try:
+            model = build()
+        except Exception as exc:
+            raise ModelLoadError(f"calling {text} failed: {type(exc).__name__}: {exc}") from exc
+        framework = _framework_of(model)
+        if weights_path is not None:
+            _load_weights(model, framework, weights_path, trust_model_code)
+        source = f"factory {text}" + (f" with weights {weights_path.name}" if weights_path else "")
+        return _finish(model, framework, source)
+
+    if not path.exists():
+        raise ModelLoadError(
+            f"model file not found: {text!r} (expected a TorchScript file, a .keras file, or "
+            "package.module:factory)"
+        )
+    if path.is_dir():
+        raise ModelLoadError(
+            f"{text!r} is a folder; TensorFlow SavedModel folders are not supported by Keras 3 — "
+            "save the model as .keras (model.save('model.keras'))"
+        )
+    if weights_path is not None:
+        raise ModelLoadError("--weights needs a factory (--model package.module:factory); a model file holds its weights")
+    suffix = path.suffix.lower()
+    if suffix == ".keras" or suffix in (".h5", ".hdf5"):
+        return _load_keras(path, trust_model_code)
+    if suffix in TORCHSCRIPT_SUFFIXES:
+        return _load_torch_file(path, trust_model_code)
+    raise ModelLoadError(
+        f"unknown model file type {suffix or '(none)'!r} for {text!r}; expected a TorchScript file "
+        f"({', '.join(TORCHSCRIPT_SUFFIXES)}), a .keras file, or package.module:factory"
+    )
+
+
+def _load_keras(path: Path, trust: bool) -> LoadedModel:
+    legacy = path.suffix.lower() != ".keras"
+    if legacy and not trust:
+        raise ModelLoadError(
+            f"{str(path)!r} is a legacy HDF5 model, which Keras deserialises without safe mode; "
+            f"{_TRUST_HINT}. Prefer model.save('model.keras')"
+        )
+    try:
+        import keras
+    except ImportError as exc:
+        raise ModelLoadError("loading a Keras model needs TensorFlow/Keras: pip install 'xai-toolbox[tf]'") from exc
+    try:
+        if legacy:
+            model = keras.models.load_model(str(path), compile=False)
+        else:
+            model = keras.models.load_model(str(path), compile=False, safe_mode=not trust)
+    except Exception as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "safe_mode" in str(exc) or "lambda" in str(exc).lower():
+            message = f"it contains Python code (e.g. a Lambda layer) that safe mode refuses; {_TRUST_HINT}"
+        raise ModelLoadError(f"cannot load Keras model {str(path)!r}: {message}") from exc
+    return _finish(model, "tf", f"Keras file {path.name}" + (" (trusted)" if trust else " (safe_mode=True)"))
+
+
+def _load_torch_file(path: Path, trust: bool) -> LoadedModel:
+    try:
+        import torch
+    except ImportError as exc:
+        raise ModelLoadError("loading a PyTorch model needs PyTorch: pip install 'xai-toolbox[torch]'") from exc
+    try:
+        model = torch.jit.load(str(path), map_location="cpu")
+        return _finish(model.eval(), "torch", f"TorchScript file {path.name}")
+    except Exception as jit_error:
+        if not trust:
+            raise ModelLoadError(
+                f"{str(path)!r} is not a TorchScript archive ({type(jit_error).__name__}). Save the "
+                "model with torch.jit.script(model).save(path), or pass a factory and the state "
+                "dict: --model package.module:factory --weights model.pth. A pickled whole model "
+                f"needs --trust-model-code: {_TRUST_HINT}"
+            ) from jit_error
+    model = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(model, torch.nn.Module):
+        raise ModelLoadError(
+            f"{str(path)!r} holds a {type(model).__name__}, not a torch.nn.Module; for a state dict "
+            "pass --model package.module:factory --weights FILE"
+        )
+    return _finish(model.eval(), "torch", f"pickled PyTorch model {path.name} (trusted)")
+
+
+def _finish(model: Any, framework: str, source: str) -> LoadedModel:
+    if framework == "torch":
+        model.eval()
+        return LoadedModel(model, "torch", source, None, _torch_channels(model))
+    size, channels = _keras_input(model)
+    return LoadedModel(model, "tf", source, size, channels)

@@ -1,0 +1,594 @@
+"""A self-contained HTML report of an evaluation: overlays, curves, scores, settings.
+
+One file, no external resources: pictures are PNGs embedded as ``data:`` URIs, curves are
+inline SVG, the style sheet is inline. Every string that comes from the user (file names,
+class names, method names, settings) is HTML-escaped, so a class called
+``<script>alert(1)</script>`` shows as text.
+
+Sections:
+
+1. the method × metric table (mean scores, the best per column marked, respecting each
+   metric's ``higher_is_better``), with the methods ranked by their mean rank over metrics;
+2. deletion / insertion (any curve metric) mean curves per method;
+3. per image: the input and one heatmap overlay per method, side by side;
+4. the settings and the software versions used.
+
+Example:
+    >>> from xai_toolbox.report import write_report
+    >>> write_report("report.html", images=images, maps={"gradcam": cam, "rise": rise},
+    ...              results=table, names=["a.png", "b.png"], settings={"seed": 0})
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import math
+import platform
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .base import MetricResult
+from .errors import ParameterError
+from .plot import curve_axis, display_images, overlay
+
+__all__ = [
+    "Score",
+    "collect_scores",
+    "format_summary",
+    "png_bytes",
+    "png_data_uri",
+    "rank_methods",
+    "render_report",
+    "software_versions",
+    "write_report",
+]
+
+# Tableau 10: distinguishable line colours for the curves.
+_PALETTE = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)
+_MAX_SIDE = 256  # pictures larger than this are downscaled in the report
+_DISPLAY_SIDE = 136  # CSS pixels per picture (small images are upscaled, pixelated)
+
+
+def esc(value: Any) -> str:
+    """``str(value)`` escaped for HTML text and attribute values."""
+    return html.escape(str(value), quote=True)
+
+
+# -- scores ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Score:
+    """One cell of the method × metric table."""
+
+    method: str
+    metric: str
+    mean: float
+    higher_is_better: bool
+    std: float = float("nan")
+    n: int = 0
+    result: MetricResult | None = None
+
+
+def _from_result(method: str, metric: str, res: MetricResult) -> Score:
+    scores = np.asarray(res.scores, dtype=np.float64)
+    finite = scores[np.isfinite(scores)]
+    std = float(finite.std()) if finite.size else float("nan")
+    return Score(method, metric, res.mean, bool(res.higher_is_better), std, int(scores.size), res)
+
+
+def collect_scores(results: Any) -> list[Score]:
+    """Normalise evaluation results into a list of :class:`Score`.
+
+    Accepts an ``EvaluationTable`` (anything with ``.records``), an iterable of records
+    (dicts with ``method``, ``metric``, ``score``, ``higher_is_better`` and optionally
+    ``result``), or ``{method: {metric: MetricResult}}``.
+
+    Example:
+        >>> scores = collect_scores({"rise": {"deletion": result}})   # one Score per cell
+        >>> scores[0].mean == result.mean
+        True
+    """
+    if results is None:
+        return []
+    if isinstance(results, Mapping):
+        out = []
+        for method, per_metric in results.items():
+            for metric, res in per_metric.items():
+                if not isinstance(res, MetricResult):
+                    raise ParameterError(
+                        f"results[{method!r}][{metric!r}] must be a MetricResult, got {type(res).__name__}"
+                    )
+                out.append(_from_result(str(method), str(metric), res))
+        return out
+    records = getattr(results, "records", results)
+    if callable(records):
+        records = records()
+    out = []
+    for rec in records:
+        if isinstance(rec, Score):
+            out.append(rec)
+            continue
+        if not isinstance(rec, Mapping):
+            raise ParameterError(f"cannot read an evaluation record of type {type(rec).__name__}")
+        res = rec.get("result")
+        if isinstance(res, MetricResult):
+            out.append(_from_result(str(rec["method"]), str(rec["metric"]), res))
+        else:
+            out.append(
+                Score(str(rec["method"]), str(rec["metric"]), float(rec["score"]),
+                      bool(rec.get("higher_is_better", True)))
+            )
+    return out
+
+
+def _order(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _table(scores: Sequence[Score]) -> tuple[list[str], list[str], dict[tuple[str, str], Score]]:
+    methods = _order(s.method for s in scores)
+    metrics = _order(s.metric for s in scores)
+    return methods, metrics, {(s.method, s.metric): s for s in scores}
+
+
+def _best(cells: dict[tuple[str, str], Score], methods: Sequence[str], metric: str) -> set[str]:
+    """The methods with the best finite mean on ``metric`` (ties all count)."""
+    values = {m: cells[(m, metric)] for m in methods if (m, metric) in cells}
+    finite = {m: s.mean for m, s in values.items() if math.isfinite(s.mean)}
+    if not finite:
+        return set()
+    hib = next(iter(values.values())).higher_is_better
+    target = max(finite.values()) if hib else min(finite.values())
+    return {m for m, v in finite.items() if math.isclose(v, target, rel_tol=1e-9, abs_tol=1e-12)}
+
+
+def rank_methods(scores: Sequence[Score]) -> list[tuple[str, float]]:
+    """Methods sorted by their mean rank over the metrics (1 = best on every metric).
+
+    Within a metric the methods are ranked by mean score, respecting ``higher_is_better``;
+    ties share the average rank; a method without a finite score on a metric is left out of
+    that metric's ranking.
+
+    Example:
+        >>> best_method, its_mean_rank = rank_methods(collect_scores(table))[0]
+    """
+    methods, metrics, cells = _table(scores)
+    ranks: dict[str, list[float]] = {m: [] for m in methods}
+    for metric in metrics:
+        values = [(m, cells[(m, metric)]) for m in methods if (m, metric) in cells]
+        values = [(m, s) for m, s in values if math.isfinite(s.mean)]
+        if not values:
+            continue
+        sign = -1.0 if values[0][1].higher_is_better else 1.0
+        keys = np.array([sign * s.mean for _, s in values])
+        # Average ranks for ties: rank = (number strictly better) + (ties + 1) / 2.
+        for (m, _), k in zip(values, keys, strict=True):
+            better = float(np.sum(keys < k))
+            equal = float(np.sum(keys == k))
+            ranks[m].append(better + (equal + 1.0) / 2.0)
+    ranked = [(m, float(np.mean(r)) if r else float("nan")) for m, r in ranks.items()]
+    return sorted(ranked, key=lambda item: (not math.isfinite(item[1]), item[1]))
+
+
+def _fmt(x: float) -> str:
+    if not math.isfinite(x):
+        return "n/a"
+    return f"{x:.3f}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
+
+
+def format_summary(scores: Sequence[Score], timings: Mapping[str, float] | None = None) -> str:
+    """A plain-text table of the ranked methods (for the terminal); the best per column has ``*``.
+
+    Example:
+        >>> print(format_summary(collect_scores(table), timings={"rise": 2.5}))
+    """
+    methods, metrics, cells = _table(scores)
+    ranked = rank_methods(scores)
+    best = {metric: _best(cells, methods, metric) for metric in metrics}
+    header = ["rank", "method", "mean rank"]
+    for metric in metrics:
+        hib = next(cells[(m, metric)] for m in methods if (m, metric) in cells).higher_is_better
+        header.append(f"{metric} {'↑' if hib else '↓'}")
+    if timings:
+        header.append("time (s)")
+    rows = []
+    for i, (method, mean_rank) in enumerate(ranked, start=1):
+        row = [str(i), method, _fmt(mean_rank)]
+        for metric in metrics:
+            cell = cells.get((method, metric))
+            text = "-" if cell is None else _fmt(cell.mean) + ("*" if method in best[metric] else "")
+            row.append(text)
+        if timings:
+            row.append(f"{timings[method]:.1f}" if method in timings else "-")
+        rows.append(row)
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# -- versions ----------------------------------------------------------------------------------
+def software_versions() -> dict[str, str]:
+    """Versions of Python, NumPy, the xai-toolbox and every framework already imported.
+
+    Example:
+        >>> software_versions()["numpy"] == np.__version__
+        True
+    """
+    from . import __version__
+
+    versions = {"python": platform.python_version(), "xai-toolbox": __version__, "numpy": np.__version__}
+    for module in ("eagerpy", "torch", "tensorflow", "keras", "PIL", "matplotlib"):
+        mod = sys.modules.get(module)
+        if mod is not None:
+            name = "pillow" if module == "PIL" else module
+            versions[name] = str(getattr(mod, "__version__", "unknown"))
+    versions["platform"] = platform.platform(terse=True)
+    return versions
+
+
+# -- pictures ----------------------------------------------------------------------------------
+def png_bytes(rgb: np.ndarray, max_side: int | None = None) -> bytes:
+    """An ``(H, W, 3)`` float image in ``[0, 1]`` encoded as PNG (downscaled to ``max_side``).
+
+    Example:
+        >>> Path("overlay.png").write_bytes(png_bytes(xt.plot.overlay(image, cam)))
+    """
+    try:
+        from PIL import Image
+    except ImportError as exc:  # pragma: no cover - Pillow comes with the plot/all extras
+        raise ImportError("writing PNG pictures needs Pillow: pip install pillow") from exc
+    array = (np.clip(np.asarray(rgb, dtype=np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    img = Image.fromarray(array, mode="RGB")
+    if max_side is not None and max(img.size) > max_side:
+        scale = max_side / max(img.size)
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                         Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def png_data_uri(rgb: np.ndarray) -> str:
+    """An ``(H, W, 3)`` float image in ``[0, 1]`` as a ``data:image/png;base64,...`` URI.
+
+    Images larger than 256 pixels on a side are downscaled first (the report stays small).
+    """
+    return "data:image/png;base64," + base64.b64encode(png_bytes(rgb, _MAX_SIDE)).decode("ascii")
+
+
+def _img(uri: str, alt: str, width: int, height: int) -> str:
+    scale = _DISPLAY_SIDE / max(width, height)
+    w, h = round(width * scale), round(height * scale)
+    return f'<img src="{uri}" alt="{esc(alt)}" width="{w}" height="{h}">'
+
+
+# -- curves ------------------------------------------------------------------------------------
+def _svg_curves(metric: str, results: Mapping[str, MetricResult], colours: Mapping[str, str]) -> str:
+    """Mean curve per method as an inline SVG line chart."""
+    width, height, left, right, top, bottom = 460, 280, 52, 12, 24, 40
+    series = []
+    for method, res in results.items():
+        assert res.curves is not None
+        x = curve_axis(res)
+        y = np.nanmean(np.asarray(res.curves, dtype=np.float64), axis=0)
+        if np.all(np.isfinite(y)):
+            series.append((method, x, y))
+    if not series:
+        return ""
+    x_lo = min(float(s[1].min()) for s in series)
+    x_hi = max(float(s[1].max()) for s in series)
+    y_lo = min(float(s[2].min()) for s in series)
+    y_hi = max(float(s[2].max()) for s in series)
+    if x_hi <= x_lo:
+        x_hi = x_lo + 1.0
+    if y_lo >= 0.0 and y_hi <= 1.0:  # probabilities: the whole [0, 1] axis, round ticks
+        y_lo, y_hi = 0.0, 1.0
+    else:
+        pad = 0.05 * (y_hi - y_lo) if y_hi > y_lo else 0.5
+        y_lo, y_hi = y_lo - pad, y_hi + pad
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def px(xv: float) -> float:
+        return left + (xv - x_lo) / (x_hi - x_lo) * plot_w
+
+    def py(yv: float) -> float:
+        return top + (1.0 - (yv - y_lo) / (y_hi - y_lo)) * plot_h
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" role="img" aria-label="{esc(metric)} curves">',
+        f"<title>{esc(metric)}: mean curve per method</title>",
+        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fff" stroke="#999"/>',
+    ]
+    for i in range(5):  # grid lines and tick labels
+        fx = x_lo + (x_hi - x_lo) * i / 4
+        fy = y_lo + (y_hi - y_lo) * i / 4
+        parts.append(f'<line x1="{px(fx):.1f}" y1="{top}" x2="{px(fx):.1f}" y2="{top + plot_h}" stroke="#eee"/>')
+        parts.append(f'<line x1="{left}" y1="{py(fy):.1f}" x2="{left + plot_w}" y2="{py(fy):.1f}" stroke="#eee"/>')
+        parts.append(f'<text x="{px(fx):.1f}" y="{top + plot_h + 14}" text-anchor="middle">{fx:.2g}</text>')
+        parts.append(f'<text x="{left - 4}" y="{py(fy) + 4:.1f}" text-anchor="end">{fy:.3g}</text>')
+    parts.append(
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" text-anchor="middle">fraction of pixels</text>'
+    )
+    for method, x, y in series:
+        points = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(x, y, strict=True))
+        parts.append(
+            f'<polyline fill="none" stroke="{colours[method]}" stroke-width="2" points="{points}">'
+            f"<title>{esc(method)}</title></polyline>"
+        )
+    parts.append("</svg>")
+    legend = "".join(
+        f'<li><span class="swatch" style="background:{colours[m]}"></span>{esc(m)} '
+        f"<span class=\"muted\">(mean {_fmt(results[m].mean)})</span></li>"
+        for m, _, _ in series
+    )
+    return (
+        f'<figure class="chart"><figcaption>{esc(metric)}</figcaption>{"".join(parts)}'
+        f'<ul class="legend">{legend}</ul></figure>'
+    )
+
+
+# -- settings ----------------------------------------------------------------------------------
+def _render_value(value: Any) -> str:
+    if isinstance(value, Mapping):
+        if not value:
+            return '<span class="muted">defaults</span>'
+        rows = "".join(f"<tr><th>{esc(k)}</th><td>{_render_value(v)}</td></tr>" for k, v in value.items())
+        return f'<table class="kv">{rows}</table>'
+    if isinstance(value, list | tuple) and not all(isinstance(v, int | float | str | bool) for v in value):
+        return "<ul>" + "".join(f"<li>{_render_value(v)}</li>" for v in value) + "</ul>"
+    if isinstance(value, list | tuple):
+        return esc(", ".join(str(v) for v in value))
+    return esc(value)
+
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5rem auto;max-width:1400px;
+padding:0 1rem;color:#222;line-height:1.4}
+h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.25rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;
+margin-top:2rem}
+.muted{color:#777;font-size:.9em}
+table.scores{border-collapse:collapse;font-variant-numeric:tabular-nums}
+table.scores th,table.scores td{border:1px solid #ddd;padding:.3rem .6rem;text-align:right}
+table.scores th:first-child,table.scores td:nth-child(2){text-align:left}
+table.scores thead th{background:#f4f4f4}
+td.best{background:#e6f4ea;font-weight:700}
+.charts{display:flex;flex-wrap:wrap;gap:1.5rem}
+figure{margin:0}figure.chart figcaption{font-weight:600;margin-bottom:.3rem}
+svg text{font-size:10px;fill:#444}
+ul.legend{list-style:none;padding:0;margin:.4rem 0;columns:2;font-size:.85rem}
+.swatch{display:inline-block;width:.9em;height:.9em;margin-right:.35em;vertical-align:middle;border-radius:2px}
+.gallery{overflow-x:auto}
+.row{display:flex;gap:.4rem;margin-bottom:.9rem;align-items:flex-start}
+.row figure{flex:none;text-align:center;font-size:.75rem;width:140px}
+.row figure.input{width:170px}
+.row figure.input img{outline:2px solid #555}
+.row img{image-rendering:pixelated;display:block;margin:0 auto .2rem}
+.row figcaption{word-break:break-word}
+.wrong{color:#b00020;font-weight:600}
+table.kv{border-collapse:collapse;font-size:.9rem}
+table.kv th,table.kv td{border:1px solid #e3e3e3;padding:.2rem .5rem;text-align:left;vertical-align:top}
+table.kv th{background:#fafafa;font-weight:600}
+ul.notes li{margin-bottom:.3rem}
+"""
+
+
+# -- the report --------------------------------------------------------------------------------
+def render_report(
+    *,
+    images: Any,
+    maps: Mapping[str, Any],
+    results: Any = None,
+    names: Sequence[str] | None = None,
+    labels: Sequence[int] | None = None,
+    predictions: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    timings: Mapping[str, float] | None = None,
+    notes: Sequence[str] = (),
+    title: str = "xai-toolbox report",
+    channels_first: bool | None = None,
+    max_images: int = 32,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+) -> str:
+    """The report as an HTML string (see the module docs for its sections).
+
+    Args:
+        images: the inputs, ``(N, ...)`` in either layout; normalised inputs are rescaled
+            for display (pass the un-normalised images for faithful colours).
+        maps: ``{method: explanations (N, H, W)}``, in display order.
+        results: scores (see :func:`collect_scores`); ``None`` for a gallery only.
+        names: one name per image (file names), shown in captions.
+        labels: true class indices, if known; ``predictions``: the model's classes.
+        class_names: names of the class indices.
+        settings: what produced the results (hyper-parameters, seeds, ...), shown as tables.
+        timings: seconds spent per method (explanation time).
+        notes: free-text remarks shown under the title.
+        title: the page title.
+        channels_first: the images' layout if it cannot be read from their type.
+        max_images: at most this many images in the gallery (the scores cover all).
+        alpha, cmap: overlay blending and colormap (see :func:`xai_toolbox.plot.overlay`).
+
+    Example:
+        >>> page = render_report(images=x, maps={"gradcam": cam}, results=table)
+    """
+    rgb = display_images(images, channels_first=channels_first)
+    n = len(rgb)
+    for method, m in maps.items():
+        if int(np.shape(m)[0]) != n:
+            raise ParameterError(f"maps[{method!r}] has {np.shape(m)[0]} maps for {n} images")
+    for what, seq in (("names", names), ("labels", labels), ("predictions", predictions)):
+        if seq is not None and len(seq) != n:
+            raise ParameterError(f"got {len(seq)} {what} for {n} images")
+    scores = collect_scores(results)
+    method_order = _order([*maps, *(s.method for s in scores)])
+    colours = {m: _PALETTE[i % len(_PALETTE)] for i, m in enumerate(method_order)}
+
+    def class_label(index: int) -> str:
+        if class_names is not None and 0 <= int(index) < len(class_names):
+            return str(class_names[int(index)])
+        return str(int(index))
+
+    out: list[str] = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{esc(title)}</title>",
+        f"<style>{_STYLE}</style>",
+        "</head>",
+        "<body>",
+        "<header>",
+        f"<h1>{esc(title)}</h1>",
+        f'<p class="muted">Generated {esc(_dt.datetime.now().strftime("%Y-%m-%d %H:%M"))} by '
+        f"xai-toolbox: {n} image{'s' if n != 1 else ''}, {len(maps)} method{'s' if len(maps) != 1 else ''}"
+        f"{', ' + str(len(_order(s.metric for s in scores))) + ' metrics' if scores else ''}.</p>",
+    ]
+    if notes:
+        out.append('<ul class="notes">' + "".join(f"<li>{esc(t)}</li>" for t in notes) + "</ul>")
+    out.append("</header>")
+    out.append("<main>")
+
+    # 1. scores
+    if scores:
+        methods, metrics, cells = _table(scores)
+        ranked = rank_methods(scores)
+        best = {metric: _best(cells, methods, metric) for metric in metrics}
+        out.append('<section id="scores">')
+        out.append("<h2>Scores</h2>")
+        out.append(
+            '<p class="muted">Mean over the images; ↑ higher is better, ↓ lower is better; the best '
+            "value of each column is highlighted (★). Methods are ranked by their mean rank over the "
+            "metrics.</p>"
+        )
+        head = "".join(
+            f"<th>{esc(metric)} {'↑' if cells[next(m for m in methods if (m, metric) in cells), metric].higher_is_better else '↓'}</th>"
+            for metric in metrics
+        )
+        time_head = "<th>time (s)</th>" if timings else ""
+        out.append(
+            f'<table class="scores"><thead><tr><th>rank</th><th>method</th><th>mean rank</th>{head}{time_head}'
+            "</tr></thead><tbody>"
+        )
+        for i, (method, mean_rank) in enumerate(ranked, start=1):
+            row = [f"<td>{i}</td>", f"<td>{esc(method)}</td>", f"<td>{_fmt(mean_rank)}</td>"]
+            for metric in metrics:
+                cell = cells.get((method, metric))
+                if cell is None:
+                    row.append("<td>-</td>")
+                    continue
+                tip = f"mean {_fmt(cell.mean)}, std {_fmt(cell.std)}, n={cell.n}" if cell.n else ""
+                if method in best[metric]:
+                    row.append(f'<td class="best" title="{esc(tip)}">{_fmt(cell.mean)} ★</td>')
+                else:
+                    row.append(f'<td title="{esc(tip)}">{_fmt(cell.mean)}</td>')
+            if timings:
+                row.append(f"<td>{timings[method]:.1f}</td>" if method in timings else "<td>-</td>")
+            out.append("<tr>" + "".join(row) + "</tr>")
+        out.append("</tbody></table>")
+        out.append("</section>")
+
+        # 2. curves
+        curve_metrics = [
+            metric for metric in metrics
+            if any(cells.get((m, metric)) is not None and cells[(m, metric)].result is not None
+                   and cells[(m, metric)].result.curves is not None for m in methods)
+        ]
+        charts = []
+        for metric in curve_metrics:
+            per_method = {
+                m: cells[(m, metric)].result for m in methods
+                if (m, metric) in cells and cells[(m, metric)].result is not None
+                and cells[(m, metric)].result.curves is not None
+            }
+            chart = _svg_curves(metric, per_method, colours)  # type: ignore[arg-type]
+            if chart:
+                charts.append(chart)
+        if charts:
+            out.append('<section id="curves">')
+            out.append("<h2>Curves</h2>")
+            out.append(
+                '<p class="muted">Mean model score as pixels are removed (deletion: lower is better) or '
+                "revealed (insertion: higher is better) in the order of each method's map.</p>"
+            )
+            out.append('<div class="charts">' + "".join(charts) + "</div>")
+            out.append("</section>")
+
+    # 3. gallery
+    shown = min(n, int(max_images))
+    out.append('<section id="images">')
+    out.append("<h2>Explanations</h2>")
+    if shown < n:
+        out.append(f'<p class="muted">Showing the first {shown} of {n} images.</p>')
+    overlays = {
+        method: overlay(rgb[:shown], np.asarray(_as_numpy(m))[:shown], alpha=alpha, cmap=cmap, channels_first=False)
+        for method, m in maps.items()
+    }
+    height, width = rgb.shape[1:3]
+    out.append('<div class="gallery">')
+    for i in range(shown):
+        caption = [f"<strong>{esc(names[i])}</strong>" if names is not None else f"<strong>#{i}</strong>"]
+        if labels is not None:
+            caption.append(f"label: {esc(class_label(labels[i]))}")
+        if predictions is not None:
+            wrong = labels is not None and int(predictions[i]) != int(labels[i])
+            text = f"predicted: {esc(class_label(predictions[i]))}"
+            caption.append(f'<span class="wrong">{text}</span>' if wrong else text)
+        alt = names[i] if names is not None else f"image {i}"
+        cells_html = [
+            f'<figure class="input">{_img(png_data_uri(rgb[i]), str(alt), width, height)}'
+            f"<figcaption>{'<br>'.join(caption)}</figcaption></figure>"
+        ]
+        for method, ov in overlays.items():
+            cells_html.append(
+                f"<figure>{_img(png_data_uri(ov[i]), f'{method} on {alt}', width, height)}"
+                f"<figcaption>{esc(method)}</figcaption></figure>"
+            )
+        out.append('<div class="row">' + "".join(cells_html) + "</div>")
+    out.append("</div>")
+    out.append("</section>")
+
+    # 4. settings and versions
+    out.append('<section id="settings">')
+    out.append("<h2>Settings</h2>")
+    out.append(_render_value(dict(settings)) if settings else '<p class="muted">none recorded</p>')
+    out.append("<h2>Software</h2>")
+    out.append(_render_value(software_versions()))
+    out.append("</section>")
+    out.append("</main>")
+    out.append("</body>")
+    out.append("</html>")
+    return "\n".join(out) + "\n"
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    from .plot import to_numpy
+
+    return to_numpy(x)
+
+
+def write_report(path: str | Path, **kwargs: Any) -> Path:
+    """Write :func:`render_report` ``(**kwargs)`` to ``path`` (UTF-8) and return the path.
+
+    Example:
+        >>> write_report("out/report.html", images=x, maps={"rise": maps}, results=table)
+        PosixPath('out/report.html')
+    """
+    path = Path(path)
+    page = render_report(**kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
