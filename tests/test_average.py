@@ -7,9 +7,9 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 import pytest
-from xai_toolbox.metrics.average import AverageDrop, AverageGain, AverageIncrease, saliency_mask
 
 import xai_toolbox as xt
+from xai_toolbox.metrics.average import AverageDrop, AverageGain, AverageIncrease, saliency_mask
 from xai_toolbox.testing import check_metric, cnn, to_framework, twin_cnn
 
 CLASSES = [AverageDrop, AverageIncrease, AverageGain]

@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from xai_toolbox.metrics.causal import Deletion, Insertion, descending_ranks
 
 import xai_toolbox as xt
+from xai_toolbox.metrics.causal import Deletion, Insertion, descending_ranks
 from xai_toolbox.testing import as_numpy, check_metric, cnn, linear_model, to_framework, twin_cnn
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+import xai_toolbox as xt
 from xai_toolbox.plugins.hsic import (
     hsic_design,
     hsic_scores,
     median_pairwise_distance,
     output_bandwidth,
 )
-
-import xai_toolbox as xt
 
 
 def trace_hsic(x: np.ndarray, y: np.ndarray, width: float, kernel: str) -> np.ndarray:

@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import pytest
 from scipy import stats
-from xai_toolbox.metrics.mufidelity import MuFidelity, rowwise_correlation
 
 import xai_toolbox as xt
+from xai_toolbox.metrics.mufidelity import MuFidelity, rowwise_correlation
 from xai_toolbox.testing import as_numpy, check_metric, cnn, linear_model, to_framework, twin_cnn
 
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from xai_toolbox.metrics.pointing import EnergyPointingGame, PointingGame, first_argmax
 
 import xai_toolbox as xt
+from xai_toolbox.metrics.pointing import EnergyPointingGame, PointingGame, first_argmax
 from xai_toolbox.testing import check_metric, cnn, to_framework, twin_cnn
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import eagerpy as ep
 import numpy as np
 import pytest
-from xai_toolbox.plugins.rise import RiseMasks
 
 import xai_toolbox as xt
+from xai_toolbox.plugins.rise import RiseMasks
 
 HOST = ep.astensor(np.zeros(1, np.float32))  # builds masks with the NumPy backend
 

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 from scipy.stats import qmc
+
+import xai_toolbox as xt
+from xai_toolbox.ops import resize
 from xai_toolbox.plugins.sobol import (
     jansen_total_order,
     replicated_design,
     replicated_rows,
     sobol_design,
 )
-
-import xai_toolbox as xt
-from xai_toolbox.ops import resize
 
 ISHIGAMI_TOTAL = np.array([0.5576, 0.4424, 0.2437])  # a = 7, b = 0.1
 
