@@ -16,7 +16,7 @@ import eagerpy as ep
 import numpy as np
 
 from xai_toolbox import _validation as v
-from xai_toolbox._streaming import Chunk, batched_forward, chunks, progress
+from xai_toolbox._streaming import Chunk, batched_forward, chunks, progress, upload
 from xai_toolbox._targets import Targets
 from xai_toolbox.base import Metric
 
@@ -85,7 +85,7 @@ def _gather(parts: list[ep.Tensor]) -> np.ndarray:
 
 def index_column(like: ep.Tensor, values: np.ndarray, ndim: int) -> ep.Tensor:
     """``values`` ``(B,)`` on ``like``'s device, shaped ``(B, 1, ..., 1)`` to broadcast over ``ndim`` axes."""
-    t = ep.from_numpy(like, np.ascontiguousarray(values, dtype=np.float32))
+    t = upload(like, np.asarray(values, dtype=np.float32))  # per chunk: no GPU sync
     return t.reshape((len(values),) + (1,) * (ndim - 1))
 
 

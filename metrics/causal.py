@@ -131,13 +131,19 @@ class _CausalMetric(Metric):
             items = chunk.items
             rows = take_rows(x, items)
             k = index_column(x, counts[chunk.samples], ranks.ndim)
-            replaced = (take_rows(ranks, items) < k).astype(rows.dtype)
-            if not self._deleting:
-                replaced = 1.0 - replaced  # insertion: what is not yet inserted is substrate
-            m = expand_to_inputs(replaced, rows.ndim, channel_axis)
-            sub = substrate if isinstance(substrate, float) else take_rows(substrate, items)
-            # x·(1−m) + s·m is exact for m ∈ {0, 1}: kept values are bit-identical.
-            return rows * (1.0 - m) + sub * m
+            r = take_rows(ranks, items)
+            # Deletion keeps the positions ranked at or after k; insertion (what is not yet
+            # inserted is substrate) those before k.
+            keep = ((r >= k) if self._deleting else (r < k)).astype(rows.dtype)
+            keep = expand_to_inputs(keep, rows.ndim, channel_axis)
+            # x·keep + s·(1−keep) is exact for keep ∈ {0, 1}: kept values are bit-identical.
+            # Full-size operations are what this loop costs beside the model, so the scalar
+            # substrate's term stays at mask size, and a zero substrate needs none.
+            if isinstance(substrate, float):
+                if substrate == 0.0:
+                    return rows * keep
+                return rows * keep + (1.0 - keep) * substrate
+            return rows * keep + take_rows(substrate, items) * (1.0 - keep)
 
         return build
 

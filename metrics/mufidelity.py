@@ -125,13 +125,21 @@ class MuFidelity(Metric):
         upsample = _upsampler(cells, positions)
         base = clean_scores(self, x, targets, self.activation).numpy().astype(np.float64)
 
+        last: dict[int, ep.Tensor] = {}
+
         def keep_of(chunk: Chunk) -> ep.Tensor:
-            return upsample(take_rows(cells, chunk.samples))
+            # build() and attribution() ask for the same chunk in turn: upsample it once.
+            if chunk.start not in last:
+                last.clear()
+                last[chunk.start] = upsample(take_rows(cells, chunk.samples))
+            return last[chunk.start]
 
         def build(chunk: Chunk) -> ep.Tensor:
             rows = take_rows(x, chunk.items)
             keep = expand_to_inputs(keep_of(chunk), rows.ndim, channel_axis)
-            return rows * keep + (1.0 - keep) * self.baseline
+            if self.baseline == 0.0:  # one full-size operation instead of three
+                return rows * keep
+            return rows * keep + (1.0 - keep) * self.baseline  # the second term is mask-sized
 
         def attribution(chunk: Chunk) -> ep.Tensor:
             removed = 1.0 - keep_of(chunk)

@@ -192,7 +192,8 @@ class ModelRandomization(Metric):
         if self.fraction == 0.0:
             raise v.ParameterError("fraction must lie in (0, 1], got 0")
         if layers is not None:
-            if isinstance(layers, str) or not all(isinstance(n, str) for n in layers) or not layers:
+            is_names = isinstance(layers, list | tuple) and all(isinstance(n, str) for n in layers)
+            if not is_names or not layers:
                 raise LayerError(f"layers must be a non-empty list of layer names, got {layers!r}")
             layers = list(layers)
         self.layers = layers

@@ -25,7 +25,7 @@ import eagerpy as ep
 import numpy as np
 
 from xai_toolbox import _validation as v
-from xai_toolbox._streaming import chunks, progress, take_rows
+from xai_toolbox._streaming import chunks, progress, take_rows, upload
 from xai_toolbox._targets import Targets
 from xai_toolbox.ops import matmul, resize
 from xai_toolbox.registry import hookimpl
@@ -250,7 +250,7 @@ class HsicAttribution(PerturbationMethod):
         for chunk in progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
             items = chunk.items
             low = design[chunk.samples].reshape((-1, g, g))
-            masks = upsample_nearest(ep.from_numpy(x, low), size)
+            masks = upsample_nearest(upload(x, low), size)  # no GPU sync per chunk
             ref = take_rows(reference, items) if isinstance(reference, ep.Tensor) else reference
             perturbed = perturb(
                 take_rows(x, items), masks, adapter.channel_axis, self.perturbation, ref, self.amplitude_sigma

@@ -21,7 +21,7 @@ import eagerpy as ep
 import numpy as np
 
 from xai_toolbox import _validation as v
-from xai_toolbox._streaming import ItemSums, chunks, progress, take_rows
+from xai_toolbox._streaming import ItemSums, chunks, progress, take_rows, upload
 from xai_toolbox._targets import Targets
 from xai_toolbox.ops import interpolation_matrix, matmul, on_device
 from xai_toolbox.registry import hookimpl
@@ -90,9 +90,10 @@ class RiseMasks:
         key = ("rise-crops", self.grid_size, *self.size)
         rows = on_device(like, (*key, "h"), self._tables[0])
         cols = on_device(like, (*key, "w"), self._tables[1])
-        g = ep.from_numpy(like, grids)
-        r = rows[ep.from_numpy(like, dy.astype(np.int64))]
-        c = cols[ep.from_numpy(like, dx.astype(np.int64))]
+        # upload: no stream synchronisation per chunk on a GPU
+        g = upload(like, grids)
+        r = rows[upload(like, dy.astype(np.int64))]
+        c = cols[upload(like, dx.astype(np.int64))]
         return matmul(matmul(r, g), c)
 
 

@@ -81,11 +81,58 @@ class ItemSums:
         return ep.stack(self._sums, axis=0)  # type: ignore[arg-type]
 
 
+def upload(like: ep.Tensor, array: np.ndarray) -> ep.Tensor:
+    """A small host array (indices, low-resolution masks) as a tensor beside ``like``.
+
+    On a CUDA device, ``ep.from_numpy`` makes a blocking copy, and a blocking host-to-device
+    copy in PyTorch synchronises the stream: inside a chunk loop the host would wait for the
+    previous chunk's forward pass before queueing the next one. Here the array is staged in
+    pinned memory and copied asynchronously instead (PyTorch's caching host allocator keeps
+    the staging buffer until the copy has run). Everywhere else this is ``ep.from_numpy``.
+
+    Example:
+        >>> idx = upload(x, np.array([0, 0, 1]))        # int64 tensor on x's device
+    """
+    array = np.ascontiguousarray(array)
+    device = getattr(like.raw, "device", None)
+    if getattr(device, "type", None) == "cuda" and type(like).__name__ == "PyTorchTensor":
+        import torch
+
+        if not array.flags.writeable:  # torch.from_numpy warns on read-only arrays
+            array = array.copy()
+        staged = torch.from_numpy(array).pin_memory()
+        return ep.astensor(staged.to(device, non_blocking=True))
+    return ep.from_numpy(like, array)
+
+
 def take_rows(x: ep.Tensor, items: np.ndarray) -> ep.Tensor:
-    """``x[items]`` with a NumPy index (repeats allowed), gathered on ``x``'s device."""
-    if len(items) and np.all(np.diff(items) == 1):
+    """``x[items]`` with a NumPy index (repeats allowed), on ``x``'s device.
+
+    The result is for reading (EagerPy operations never write in place): a chunk of
+    perturbations repeats each image many times, and for PyTorch those repeats are broadcast
+    views of the image rather than a gathered copy, which saves a full-size copy and an index
+    upload per chunk.
+    """
+    step = np.diff(items)
+    if len(items) and np.all(step == 1):
         return x[int(items[0]) : int(items[-1]) + 1]
-    return x[ep.from_numpy(x, items.astype(np.int64))]
+    if len(items) and type(x).__name__ == "PyTorchTensor" and np.all(step >= 0):
+        starts = np.flatnonzero(np.r_[True, step != 0])
+        if len(starts) <= _MAX_VIEW_RUNS:
+            stops = np.r_[starts[1:], len(items)]
+            parts = [_repeated_row(x, int(items[a]), int(b - a)) for a, b in zip(starts, stops, strict=True)]
+            return parts[0] if len(parts) == 1 else ep.concatenate(parts, axis=0)
+    return x[upload(x, items.astype(np.int64))]
+
+
+#: Above this many runs of equal items a gather is cheaper than concatenating views.
+_MAX_VIEW_RUNS = 8
+
+
+def _repeated_row(x: ep.Tensor, item: int, count: int) -> ep.Tensor:
+    """Row ``item`` of a PyTorch tensor repeated ``count`` times, as a broadcast view."""
+    row = x.raw[item : item + 1]
+    return ep.astensor(row.expand(count, *row.shape[1:]))
 
 
 def batched_forward(adapter: ModelAdapter, x: ep.Tensor, batch_size: int) -> ep.Tensor:

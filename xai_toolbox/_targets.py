@@ -12,6 +12,7 @@ import numpy as np
 from ._streaming import batched_forward
 from ._validation import dtype_name, is_floating
 from .backends import ModelAdapter
+from .backends._base import current_rows
 from .errors import ScoreFunctionError, TargetError
 
 ScoreFn = Callable[[Any, Any], Any]
@@ -43,12 +44,19 @@ class Targets:
         return Targets(n, weights, labels, raw, self.score_fn)
 
     def score(self, outputs: ep.Tensor) -> ep.Tensor:
-        """One score per row of ``outputs``."""
+        """One score per row of ``outputs``.
+
+        When an adapter retries a part of the batch after running out of memory, ``outputs``
+        holds only those rows, and so do the targets used (see ``backends._base.rows``).
+        """
+        part = self._rows_being_computed(outputs.shape[0] if outputs.ndim else -1)
+        if part is not None:
+            return part.score(outputs)
         if self.score_fn is None:
             assert self.weights is not None
             if outputs.ndim != 2:
                 raise ScoreFunctionError(
-                    f"the model returned outputs of shape {outputs.shape}; the default score needs "
+                    f"the model returned outputs of shape {tuple(outputs.shape)}; the default score needs "
                     "(N, K) outputs — pass score_fn=... for other outputs"
                 )
             return (outputs * self.weights).sum(axis=1)
@@ -66,6 +74,14 @@ class Targets:
         return scores.astype(outputs.dtype) if scores.dtype != outputs.dtype else scores
 
 
+    def _rows_being_computed(self, rows: int) -> Targets | None:
+        window = current_rows()
+        if window is None or rows == self.n:
+            return None
+        lo, hi, total = window
+        return self.take(slice(lo, hi)) if total == self.n and hi - lo == rows else None
+
+
 def _take(t: ep.Tensor, items: np.ndarray | slice) -> ep.Tensor:
     if isinstance(items, slice):
         return t[items]
@@ -77,6 +93,8 @@ def _take_native(raw: Any, items: np.ndarray | slice) -> Any:
         return raw[items]
     if isinstance(raw, np.ndarray):
         return raw[items]
+    if isinstance(raw, list | tuple):  # e.g. one dict of boxes per image for a score_fn
+        return type(raw)(raw[int(i)] for i in items)
     return _take(ep.astensor(raw), items).raw
 
 
@@ -85,7 +103,31 @@ def _to_numpy(targets: Any) -> np.ndarray:
         return targets.detach().cpu().numpy()
     if hasattr(targets, "numpy") and not isinstance(targets, np.ndarray):
         return np.asarray(targets.numpy())
-    return np.asarray(targets)
+    try:
+        return np.asarray(targets)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise TargetError(
+            f"targets could not be read as an array ({exc}); pass None, an int, class indices "
+            "(N,) or score weights (N, K)"
+        ) from None
+
+
+def _check_target_dtype(array: np.ndarray, targets: Any) -> None:
+    """Class indices and weights are numbers: strings, booleans and objects are mistakes."""
+    kind = array.dtype.kind
+    if kind in "iuf" or (kind == "b" and array.ndim == 2):  # a boolean one-hot (N, K) is fine
+        return
+    what = {
+        "b": "booleans (a mask?) — pass class indices, or a one-hot (N, K) array",
+        "U": "strings — map class names to indices first",
+        "S": "bytes — map class names to indices first",
+        "O": "Python objects — pass numbers",
+        "c": "complex numbers",
+    }.get(kind, f"dtype {array.dtype}")
+    raise TargetError(
+        f"targets must be integer class indices (N,) or numeric score weights (N, K); got "
+        f"{what} (dtype {dtype_name(targets) if hasattr(targets, 'dtype') else array.dtype})"
+    )
 
 
 def resolve_targets(
@@ -106,9 +148,15 @@ def resolve_targets(
         if not callable(score_fn):
             raise ScoreFunctionError(f"score_fn must be callable, got {type(score_fn).__name__}")
         if targets is not None:
-            native = adapter.to_model(targets) if not adapter.is_native(targets) else targets
-            if hasattr(native, "shape") and len(native.shape) >= 1 and native.shape[0] != n:
-                raise TargetError(f"got {native.shape[0]} targets for {n} inputs; pass one per input")
+            native = targets
+            if not adapter.is_native(targets):
+                try:
+                    native = adapter.to_model(targets)
+                except (ValueError, TypeError):  # not numbers (e.g. boxes): given as they are
+                    native = targets
+            length = _length(native)
+            if length is not None and length != n:
+                raise TargetError(f"got {length} targets for {n} inputs; pass one per input")
             targets = native.raw if isinstance(native, ep.Tensor) else native
         return Targets(n, raw=targets, score_fn=score_fn)
 
@@ -116,7 +164,7 @@ def resolve_targets(
         outputs = batched_forward(adapter, x, batch_size)
         if outputs.ndim != 2:
             raise ScoreFunctionError(
-                f"the model returned outputs of shape {outputs.shape}; top-1 targets need (N, K) "
+                f"the model returned outputs of shape {tuple(outputs.shape)}; top-1 targets need (N, K) "
                 "outputs — pass targets and score_fn=... for other outputs"
             )
         labels = outputs.argmax(axis=1).numpy().astype(np.int64)
@@ -125,6 +173,7 @@ def resolve_targets(
     array = _to_numpy(targets)
     if array.ndim == 0:
         array = np.full(n, array.item())
+    _check_target_dtype(array, targets)
     if array.ndim == 1:
         integral = np.issubdtype(array.dtype, np.integer) or (
             is_floating(array) and np.all(np.isfinite(array)) and np.all(array == np.round(array))
@@ -134,17 +183,17 @@ def resolve_targets(
                 f"targets of shape ({len(array)},) must be integer class indices, got dtype "
                 f"{dtype_name(targets)} with non-integer values; for score weights pass shape (N, K)"
             )
-        array = array.astype(np.int64)
         if len(array) != n:
             raise TargetError(f"got {len(array)} targets for {n} inputs; pass one per input (or an int)")
         width = _output_width(adapter, x)
-        bad = (array < 0) | (array >= width)
+        values = array.astype(np.float64)  # range check before the cast: 1e30 must not wrap around
+        bad = (values < 0) | (values >= width)
         if bad.any():
             raise TargetError(
-                f"target index {int(array[bad][0])} is out of range for a model with {width} "
+                f"target index {int(values[bad][0])} is out of range for a model with {width} "
                 f"outputs; valid indices are 0..{width - 1}"
             )
-        return _from_labels(adapter, x, array, width)
+        return _from_labels(adapter, x, array.astype(np.int64), width)
     if array.ndim == 2:
         if array.shape[0] != n:
             raise TargetError(f"got {array.shape[0]} target rows for {n} inputs; pass one per input")
@@ -165,6 +214,13 @@ def resolve_targets(
     )
 
 
+def _length(targets: Any) -> int | None:
+    shape = getattr(targets, "shape", None)
+    if shape is not None:
+        return int(shape[0]) if len(shape) else None
+    return len(targets) if isinstance(targets, list | tuple) else None
+
+
 def _from_labels(adapter: ModelAdapter, x: ep.Tensor, labels: np.ndarray, width: int) -> Targets:
     onehot = np.zeros((len(labels), width), dtype=np.float32)
     onehot[np.arange(len(labels)), labels] = 1.0
@@ -174,11 +230,32 @@ def _from_labels(adapter: ModelAdapter, x: ep.Tensor, labels: np.ndarray, width:
 def _output_width(adapter: ModelAdapter, x: ep.Tensor) -> int:
     width = adapter.output_width()
     if width is None:  # unknown statically: one forward pass on one input tells
+        # Remembered per adapter, input shape and last parameter (a new head misses the
+        # cache): the probe is ~10% of a Saliency call on a few images (docs/benchmarks.md).
+        key = _probe_key(adapter, x)
+        probed: dict[Any, int] = adapter.__dict__.setdefault("_probed_widths", {})
+        if key is not None and key in probed:
+            return probed[key]
         outputs = adapter.forward(x[:1])
         if outputs.ndim != 2:
             raise ScoreFunctionError(
-                f"the model returned outputs of shape {outputs.shape}; class targets need (N, K) "
+                f"the model returned outputs of shape {tuple(outputs.shape)}; class targets need (N, K) "
                 "outputs — pass score_fn=... for other outputs"
             )
         width = outputs.shape[1]
+        if key is not None:
+            probed[key] = int(width)
     return int(width)
+
+
+def _probe_key(adapter: ModelAdapter, x: ep.Tensor) -> tuple[Any, ...] | None:
+    """What a probed output width depends on; ``None`` for models without parameters."""
+    parameters = getattr(adapter.model, "parameters", None)
+    if not callable(parameters):
+        return None
+    last = None
+    for last in parameters():  # noqa: B007  (only the last one is wanted)
+        pass
+    if last is None:
+        return None
+    return tuple(x.shape[1:]), id(last), tuple(last.shape)

@@ -31,11 +31,23 @@ def is_floating(x: Any) -> bool:
     return name.startswith(("float", "bfloat", "half", "double"))
 
 
-def as_array_like(x: Any) -> Any:
+def is_numeric(x: Any, *, allow_bool: bool = False) -> bool:
+    """Floating point or integer (booleans only when asked): not strings, objects, complex."""
+    name = dtype_name(x)
+    if name == "bool":
+        return allow_bool
+    return is_floating(x) or name.startswith(("int", "uint"))
+
+
+def as_array_like(x: Any, what: str = "inputs") -> Any:
     """Lists and scalars become NumPy arrays; tensors and arrays are returned unchanged."""
     if hasattr(x, "shape") and hasattr(x, "dtype"):
         return x
-    return np.asarray(x)
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError) as exc:  # ragged nested lists, unconvertible objects
+        error = InputError if what == "inputs" else ExplanationShapeError
+        raise error(f"the {what} could not be read as an array: {exc}") from None
 
 
 def check_inputs(adapter: ModelAdapter, inputs: Any) -> None:
@@ -49,6 +61,8 @@ def check_inputs(adapter: ModelAdapter, inputs: Any) -> None:
         )
     if shape[0] == 0:
         raise InputError("the batch is empty (shape[0] == 0); pass at least one input")
+    if 0 in shape[1:]:
+        raise InputError(f"the inputs have an empty axis: shape {shape}")
     if not is_floating(inputs):
         raise InputDtypeError(
             f"inputs must be floating point (float32 recommended), got dtype {dtype_name(inputs)}; "
@@ -146,3 +160,12 @@ def power_of_two(name: str, value: Any) -> int:
             f"try {lower} or {lower * 2}"
         )
     return value
+
+
+def seed(name: str, value: Any) -> int | None:
+    """``None`` (fresh randomness) or a non-negative integer, as NumPy's generators take."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise ParameterError(f"{name} must be None or a non-negative integer, got {value!r}")
+    return int(value)

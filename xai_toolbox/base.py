@@ -19,13 +19,21 @@ import numpy as np
 from . import _validation as v
 from ._targets import ScoreFn, Targets, resolve_targets
 from .backends import ModelAdapter, adapt
-from .errors import PluginError, UnsupportedModelError
+from .backends._base import memory_scope
+from .errors import PluginError, UnsupportedModelError, XaiToolboxError
 
 
 class _Configurable:
     """Stores constructor parameters as attributes and shows them in ``repr``."""
 
     model: Any
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Conventions shared by every plugin, checked whichever plugin stores them: a ``seed``
+        # is None or a non-negative integer (NumPy's generators reject anything else late).
+        if name == "seed":
+            value = v.seed(name, value)
+        object.__setattr__(self, name, value)
 
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -57,6 +65,24 @@ class _Configurable:
 
     def _plugin_name(self) -> str:
         return getattr(type(self), "name", "") or type(self).__name__
+
+    def _run_plugin(self, kind: str, fn: Any, *args: Any) -> Any:
+        """``fn(*args)``; a non-toolbox exception gets a note naming the plugin that raised it.
+
+        The exception keeps its type (out-of-memory errors and a user's own exceptions from
+        ``score_fn`` must stay catchable as what they are); only its traceback says more.
+        """
+        try:
+            return fn(*args)
+        except XaiToolboxError:
+            raise
+        except Exception as exc:
+            cls = type(self)
+            exc.add_note(
+                f"xai-toolbox: raised while running {kind} {self._plugin_name()!r} "
+                f"({cls.__module__}.{cls.__qualname__})"
+            )
+            raise
 
     def _prepare(self, inputs: Any) -> tuple[Any, ep.Tensor]:
         inputs = v.as_array_like(inputs)
@@ -117,9 +143,9 @@ class AttributionMethod(_Configurable, ABC):
                 "give; use a black-box method (rise, sobol, hsic, occlusion)"
             )
         inputs, x = self._prepare(inputs)
-        with adapter.preserved():
+        with adapter.preserved(), memory_scope():
             resolved = resolve_targets(adapter, x, targets, self.score_fn, self.batch_size)
-            maps = self._explain(x, resolved)
+            maps = self._run_plugin("method", self._explain, x, resolved)
         self._check_result(maps, x)
         return adapter.restore(maps.float32(), inputs)
 
@@ -150,7 +176,7 @@ class AttributionMethod(_Configurable, ABC):
                 f"method {name!r} returned explanations on device {maps.raw.device}; "
                 f"expected the inputs' device {x.raw.device}"
             )
-        if bool(ep.logical_or(maps.isnan(), maps.isinf()).any().item()):
+        if v.is_floating(maps.raw) and bool(ep.logical_or(maps.isnan(), maps.isinf()).any().item()):
             raise PluginError(f"method {name!r} returned NaN or infinite values")
 
 
@@ -229,9 +255,34 @@ class Metric(_Configurable, ABC):
         inputs, x = self._prepare(inputs)
         maps = self._prepare_explanations(x, explanations) if self.needs_explanations else None
         mask_t = self._prepare_masks(x, masks)
-        with adapter.preserved():
+        with adapter.preserved(), memory_scope():
             resolved = resolve_targets(adapter, x, targets, self.score_fn, self.batch_size)
-            return self._score(x, resolved, maps, mask_t)
+            result = self._run_plugin("metric", self._score, x, resolved, maps, mask_t)
+        self._check_result(result, x.shape[0])
+        return result
+
+    def _check_result(self, result: Any, n: int) -> None:
+        name = self._plugin_name()
+        if not isinstance(result, MetricResult):
+            raise PluginError(
+                f"metric {name!r} returned {type(result).__name__}; expected a MetricResult "
+                "(build it with self._result(scores, curves, ...))"
+            )
+        scores = np.asarray(result.scores)
+        if scores.shape != (n,):
+            raise PluginError(
+                f"metric {name!r} returned scores of shape {scores.shape} for {n} inputs; "
+                f"expected one score per input, shape ({n},)"
+            )
+        if not np.issubdtype(scores.dtype, np.number):
+            raise PluginError(f"metric {name!r} returned non-numeric scores (dtype {scores.dtype})")
+        if result.curves is not None:
+            curves = np.asarray(result.curves)
+            if curves.ndim != 2 or curves.shape[0] != n:
+                raise PluginError(
+                    f"metric {name!r} returned curves of shape {curves.shape} for {n} inputs; "
+                    f"expected one curve per input, shape ({n}, points)"
+                )
 
     def evaluate(self, method: Any, inputs: Any, targets: Any = None, masks: Any = None) -> MetricResult:
         """Explain ``inputs`` with ``method`` (a method object or a registered name), then score.
@@ -262,7 +313,11 @@ class Metric(_Configurable, ABC):
                 f"metric {self._plugin_name()!r} needs explanations: call metric(inputs, targets, "
                 "explanations) or metric.evaluate(method, inputs, targets)"
             )
-        explanations = v.as_array_like(explanations)
+        explanations = v.as_array_like(explanations, "explanations")
+        if not v.is_numeric(explanations, allow_bool=True):  # a binary map is an explanation too
+            raise v.ExplanationShapeError(
+                f"explanations must be numbers, got dtype {v.dtype_name(explanations)}"
+            )
         v.check_explanations(tuple(x.shape), tuple(explanations.shape), self.adapter.channel_axis)
         maps = self.adapter.to_model(explanations)
         v.check_finite(maps, "explanations")
@@ -280,13 +335,19 @@ class Metric(_Configurable, ABC):
                     f"shape {v.explanation_shape(tuple(x.shape), self.adapter.channel_axis)}"
                 )
             return None
-        masks = v.as_array_like(masks)
+        masks = v.as_array_like(masks, "masks")
         expected = v.explanation_shape(tuple(x.shape), self.adapter.channel_axis)
         if tuple(masks.shape) != expected:
             raise v.ExplanationShapeError(
                 f"masks of shape {tuple(masks.shape)} do not match the inputs: expected {expected}"
             )
-        return self.adapter.to_model(np.asarray(_host(masks), dtype=np.float32))
+        if not v.is_numeric(masks, allow_bool=True):
+            raise v.ExplanationShapeError(
+                f"masks must be booleans or numbers 0/1, got dtype {v.dtype_name(masks)}"
+            )
+        mask_t = self.adapter.to_model(np.asarray(_host(masks), dtype=np.float32))
+        v.check_finite(mask_t, "masks")
+        return mask_t
 
     def _result(
         self, scores: Any, curves: Any = None, **details: Any

@@ -57,6 +57,22 @@ class PluginError(XaiToolboxError):
     """A plugin failed to load, registered a name twice, or misbehaved at call time."""
 
 
+class ModelError(XaiToolboxError, RuntimeError):
+    """The model itself failed on inputs that passed validation (e.g. a size it cannot take).
+
+    The model's own exception is chained as ``__cause__``. Out-of-memory errors are never
+    wrapped: they keep the framework's type so callers can catch them.
+    """
+
+
+class OutOfMemoryWarning(UserWarning):
+    """A forward or backward pass ran out of memory and was retried with half the batch.
+
+    Given once per method or metric call; the results are the same as without the retry.
+    Lower ``batch_size`` to avoid the retries. (A warning, so it is not in ``__all__``.)
+    """
+
+
 class UnknownNameError(XaiToolboxError, KeyError):
     """A method or metric name that no plugin registered."""
 
@@ -77,5 +93,6 @@ __all__ = [
     "LayerError",
     "UnsupportedModelError",
     "PluginError",
+    "ModelError",
     "UnknownNameError",
 ]

@@ -9,17 +9,112 @@ implementation of each method runs on every framework.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import eagerpy as ep
 import numpy as np
 
-from ..errors import LayerError, UnsupportedModelError
+from ..errors import (
+    InputError,
+    LayerError,
+    ModelError,
+    OutOfMemoryWarning,
+    UnsupportedModelError,
+    XaiToolboxError,
+)
 
 #: ``fn(outputs) -> scores``: maps model outputs ``(B, K)`` to one score per input ``(B,)``.
 ScoreOf = Callable[[ep.Tensor], ep.Tensor]
+
+
+# -- out-of-memory retries -------------------------------------------------------------------
+# A pass that runs out of memory is retried on halves of its batch. Scores, gradients and
+# activations are per input (row), so the halves concatenated equal the whole. Functions that
+# close over per-row data of the whole batch (the targets) see the rows being computed through
+# ``current_rows()``/``rows()``: ``Targets.score`` uses it, which makes every built-in path
+# splittable without the methods knowing.
+
+
+@dataclass
+class _MemoryState:
+    """What one method/metric call learnt: the largest batch per kind of pass that fitted."""
+
+    limits: dict[str, int] = field(default_factory=dict)
+    warned: bool = False
+
+
+_memory: ContextVar[_MemoryState | None] = ContextVar("xai_toolbox_memory", default=None)
+_window: ContextVar[tuple[int, int, int] | None] = ContextVar("xai_toolbox_rows", default=None)
+
+
+@contextlib.contextmanager
+def memory_scope() -> Iterator[None]:
+    """Scope of one method or metric call (the base classes open it).
+
+    Inside it, a batch size halved after an out-of-memory error stays halved for every later
+    pass of the same kind (so the error is not hit again on every chunk), and the
+    :class:`~xai_toolbox.errors.OutOfMemoryWarning` is given once. Contexts are per thread.
+    """
+    token = _memory.set(_MemoryState())
+    try:
+        yield
+    finally:
+        _memory.reset(token)
+
+
+def current_rows() -> tuple[int, int, int] | None:
+    """``(lo, hi, total)`` while an adapter retries rows ``[lo, hi)`` of a batch of ``total``.
+
+    ``None`` when the whole batch is being computed (the usual case).
+    """
+    return _window.get()
+
+
+def rows(t: Any) -> Any:
+    """The rows of ``t`` that the current pass computes, when ``t`` holds one row per input.
+
+    A function given to :meth:`ModelAdapter.value_and_grad` that closes over per-input data
+    of the whole batch (weights, masks, targets) wraps it in ``rows(...)``, so it stays
+    correct when the adapter splits the batch after running out of memory. Outside a split
+    pass, or for data of another length, ``t`` is returned unchanged.
+
+    Example:
+        >>> fn = lambda z: (adapter.differentiable_forward(z) * rows(weights)).sum(axis=1)
+    """
+    window = _window.get()
+    if window is None or t is None:
+        return t
+    lo, hi, total = window
+    shape = getattr(t, "shape", None)
+    if shape is not None:
+        length = int(shape[0]) if len(shape) else -1
+    else:
+        length = len(t) if isinstance(t, list | tuple) else -1
+    return t[lo:hi] if length == total else t
+
+
+def float32_array(x: Any) -> np.ndarray:
+    """``x`` (an array, nested lists, a number, another framework's tensor) as float32 NumPy.
+
+    Raises :class:`~xai_toolbox.errors.InputError` for what is not numbers (strings, objects,
+    complex values, ragged lists) instead of NumPy's ``ValueError``/``TypeError``.
+    """
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    elif hasattr(x, "numpy") and not isinstance(x, np.ndarray):
+        x = x.numpy()
+    try:
+        a = np.asarray(x)
+        if a.dtype.kind not in "biufO":
+            raise TypeError(f"dtype {a.dtype}")
+        return np.ascontiguousarray(a, dtype=np.float32)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"expected an array of real numbers, got {type(x).__name__} ({exc})") from None
 
 
 class ModelAdapter(ABC):
@@ -58,19 +153,30 @@ class ModelAdapter(ABC):
         return ep.from_numpy(like, np.ascontiguousarray(a))
 
     # -- model -------------------------------------------------------------------------
-    @abstractmethod
+    # The three passes below are templates: they retry on halves of the batch when the
+    # framework runs out of memory (see ``_split_on_oom``). Adapters implement the
+    # underscored versions, which compute one batch as given.
     def forward(self, x: ep.Tensor) -> ep.Tensor:
-        """Model outputs for ``x`` (one pass, no gradient tracking, eval mode)."""
+        """Model outputs for ``x`` (no gradient tracking, eval mode).
+
+        Retried on halves of ``x`` if the framework runs out of memory.
+        """
+        (outputs,) = self._split_on_oom("forward", x, lambda part: (self._forward(part),))
+        return outputs
 
     def value_and_grad(
         self, fn: Callable[[ep.Tensor], ep.Tensor], x: ep.Tensor
     ) -> tuple[ep.Tensor, ep.Tensor]:
         """``fn(x)`` (shape ``(B,)``) and the gradient of ``fn(x).sum()`` with respect to ``x``.
 
-        ``fn`` may call :meth:`differentiable_forward` and any EagerPy operation. Parameters
-        of the model never receive a ``.grad``.
+        ``fn`` may call :meth:`differentiable_forward` and any EagerPy operation; it must
+        score each row of ``x`` on its own, because the batch is split into halves if the
+        framework runs out of memory (wrap per-row data it closes over in :func:`rows`;
+        :class:`~xai_toolbox._targets.Targets` does so itself). Parameters of the model never
+        receive a ``.grad``.
         """
-        raise UnsupportedModelError(self._no_gradients_message())
+        values, grads = self._split_on_oom("gradient", x, lambda part: self._value_and_grad(fn, part))
+        return values, grads
 
     def differentiable_forward(self, x: ep.Tensor) -> ep.Tensor:
         """Model outputs for ``x`` inside :meth:`value_and_grad` (gradients tracked)."""
@@ -83,12 +189,42 @@ class ModelAdapter(ABC):
 
         With ``score_of`` the gradient of ``score_of(outputs).sum()`` with respect to the
         activations is returned too (else ``None``). Activations keep the framework's own
-        layout (channels at :attr:`channel_axis`).
+        layout (channels at :attr:`channel_axis`). Retried on halves of ``x`` if the
+        framework runs out of memory.
         """
+        kind = "forward" if score_of is None else "gradient"
+        acts, grads, outputs = self._split_on_oom(
+            kind, x, lambda part: self._layer_activations(part, layer, score_of)
+        )
+        return acts, grads, outputs
+
+    # What adapters implement: one pass over the batch they are given.
+    @abstractmethod
+    def _forward(self, x: ep.Tensor) -> ep.Tensor:
+        """Model outputs for the whole of ``x`` in one pass (see :meth:`forward`)."""
+
+    def _value_and_grad(
+        self, fn: Callable[[ep.Tensor], ep.Tensor], x: ep.Tensor
+    ) -> tuple[ep.Tensor, ep.Tensor]:
+        """One pass of :meth:`value_and_grad`."""
+        raise UnsupportedModelError(self._no_gradients_message())
+
+    def _layer_activations(
+        self, x: ep.Tensor, layer: str, score_of: ScoreOf | None
+    ) -> tuple[ep.Tensor, ep.Tensor | None, ep.Tensor]:
+        """One pass of :meth:`layer_activations`."""
         raise UnsupportedModelError(
             f"{self.display_name} models given as plain callables have no inner layers; "
             "use a black-box method (rise, sobol, hsic, occlusion)."
         )
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is the framework's out-of-memory error (retried on a smaller batch)."""
+        return isinstance(exc, MemoryError)
+
+    def _release_memory(self) -> None:
+        """Called after an out-of-memory error, before the retry (e.g. empty a GPU cache)."""
+        return None
 
     def layer_names(self) -> list[str]:
         """Names accepted by ``layer=``, in model order."""
@@ -112,6 +248,101 @@ class ModelAdapter(ABC):
     def preserved(self) -> Iterator[None]:
         """Put the model in inference mode for a call and restore its state afterwards."""
         yield
+
+    # -- failures ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _calling_model(self, x: Any, doing: str = "ran") -> Iterator[None]:
+        """Turn the model's own exceptions into :class:`ModelError` (naming the input shape).
+
+        Toolbox errors and out-of-memory errors pass through unchanged.
+        """
+        try:
+            yield
+        except XaiToolboxError:
+            raise
+        except Exception as exc:
+            if self.is_out_of_memory(exc):
+                raise
+            what = "differentiating the" if doing == "differentiated" else "the"
+            raise ModelError(
+                f"{what} {self.display_name} model failed on inputs of shape "
+                f"{tuple(int(d) for d in x.shape)} with {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _split_on_oom(
+        self, kind: str, x: ep.Tensor, run: Callable[[ep.Tensor], tuple[Any, ...]]
+    ) -> tuple[Any, ...]:
+        """``run(x)``, retried on halves of ``x`` (axis 0) after an out-of-memory error.
+
+        The outputs of the parts are concatenated along axis 0 (``None`` stays ``None``).
+        Down to one input per pass; an error at that size is raised as is. The batch size
+        that fitted is remembered for the rest of the call (see :func:`memory_scope`).
+        """
+        n = int(x.shape[0])
+        if n == 0:  # nothing to split (and nothing to concatenate)
+            return run(x)
+        state = _memory.get() or _MemoryState()  # outside a method call: this pass only
+        size = min(n, state.limits.get(kind, n))
+        parts: list[tuple[Any, ...]] = []
+        lo = 0
+        while lo < n:
+            hi = min(lo + size, n)
+            try:
+                parts.append(self._run_rows(run, x, lo, hi, n))
+                lo = hi
+                continue
+            except Exception as exc:
+                if hi - lo <= 1 or not self.is_out_of_memory(exc):
+                    raise
+            # Retry outside the ``except`` block, so the error's traceback (and the tensors
+            # its frames hold) is released first.
+            failed, size = hi - lo, max(1, (hi - lo) // 2)
+            state.limits[kind] = size
+            self._release_memory()
+            if not state.warned:
+                state.warned = True
+                warnings.warn(
+                    OutOfMemoryWarning(
+                        f"xai-toolbox: the {self.display_name} model ran out of memory on a "
+                        f"{'backward' if kind == 'gradient' else 'forward'} pass of {failed} "
+                        f"inputs; retrying with {size} inputs per pass (results are unchanged). "
+                        f"Pass a smaller batch_size to avoid the retries."
+                    ),
+                    stacklevel=4,
+                )
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(
+            None if part is None else ep.concatenate([p[i] for p in parts], axis=0)
+            for i, part in enumerate(parts[0])
+        )
+
+    def _run_rows(
+        self, run: Callable[[ep.Tensor], tuple[Any, ...]], x: ep.Tensor, lo: int, hi: int, n: int
+    ) -> tuple[Any, ...]:
+        if (lo, hi) == (0, n):
+            return run(x)
+        token = _window.set((lo, hi, n))
+        try:
+            out = run(x[lo:hi])
+        except Exception as exc:
+            if not self.is_out_of_memory(exc):
+                exc.add_note(
+                    f"(raised while xai-toolbox retried rows {lo}:{hi} of a batch of {n} after "
+                    "running out of memory; functions given to value_and_grad must score each "
+                    "row on its own — wrap per-row data in xai_toolbox.backends._base.rows(...))"
+                )
+            raise
+        finally:
+            _window.reset(token)
+        for t in out:
+            if t is not None and (t.ndim == 0 or t.shape[0] != hi - lo):
+                raise ModelError(
+                    f"after running out of memory, xai-toolbox split a batch of {n} inputs, but "
+                    f"a pass over {hi - lo} of them returned shape {tuple(t.shape)} instead of one "
+                    f"row per input; lower batch_size instead"
+                )
+        return out
 
     # -- helpers -----------------------------------------------------------------------
     def unknown_layer(self, layer: str) -> LayerError:

@@ -9,7 +9,7 @@ import eagerpy as ep
 import numpy as np
 
 from ..errors import UnsupportedModelError
-from ._base import ModelAdapter
+from ._base import ModelAdapter, float32_array
 
 
 class NumpyModel:
@@ -53,9 +53,7 @@ class NumpyAdapter(ModelAdapter):
         return isinstance(x, np.ndarray)
 
     def to_model(self, x: Any) -> ep.Tensor:
-        if hasattr(x, "detach"):
-            x = x.detach().cpu().numpy()
-        return ep.astensor(np.asarray(x, dtype=np.float32))
+        return ep.astensor(float32_array(x))
 
     def restore(self, t: ep.Tensor, like: Any) -> Any:
         array = np.asarray(t.raw)
@@ -69,8 +67,9 @@ class NumpyAdapter(ModelAdapter):
 
         return tf.convert_to_tensor(array)
 
-    def forward(self, x: ep.Tensor) -> ep.Tensor:
-        out = np.asarray(self.model(x.raw), dtype=np.float32)
+    def _forward(self, x: ep.Tensor) -> ep.Tensor:
+        with self._calling_model(x):
+            out = np.asarray(self.model(x.raw), dtype=np.float32)
         if out.ndim == 1:
             out = out[:, None]
         if out.ndim != 2 or out.shape[0] != x.shape[0]:

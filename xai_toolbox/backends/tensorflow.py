@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -11,13 +12,60 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..errors import LayerError
-from ._base import ModelAdapter, ScoreOf, pick_default_layer
+from ..errors import InputError, LayerError
+from ._base import ModelAdapter, ScoreOf, float32_array, pick_default_layer
 
 # Inner layers are reached by temporarily wrapping ``layer.call`` on the instance, which works
 # for every kind of Keras model (a functional sub-model cannot be cut out of a subclassed one).
 # The wrapping is per layer object, so captures are serialised.
 _patch_lock = threading.RLock()
+
+
+class _Compiled:
+    """The compiled forwards of one model, shared by all of its adapters.
+
+    ``xt.explain`` in a loop builds a new adapter per call; without sharing, every call would
+    trace again (slow, and TensorFlow warns about retracing).
+    """
+
+    def __init__(self) -> None:
+        self.functions: dict[tuple[tuple[int, ...], str], Any] = {}
+        self.traces = 0
+
+
+# Weak keys, and the functions hold the model weakly, so a model that is dropped (e.g. the
+# copies a randomisation test makes on every call) is collected with its traces.
+_compiled_by_model: weakref.WeakKeyDictionary[Any, _Compiled] = weakref.WeakKeyDictionary()
+
+
+def _compiled_for(model: Any) -> _Compiled:
+    with _patch_lock:
+        try:
+            shared = _compiled_by_model.get(model)
+            if shared is None:
+                shared = _compiled_by_model[model] = _Compiled()
+        except TypeError:  # not hashable or not weakly referenceable: this adapter only
+            shared = _Compiled()
+    return shared
+
+
+class _Forward:
+    """``model(x, training=False)`` as a tensor, holding the model and its cache weakly.
+
+    A callable object, not a closure: TensorFlow counts retracings per code object, so closures
+    of many models (the copies above) would share one count and warn; and what its warnings
+    keep (log handlers hold their arguments) must not keep models alive.
+    """
+
+    def __init__(self, model: Any, shared: _Compiled | None) -> None:
+        self.model_ref = weakref.ref(model)
+        self.shared_ref = None if shared is None else weakref.ref(shared)
+
+    def __call__(self, x: Any) -> Any:
+        shared = None if self.shared_ref is None else self.shared_ref()
+        if shared is not None:
+            shared.traces += 1
+        return tf.convert_to_tensor(self.model_ref()(x, training=False))
 
 
 def _walk(layer: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -67,9 +115,14 @@ class KerasAdapter(ModelAdapter):
     def __init__(self, model: Any) -> None:
         super().__init__(model, channel_axis=-1)
         self._default_layers: dict[tuple[int, ...], str] = {}
-        self._compiled: dict[tuple[tuple[int, ...], str], Any] = {}
-        #: Number of ``tf.function`` traces so far (benchmarks report it; chunks must not retrace).
-        self.traces = 0
+        self._shared = _compiled_for(model)
+        self._compiled = self._shared.functions
+
+    @property
+    def traces(self) -> int:
+        """Number of ``tf.function`` traces of this model's forward so far, by any adapter
+        (benchmarks report it; chunks and new adapters for the same model must not retrace)."""
+        return self._shared.traces
 
     # -- data --------------------------------------------------------------------------
     def is_native(self, x: Any) -> bool:
@@ -77,8 +130,10 @@ class KerasAdapter(ModelAdapter):
 
     def to_model(self, x: Any) -> ep.Tensor:
         if not self.is_native(x):
-            x = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
-        return ep.astensor(tf.cast(tf.convert_to_tensor(x), tf.float32))
+            return ep.astensor(tf.convert_to_tensor(float32_array(x)))
+        if not (x.dtype.is_floating or x.dtype.is_integer or x.dtype.is_bool):
+            raise InputError(f"expected real numbers, got a tensor of dtype {x.dtype.name}")
+        return ep.astensor(tf.cast(x, tf.float32))
 
     def restore(self, t: ep.Tensor, like: Any) -> Any:
         if self.is_native(like):
@@ -102,39 +157,39 @@ class KerasAdapter(ModelAdapter):
         fn = self._compiled.get(key)
         if fn is None:
             spec = tf.TensorSpec((None, *raw.shape[1:]), raw.dtype)
-
-            def call(x: Any) -> Any:
-                self.traces += 1
-                return tf.convert_to_tensor(self.model(x, training=False))
-
-            fn = tf.function(call, input_signature=[spec])
+            fn = tf.function(_Forward(self.model, self._shared), input_signature=[spec])
+            # Cached before the first run: running out of memory there must not cause a retrace.
+            self._compiled[key] = fn
             with _patch_lock:  # never trace while another thread has a layer's call wrapped
                 try:
                     result = fn(raw)
                 except (TypeError, NotImplementedError, tf.errors.OperatorNotAllowedInGraphError):
-                    fn = self._eager_call
+                    fn = self._compiled[key] = _Forward(self.model, None)
                     result = fn(raw)
             self._compiled[key] = fn
             return result
         return fn(raw)
 
-    def _eager_call(self, raw: Any) -> Any:
-        return tf.convert_to_tensor(self.model(raw, training=False))
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        return isinstance(exc, tf.errors.ResourceExhaustedError | MemoryError)
 
-    def forward(self, x: ep.Tensor) -> ep.Tensor:
-        return ep.astensor(self._call(x.raw))
+    def _forward(self, x: ep.Tensor) -> ep.Tensor:
+        with self._calling_model(x):
+            return ep.astensor(self._call(x.raw))
 
     def differentiable_forward(self, x: ep.Tensor) -> ep.Tensor:
-        return ep.astensor(self._call(x.raw))
+        with self._calling_model(x):
+            return ep.astensor(self._call(x.raw))
 
-    def value_and_grad(
+    def _value_and_grad(
         self, fn: Callable[[ep.Tensor], ep.Tensor], x: ep.Tensor
     ) -> tuple[ep.Tensor, ep.Tensor]:
         leaf = x.raw
         with tf.GradientTape() as tape:
             tape.watch(leaf)
             value = fn(ep.astensor(leaf)).raw
-        grad = tape.gradient(value, leaf)
+        with self._calling_model(x, "differentiated"):
+            grad = tape.gradient(value, leaf)
         if grad is None:
             grad = tf.zeros_like(leaf)
         return ep.astensor(value), ep.astensor(grad)
@@ -157,14 +212,17 @@ class KerasAdapter(ModelAdapter):
             )
         raise self.unknown_layer(layer)
 
-    def layer_activations(
-        self, x: ep.Tensor, layer: str, score_of: ScoreOf | None = None
+    def _layer_activations(
+        self, x: ep.Tensor, layer: str, score_of: ScoreOf | None
     ) -> tuple[ep.Tensor, ep.Tensor | None, ep.Tensor]:
         target = self._layer(layer)
         captured: list[Any] = []
         tape_box: list[tf.GradientTape] = []
+        owner = threading.get_ident()
 
         def capture(out: Any) -> Any:
+            if threading.get_ident() != owner:  # another thread's eager call through this layer
+                return out
             if not tf.is_tensor(out):
                 raise LayerError(
                     f"layer {layer!r} returns {type(out).__name__}, not a tensor; "
@@ -177,17 +235,20 @@ class KerasAdapter(ModelAdapter):
 
         with _patch_lock, _CallPatch(target, capture):
             if score_of is None:
-                outputs = self.model(x.raw, training=False)
+                with self._calling_model(x):
+                    outputs = self.model(x.raw, training=False)
                 if not captured:
                     raise LayerError(f"layer {layer!r} was not called by the model")
                 return ep.astensor(captured[0]), None, ep.astensor(tf.convert_to_tensor(outputs))
             with tf.GradientTape() as tape:
                 tape_box.append(tape)
-                outputs = tf.convert_to_tensor(self.model(x.raw, training=False))
+                with self._calling_model(x):
+                    outputs = tf.convert_to_tensor(self.model(x.raw, training=False))
                 if not captured:
                     raise LayerError(f"layer {layer!r} was not called by the model")
                 score = score_of(ep.astensor(outputs)).raw
-            grad = tape.gradient(score, captured[0])
+            with self._calling_model(x, "differentiated"):
+                grad = tape.gradient(score, captured[0])
         if grad is None:
             raise LayerError(f"the score does not depend on layer {layer!r}")
         return ep.astensor(captured[0]), ep.astensor(grad), ep.astensor(outputs)
@@ -206,10 +267,11 @@ class KerasAdapter(ModelAdapter):
             records: list[tuple[str, tuple[int, ...]]] = []
             leaves = [(n, obj) for n, obj in self._named_layers() if not getattr(obj, "layers", None)]
             patches = []
+            owner = threading.get_ident()
             for name, obj in leaves:
 
                 def record(out: Any, name: str = name) -> Any:
-                    if tf.is_tensor(out):
+                    if tf.is_tensor(out) and threading.get_ident() == owner:
                         records.append((name, tuple(out.shape)))
                     return out
 
@@ -220,7 +282,8 @@ class KerasAdapter(ModelAdapter):
                     for p in patches:
                         p.__enter__()
                         entered.append(p)
-                    self.model(x.raw[:1], training=False)
+                    with self._calling_model(x[:1]):
+                        self.model(x.raw[:1], training=False)
                 finally:
                     for p in reversed(entered):
                         p.__exit__(None, None, None)

@@ -12,8 +12,8 @@ import eagerpy as ep
 import numpy as np
 import torch
 
-from ..errors import LayerError
-from ._base import ModelAdapter, ScoreOf, pick_default_layer
+from ..errors import InputError, LayerError
+from ._base import ModelAdapter, ScoreOf, float32_array, pick_default_layer
 
 # Models shared by several adapters or threads: eval mode is entered once and the original
 # training flag restored when the last user leaves.
@@ -49,10 +49,11 @@ class TorchAdapter(ModelAdapter):
 
     def to_model(self, x: Any) -> ep.Tensor:
         if isinstance(x, torch.Tensor):
+            if x.is_complex():
+                raise InputError(f"expected real numbers, got a tensor of dtype {x.dtype}")
             t = x.detach().to(device=self.device, dtype=torch.float32)
         else:
-            t = torch.from_numpy(np.ascontiguousarray(np.asarray(x), dtype=np.float32))
-            t = t.to(self.device)
+            t = torch.from_numpy(float32_array(x)).to(self.device)
         return ep.astensor(t)
 
     def restore(self, t: ep.Tensor, like: Any) -> Any:
@@ -67,21 +68,36 @@ class TorchAdapter(ModelAdapter):
         return tf.convert_to_tensor(array)
 
     # -- model -------------------------------------------------------------------------
-    def forward(self, x: ep.Tensor) -> ep.Tensor:
-        with torch.no_grad():
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        # torch.cuda.OutOfMemoryError is torch.OutOfMemoryError; other backends (MPS, older
+        # allocators) raise a plain RuntimeError that says so.
+        if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+            return True
+        return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+    def _release_memory(self) -> None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+
+    def _forward(self, x: ep.Tensor) -> ep.Tensor:
+        with torch.no_grad(), self._calling_model(x):
             return ep.astensor(self.model(x.raw))
 
     def differentiable_forward(self, x: ep.Tensor) -> ep.Tensor:
-        return ep.astensor(self.model(x.raw))
+        with self._calling_model(x):
+            return ep.astensor(self.model(x.raw))
 
-    def value_and_grad(
+    def _value_and_grad(
         self, fn: Callable[[ep.Tensor], ep.Tensor], x: ep.Tensor
     ) -> tuple[ep.Tensor, ep.Tensor]:
         leaf = x.raw.detach().requires_grad_(True)
         with torch.enable_grad():
             value = fn(ep.astensor(leaf)).raw
-            (grad,) = torch.autograd.grad(value.sum(), leaf, allow_unused=True)
-        if grad is None:  # the score does not depend on the input at all
+            grad = None
+            if value.requires_grad:  # else the score does not depend on the input at all
+                with self._calling_model(x, "differentiated"):
+                    (grad,) = torch.autograd.grad(value.sum(), leaf, allow_unused=True)
+        if grad is None:
             grad = torch.zeros_like(leaf)
         return ep.astensor(value.detach()), ep.astensor(grad)
 
@@ -91,13 +107,16 @@ class TorchAdapter(ModelAdapter):
             raise self.unknown_layer(layer)
         return modules[layer]
 
-    def layer_activations(
-        self, x: ep.Tensor, layer: str, score_of: ScoreOf | None = None
+    def _layer_activations(
+        self, x: ep.Tensor, layer: str, score_of: ScoreOf | None
     ) -> tuple[ep.Tensor, ep.Tensor | None, ep.Tensor]:
         module = self._module(layer)
         captured: list[torch.Tensor] = []
+        owner = threading.get_ident()
 
         def hook(_m: torch.nn.Module, _inp: Any, out: Any) -> Any:
+            if threading.get_ident() != owner:  # another thread's forward through this module
+                return None
             if not isinstance(out, torch.Tensor):
                 raise LayerError(
                     f"layer {layer!r} returns {type(out).__name__}, not a tensor; "
@@ -113,15 +132,21 @@ class TorchAdapter(ModelAdapter):
             handle = module.register_forward_hook(hook)
             try:
                 if score_of is None:
-                    with torch.no_grad():
+                    with torch.no_grad(), self._calling_model(x):
                         outputs = self.model(x.raw)
+                    if not captured:
+                        raise LayerError(f"layer {layer!r} was not called by the model's forward")
                     return ep.astensor(captured[0]), None, ep.astensor(outputs)
                 with torch.enable_grad():
-                    outputs = self.model(x.raw)
+                    with self._calling_model(x):
+                        outputs = self.model(x.raw)
                     if not captured:
                         raise LayerError(f"layer {layer!r} was not called by the model's forward")
                     score = score_of(ep.astensor(outputs)).raw
-                    (grad,) = torch.autograd.grad(score.sum(), captured[0], allow_unused=True)
+                    grad = None
+                    if score.requires_grad:
+                        with self._calling_model(x, "differentiated"):
+                            (grad,) = torch.autograd.grad(score.sum(), captured[0], allow_unused=True)
             finally:
                 handle.remove()
         if grad is None:
@@ -136,17 +161,18 @@ class TorchAdapter(ModelAdapter):
         if key not in self._default_layers:
             records: list[tuple[str, tuple[int, ...]]] = []
             handles = []
+            owner = threading.get_ident()
             for name, module in self.model.named_modules():
                 if not name:
                     continue
 
                 def record(_m: Any, _i: Any, out: Any, name: str = name) -> None:
-                    if isinstance(out, torch.Tensor):
+                    if isinstance(out, torch.Tensor) and threading.get_ident() == owner:
                         records.append((name, tuple(out.shape)))
 
                 handles.append(module.register_forward_hook(record))
             try:
-                with _hook_lock, torch.no_grad():
+                with _hook_lock, torch.no_grad(), self._calling_model(x[:1]):
                     self.model(x.raw[:1])
             finally:
                 for h in handles:
@@ -190,7 +216,14 @@ class TorchAdapter(ModelAdapter):
 
     @contextlib.contextmanager
     def preserved(self) -> Iterator[None]:
+        """Eval mode for the call; the training flag, ``requires_grad`` flags and existing
+        ``.grad`` tensors (values and identity) are restored afterwards, also on errors."""
         model = self.model
+        # References, not copies, except for gradients a user is accumulating (rare).
+        saved = [
+            (p, p.requires_grad, p.grad, None if p.grad is None else p.grad.detach().clone())
+            for p in model.parameters()
+        ]
         with _mode_lock:
             users = _mode_users.setdefault(model, [0, model.training])
             if users[0] == 0:
@@ -205,3 +238,15 @@ class TorchAdapter(ModelAdapter):
                 if users[0] == 0:
                     model.train(users[1])
                     del _mode_users[model]
+            _restore_parameters(saved)
+
+
+def _restore_parameters(saved: list[tuple[Any, bool, Any, Any]]) -> None:
+    with torch.no_grad():
+        for p, requires_grad, grad, values in saved:
+            if p.requires_grad != requires_grad:
+                p.requires_grad_(requires_grad)
+            if p.grad is not grad:
+                p.grad = grad
+            if values is not None and not torch.equal(grad, values):
+                grad.copy_(values)
