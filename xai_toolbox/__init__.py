@@ -26,6 +26,7 @@ from .backends import ModelAdapter, adapt  # noqa: E402
 from .backends.numpy import NumpyModel  # noqa: E402
 from .base import AttributionMethod, Metric, MetricResult  # noqa: E402
 from .errors import *  # noqa: E402,F403
+from .errors import OutOfMemoryWarning  # noqa: E402
 from .errors import __all__ as _error_names  # noqa: E402
 from .registry import hookimpl, reload_plugins  # noqa: E402
 
@@ -37,6 +38,7 @@ __all__ = [
     "MetricResult",
     "ModelAdapter",
     "NumpyModel",
+    "OutOfMemoryWarning",
     "adapt",
     "explain",
     "hookimpl",
