@@ -13,7 +13,7 @@ import eagerpy as ep
 import numpy as np
 
 from xai_toolbox import _validation as v
-from xai_toolbox._streaming import ItemSums, chunks, progress, take_rows
+from xai_toolbox._streaming import ItemSums, chunks, progress, take_rows, upload
 from xai_toolbox._targets import Targets
 from xai_toolbox.base import AttributionMethod
 from xai_toolbox.ops import reduce_channels
@@ -143,8 +143,9 @@ class IntegratedGradients(_GradientMethod):
         todo = chunks(x.shape[0], self.steps, self.batch_size)
         for chunk in progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
             items = chunk.items
-            a = adapter.from_numpy(x, alphas[chunk.samples]).reshape(shape)
-            w = adapter.from_numpy(x, weights[chunk.samples]).reshape(shape)
+            # upload: no stream synchronisation per chunk on a GPU
+            a = upload(x, alphas[chunk.samples]).reshape(shape)
+            w = upload(x, weights[chunk.samples]).reshape(shape)
             path = take_rows(baseline, items) + a * take_rows(delta, items)
             grad = self._grad_chunk(path, targets.take(items))
             sums.add(chunk, grad * w)
@@ -198,7 +199,7 @@ class SmoothGrad(_GradientMethod):
         for chunk in progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
             items = chunk.items
             eps = noise_of(chunk.items, chunk.samples) * sigma[items].reshape((-1,) + (1,) * (x.ndim - 1))
-            noisy = take_rows(x, items) + adapter.from_numpy(x, eps.astype(np.float32))
+            noisy = take_rows(x, items) + upload(x, eps.astype(np.float32, copy=False))
             grad = self._grad_chunk(noisy, targets.take(items))
             sums.add(chunk, grad.abs())
         return reduce_channels(sums.result() / self.nb_samples, adapter.channel_axis, "max")
