@@ -171,7 +171,7 @@ def test_cli_errors_are_one_line(
 def test_cli_error_through_the_real_entry_point(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "xai_toolbox.cli", "explain", "--model", "m.pt", str(tmp_path / "x.png")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,  # the installed package
     )
     assert proc.returncode == 1
     assert_one_error_line(proc.returncode, proc.stderr, "image file not found")

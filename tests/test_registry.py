@@ -136,13 +136,16 @@ def test_unknown_method_lists_the_available_ones() -> None:
         _ = xt.NoSuchMethod
 
 
-def test_import_does_not_pull_in_frameworks_and_warns_nothing() -> None:
+def test_import_does_not_pull_in_frameworks_and_warns_nothing(tmp_path: Path) -> None:
     code = (
         "import sys, warnings; warnings.simplefilter('error');"
         "import xai_toolbox as xt; xt.list_methods();"
         "print(sorted(m for m in ('torch', 'tensorflow') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # Run outside the checkout so the installed package is imported, as a user gets it.
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
     assert out.stdout.strip() == "[]"
 
 
@@ -178,3 +181,21 @@ def test_third_party_adapter_hook_takes_over(plugin_path: Path) -> None:
     adapter = xt.adapt(module.Doubler())
     assert adapter.framework == "numpy"
     del sys.modules["dup_plugin_adapter"]
+
+
+def test_failure_from_a_source_checkout_says_how_to_fix_it(tmp_path: Path) -> None:
+    from xai_toolbox.registry import _source_checkout_hint
+
+    checkout = tmp_path / "checkout"
+    (checkout / "xai_toolbox").mkdir(parents=True)
+    (checkout / "plugins").mkdir()
+    missing = ModuleNotFoundError("No module named 'xai_toolbox.plugins'", name="xai_toolbox.plugins")
+    hint = _source_checkout_hint(missing, checkout / "xai_toolbox")
+    assert str(checkout) in hint and "pip install -e ." in hint
+    # An installed package (plugins inside it) or another module's failure gets no hint.
+    installed = tmp_path / "site" / "xai_toolbox"
+    (installed / "plugins").mkdir(parents=True)
+    assert _source_checkout_hint(missing, installed) == ""
+    other = ModuleNotFoundError("No module named 'scipy'", name="scipy")
+    assert _source_checkout_hint(other, checkout / "xai_toolbox") == ""
+    assert _source_checkout_hint(ValueError("boom"), checkout / "xai_toolbox") == ""

@@ -18,6 +18,7 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -136,12 +137,34 @@ def load_registry() -> Registry:
             registry.failed[ep.name] = f"{type(exc).__name__}: {exc}"
             message = (
                 f"xai-toolbox plugin {ep.name!r} (package {package}, {ep.value}) failed to load: "
-                f"{type(exc).__name__}: {exc}"
+                f"{type(exc).__name__}: {exc}{_source_checkout_hint(exc)}"
             )
             if _strict():
                 raise PluginError(message) from exc
             warnings.warn(message, PluginWarning, stacklevel=2)
     return registry
+
+
+def _source_checkout_hint(exc: Exception, package_dir: Path | None = None) -> str:
+    """Explain the one failure a contributor meets: importing the engine from a source checkout.
+
+    The built-ins live in the checkout's top-level ``plugins/`` and ``metrics/`` and become
+    ``xai_toolbox.plugins`` / ``xai_toolbox.metrics`` only when installed. Python run from the
+    checkout's root imports ``xai_toolbox`` from there, where those sub-packages do not exist
+    unless the install is editable.
+    """
+    if not isinstance(exc, ModuleNotFoundError) or not (exc.name or "").startswith(
+        (f"{__package__}.plugins", f"{__package__}.metrics")
+    ):
+        return ""
+    here = package_dir or Path(__file__).resolve().parent
+    if (here / "plugins").is_dir() or not (here.parent / "plugins").is_dir():
+        return ""
+    return (
+        f" (xai_toolbox was imported from the source checkout {here.parent}, whose built-ins are "
+        "only found when it is installed in editable mode: run `pip install -e .` there, or run "
+        "Python from another directory)"
+    )
 
 
 def _builtin_first(ep: importlib_metadata.EntryPoint) -> tuple[int, str]:
