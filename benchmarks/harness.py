@@ -563,13 +563,16 @@ def run_overhead_case(case: Case, bench: Workbench, cfg: Config, reference: str)
 
     with bench.context():
         try:
+            first = timed(call, bench.sync)
+            traces_after_first = _traces(obj)
+            for _ in range(cfg.warmup - 1):
+                call()
+            # The passes are counted on a steady-state call: a first call may do one-off work
+            # (e.g. probing the output width of the model, which is remembered afterwards).
             with counting(obj, bench.framework) as calls:
-                first = timed(call, bench.sync)
+                call()
         except Exception as exc:
             return {**row, "status": "error", "note": f"{type(exc).__name__}: {exc}"}
-        traces_after_first = _traces(obj)
-        for _ in range(cfg.warmup - 1):
-            call()
         replay = bench.bare.prepare(calls)
         replay()  # the baseline's own warm-up (its tf.function traces here)
         timing = paired(call, replay, bench.sync, cfg, first)
