@@ -16,7 +16,7 @@ import eagerpy as ep
 import numpy as np
 
 from xai_toolbox import _validation as v
-from xai_toolbox._streaming import Chunk, batched_forward, chunks, progress, upload
+from xai_toolbox._streaming import Chunk, PairScores, batched_forward, chunks, progress, upload
 from xai_toolbox._targets import Targets
 from xai_toolbox.base import Metric
 
@@ -66,21 +66,18 @@ def streamed_scores(
     ``extra(chunk)`` optionally computes one more per-pair value on the device (MuFidelity's
     attribution sums); it comes back with the same shape.
     """
-    parts: list[ep.Tensor] = []
-    extras: list[ep.Tensor] = []
+    scores, extras = PairScores(n_items, n_per_item), PairScores(n_items, n_per_item)
     todo = chunks(n_items, n_per_item, metric.batch_size)
     for chunk in progress(todo, enabled=metric.progress, total=len(todo), desc=desc):
         outputs = metric.adapter.forward(build(chunk))
-        parts.append(targets.take(chunk.items).score(activate(outputs, activation)))
+        scores.put(chunk, targets.take(chunk.items).score(activate(outputs, activation)))
         if extra is not None:
-            extras.append(extra(chunk))
-    scores = _gather(parts).reshape(n_items, n_per_item)
-    return scores, (_gather(extras).reshape(n_items, n_per_item) if extra is not None else None)
+            extras.put(chunk, extra(chunk))
+    return _host(scores), (_host(extras) if extra is not None else None)
 
 
-def _gather(parts: list[ep.Tensor]) -> np.ndarray:
-    joined = parts[0] if len(parts) == 1 else ep.concatenate(parts, axis=0)
-    return joined.numpy().astype(np.float64)
+def _host(values: PairScores) -> np.ndarray:
+    return values.result().numpy().astype(np.float64)
 
 
 def index_column(like: ep.Tensor, values: np.ndarray, ndim: int) -> ep.Tensor:

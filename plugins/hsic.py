@@ -25,7 +25,7 @@ import eagerpy as ep
 import numpy as np
 
 from xai_toolbox import _validation as v
-from xai_toolbox._streaming import chunks, progress, take_rows, upload
+from xai_toolbox._streaming import PairScores, chunks, progress, take_rows, upload
 from xai_toolbox._targets import Targets
 from xai_toolbox.ops import matmul, resize
 from xai_toolbox.registry import hookimpl
@@ -245,7 +245,7 @@ class HsicAttribution(PerturbationMethod):
         seed = self.seed if self.seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
         design = hsic_design(n, g * g, self.sampler, seed)                      # (n, d) low-res
         reference = reference_images(x, adapter.channel_axis, self.perturbation, self.baseline, self.blur_size)
-        scores = []
+        scores = PairScores(x.shape[0], n)
         todo = chunks(x.shape[0], n, self.batch_size)
         for chunk in progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
             items = chunk.items
@@ -255,8 +255,8 @@ class HsicAttribution(PerturbationMethod):
             perturbed = perturb(
                 take_rows(x, items), masks, adapter.channel_axis, self.perturbation, ref, self.amplitude_sigma
             )
-            scores.append(targets.take(items).score(adapter.forward(perturbed)))
-        y = (scores[0] if len(scores) == 1 else ep.concatenate(scores, axis=0)).reshape((x.shape[0], n))
+            scores.put(chunk, targets.take(items).score(adapter.forward(perturbed)))
+        y = scores.result()
         z = ep.from_numpy(x, (design - design.mean(axis=0, keepdims=True, dtype=np.float64)).astype(np.float32))
         y_host = y.numpy()  # one small transfer per call: n scores per image, for the bandwidth
         maps = [hsic_scores(z, y[i], output_bandwidth(y_host[i], self.bandwidth)) for i in range(x.shape[0])]

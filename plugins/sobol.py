@@ -23,7 +23,7 @@ import eagerpy as ep
 import numpy as np
 
 from xai_toolbox import _validation as v
-from xai_toolbox._streaming import chunks, progress, take_rows, upload
+from xai_toolbox._streaming import PairScores, chunks, progress, take_rows, upload
 from xai_toolbox._targets import Targets
 from xai_toolbox.ops import resize
 from xai_toolbox.registry import hookimpl
@@ -175,7 +175,7 @@ class SobolAttribution(PerturbationMethod):
         a, b = ab[:, :d], ab[:, d:]
         per_item = n * (d + 2)
         reference = reference_images(x, adapter.channel_axis, self.perturbation, self.baseline, self.blur_size)
-        scores = []
+        scores = PairScores(x.shape[0], per_item)
         todo = chunks(x.shape[0], per_item, self.batch_size)
         for chunk in progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
             items = chunk.items
@@ -185,8 +185,8 @@ class SobolAttribution(PerturbationMethod):
             perturbed = perturb(
                 take_rows(x, items), masks, adapter.channel_axis, self.perturbation, ref, self.amplitude_sigma
             )
-            scores.append(targets.take(items).score(adapter.forward(perturbed)))
-        y = (scores[0] if len(scores) == 1 else ep.concatenate(scores, axis=0)).reshape((x.shape[0], per_item))
+            scores.put(chunk, targets.take(items).score(adapter.forward(perturbed)))
+        y = scores.result()
         st = jansen_total_order(y[:, :n], y[:, 2 * n :], n)                      # (N_img, d)
         return resize(st.reshape((x.shape[0], g, g)), size, "bicubic")
 

@@ -81,6 +81,63 @@ class ItemSums:
         return ep.stack(self._sums, axis=0)  # type: ignore[arg-type]
 
 
+class PairScores:
+    """One value per (item, sample) pair, written chunk by chunk into a buffer allocated once.
+
+    Why not a list of per-chunk tensors concatenated at the end: each chunk frees megabytes of
+    perturbed inputs and activations, and a small tensor kept alive from every chunk lands in
+    those holes. glibc then cannot reuse them for the next chunk's large blocks, and the
+    process grows by about one chunk of inputs per chunk (2 GB of RSS for Sobol on 8 images of
+    64x64 instead of 0.35 GB). PyTorch and NumPy values are written in place into one buffer on
+    the values' device (no host synchronisation); other tensors (TensorFlow's have their own
+    allocator) are gathered and concatenated.
+
+    Example:
+        >>> scores = PairScores(n_items=2, n_per_item=3)
+        >>> for chunk in chunks(2, 3, batch_size=4):
+        ...     scores.put(chunk, values_of(chunk))   # (chunk.size,) or (chunk.size, ...)
+        >>> scores.result().shape                      # (2, 3)
+    """
+
+    def __init__(self, n_items: int, n_per_item: int) -> None:
+        self.n_items, self.n_per_item = n_items, n_per_item
+        self._buffer: Any = None
+        self._parts: list[ep.Tensor] = []
+        self._filled = 0
+
+    def put(self, chunk: Chunk, values: ep.Tensor) -> None:
+        if values.shape[0] != chunk.size:
+            raise ValueError(f"{values.shape[0]} values for a chunk of {chunk.size} pairs")
+        if chunk.start != self._filled:
+            raise ValueError(f"chunks must come in order: expected start {self._filled}, got {chunk.start}")
+        self._filled = chunk.stop
+        raw = values.raw
+        kind = type(values).__name__
+        if kind not in ("PyTorchTensor", "NumPyTensor"):
+            self._parts.append(values)
+            return
+        if self._buffer is None:
+            shape = (self.n_items * self.n_per_item, *values.shape[1:])
+            if kind == "PyTorchTensor":
+                import torch
+
+                self._buffer = torch.empty(shape, dtype=raw.dtype, device=raw.device)
+            else:
+                self._buffer = np.empty(shape, dtype=raw.dtype)
+        self._buffer[chunk.start : chunk.stop] = raw.detach() if kind == "PyTorchTensor" else raw
+
+    def result(self) -> ep.Tensor:
+        """The values, shaped ``(n_items, n_per_item, ...)``."""
+        total = self.n_items * self.n_per_item
+        if self._filled != total:
+            raise RuntimeError(f"{self._filled} of {total} pair values were put")
+        if self._buffer is not None:
+            joined = ep.astensor(self._buffer)
+        else:
+            joined = self._parts[0] if len(self._parts) == 1 else ep.concatenate(self._parts, axis=0)
+        return joined.reshape((self.n_items, self.n_per_item, *joined.shape[1:]))
+
+
 def upload(like: ep.Tensor, array: np.ndarray) -> ep.Tensor:
     """A small host array (indices, low-resolution masks) as a tensor beside ``like``.
 

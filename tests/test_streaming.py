@@ -1,0 +1,67 @@
+"""The streaming helpers: chunking across image boundaries and the per-pair score buffer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import eagerpy as ep
+import numpy as np
+import pytest
+
+from xai_toolbox._streaming import PairScores, chunks
+
+
+def _tensor(framework: str, values: np.ndarray) -> ep.Tensor:
+    if framework == "torch":
+        import torch
+
+        return ep.astensor(torch.from_numpy(values))
+    if framework == "tf":
+        import tensorflow as tf
+
+        return ep.astensor(tf.constant(values))
+    return ep.astensor(values)
+
+
+def test_chunks_cover_every_pair_once_across_image_boundaries() -> None:
+    todo = chunks(3, 5, batch_size=4)
+    assert [(c.start, c.stop) for c in todo] == [(0, 4), (4, 8), (8, 12), (12, 15)]
+    items = np.concatenate([c.items for c in todo])
+    samples = np.concatenate([c.samples for c in todo])
+    assert items.tolist() == [i for i in range(3) for _ in range(5)]
+    assert samples.tolist() == list(range(5)) * 3
+    assert list(todo[1].runs()) == [(0, 0, 1), (1, 1, 4)]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "framework"])
+def test_pair_scores_reassemble_per_item_rows(framework: str, backend: str, request: Any) -> None:
+    request.getfixturevalue("torch" if framework == "torch" else "tf")
+    kind = "numpy" if backend == "numpy" else framework
+    n_items, n_per_item = 3, 5
+    expected = np.arange(n_items * n_per_item * 2, dtype=np.float32).reshape(n_items, n_per_item, 2)
+    flat = expected.reshape(-1, 2)
+    scores = PairScores(n_items, n_per_item)
+    for chunk in chunks(n_items, n_per_item, batch_size=4):
+        scores.put(chunk, _tensor(kind, flat[chunk.start : chunk.stop]))
+    result = scores.result()
+    assert type(result).__name__ == type(_tensor(kind, flat)).__name__  # stays on the framework
+    np.testing.assert_array_equal(result.numpy(), expected)
+
+
+def test_pair_scores_buffer_is_detached_from_autograd(torch: Any) -> None:
+    weight = torch.ones(1, requires_grad=True)
+    scores = PairScores(1, 2)
+    scores.put(chunks(1, 2, 2)[0], ep.astensor(torch.arange(2.0) * weight))
+    assert not scores.result().raw.requires_grad
+
+
+def test_pair_scores_reject_misuse() -> None:
+    todo = chunks(2, 2, batch_size=2)
+    scores = PairScores(2, 2)
+    with pytest.raises(ValueError, match="chunks must come in order"):
+        scores.put(todo[1], ep.astensor(np.zeros(2)))
+    with pytest.raises(ValueError, match="3 values for a chunk of 2"):
+        scores.put(todo[0], ep.astensor(np.zeros(3)))
+    scores.put(todo[0], ep.astensor(np.zeros(2)))
+    with pytest.raises(RuntimeError, match="2 of 4 pair values"):
+        scores.result()
