@@ -13,7 +13,7 @@ import eagerpy as ep
 import numpy as np
 
 from xai_toolbox import _validation as v
-from xai_toolbox._streaming import ItemSums, chunks, progress, take_rows, upload
+from xai_toolbox._streaming import Chunk, ItemSums, chunks, progress, take_rows, upload
 from xai_toolbox._targets import Targets
 from xai_toolbox.base import AttributionMethod
 from xai_toolbox.ops import reduce_channels
@@ -198,8 +198,7 @@ class SmoothGrad(_GradientMethod):
         todo = chunks(x.shape[0], self.nb_samples, self.batch_size)
         for chunk in progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
             items = chunk.items
-            eps = noise_of(chunk.items, chunk.samples) * sigma[items].reshape((-1,) + (1,) * (x.ndim - 1))
-            noisy = take_rows(x, items) + upload(x, eps.astype(np.float32, copy=False))
+            noisy = take_rows(x, items) + upload(x, noise_of.scaled(chunk, sigma))
             grad = self._grad_chunk(noisy, targets.take(items))
             sums.add(chunk, grad.abs())
         return reduce_channels(sums.result() / self.nb_samples, adapter.channel_axis, "max")
@@ -231,8 +230,16 @@ class _NoiseSource:
         assert self._noise is not None
         return self._noise
 
-    def __call__(self, items: np.ndarray, samples: np.ndarray) -> np.ndarray:
-        return np.stack([self._for_item(int(i))[int(s)] for i, s in zip(items, samples, strict=True)])
+    def scaled(self, chunk: Chunk, sigma: np.ndarray) -> np.ndarray:
+        """The noise of the chunk's pairs times each item's ``sigma``, ``(chunk.size, *shape)``.
+
+        Written straight into one float32 array, slice by slice (a chunk holds few items).
+        """
+        out = np.empty((chunk.size, *self.shape), dtype=np.float32)
+        for item, lo, hi in chunk.runs():
+            first = (chunk.start + lo) % self.n
+            np.multiply(self._for_item(item)[first : first + hi - lo], np.float32(sigma[item]), out=out[lo:hi])
+        return out
 
 
 Register = Callable[[str, type], None]

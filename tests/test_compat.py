@@ -33,3 +33,24 @@ def test_mixed_dtype_tensorflow_comparisons(tf, monkeypatch) -> None:
         monkeypatch.setattr(ep_tf, "np", np)
         with pytest.raises(AttributeError, match="find_common_type"):
             _ = a > b
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1, (1, 2), (0, 2)])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_torch_max_min_match_numpy(torch, axis, keepdims) -> None:
+    _compat.apply()
+    values = np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32)
+    t = ep.astensor(torch.from_numpy(values))
+    np.testing.assert_array_equal(t.max(axis=axis, keepdims=keepdims).numpy(), values.max(axis=axis, keepdims=keepdims))
+    np.testing.assert_array_equal(t.min(axis=axis, keepdims=keepdims).numpy(), values.min(axis=axis, keepdims=keepdims))
+
+
+def test_torch_max_gradient_splits_between_ties_like_tensorflow(torch) -> None:
+    """One reduction without arg-max indices: the gradient goes evenly to tied maxima."""
+    _compat.apply()
+    leaf = torch.tensor([[1.0, 3.0, 3.0], [0.0, 0.0, 2.0]], requires_grad=True)
+    ep.astensor(leaf).max(axis=1).raw.sum().backward()
+    np.testing.assert_allclose(leaf.grad.numpy(), [[0.0, 0.5, 0.5], [0.0, 0.0, 1.0]])
+    leaf.grad = None
+    ep.astensor(leaf).min(axis=1).raw.sum().backward()
+    np.testing.assert_allclose(leaf.grad.numpy(), [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]])

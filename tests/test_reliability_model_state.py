@@ -229,6 +229,20 @@ def test_eval_mode_is_shared_by_nested_calls(torch) -> None:
     assert all(m.training for m in net.modules())
 
 
+@pytest.mark.parametrize("mode", ["eval", "mixed"])
+def test_training_flags_restored_module_by_module(torch, mode: str) -> None:
+    """An eval model stays as it is; a mix of modes (e.g. frozen batch norm) comes back exactly."""
+    net = torch_net()
+    net.eval()
+    if mode == "mixed":
+        net.drop.train()  # a user fine-tuning with dropout on but batch norm frozen
+    before = {name: m.training for name, m in net.named_modules()}
+    first = xt.method("saliency", net)(to_framework(_images(), "torch"), TARGETS)
+    second = xt.method("saliency", net)(to_framework(_images(), "torch"), TARGETS)
+    assert {name: m.training for name, m in net.named_modules()} == before
+    np.testing.assert_array_equal(first.numpy(), second.numpy())  # dropout was off during the calls
+
+
 # -- Keras -------------------------------------------------------------------------------------
 def keras_net() -> Any:
     import keras

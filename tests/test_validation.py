@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import eagerpy as ep
 import numpy as np
 import pytest
 
@@ -143,3 +144,22 @@ def test_errors_are_one_family() -> None:
     for name in errors.__all__:
         assert issubclass(getattr(errors, name), errors.XaiToolboxError)
         assert getattr(xt, name) is getattr(errors, name)
+
+
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        ([1.0, -2.0, 0.0], False),
+        ([3e38, 3e38, 3e38], False),  # the sum overflows, the values are finite
+        ([-3e38, -3e38, 1.0], False),
+        ([1.0, float("nan"), 2.0], True),
+        ([1.0, float("inf"), 2.0], True),
+        ([float("-inf"), 3e38, 3e38], True),
+        ([float("inf"), float("-inf"), 0.0], True),
+    ],
+)
+def test_has_non_finite_is_exact(values: list[float], expected: bool) -> None:
+    from xai_toolbox._validation import has_non_finite
+
+    x = ep.astensor(np.asarray(values, dtype=np.float32))
+    assert has_non_finite(x) is expected

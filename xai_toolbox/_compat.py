@@ -6,11 +6,17 @@ Kept in one place so the list of patches is visible and tested (tests/test_compa
   operation mixes dtypes (``float32 tensor * int64 tensor``). We give that module a NumPy
   proxy that provides the function through ``np.result_type`` instead of patching the global
   ``numpy`` module for everybody.
+* EagerPy's PyTorch ``max``/``min`` over axes loop over ``torch.max(dim)``, which also computes
+  the arg-max indices (one pass per axis, about 2x the time of a plain reduction, on every
+  saliency map and normalisation). We use ``torch.amax``/``torch.amin`` (one pass over all the
+  axes). Their gradient splits evenly between tied extremes, as TensorFlow's does, where
+  ``torch.max(dim)`` sent it all to one of them.
 """
 
 from __future__ import annotations
 
 import types
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -38,8 +44,29 @@ def apply() -> None:
     if _applied:
         return
     _applied = True
+    _patch_torch_extrema()
     if hasattr(np, "find_common_type"):
         return
     import eagerpy.tensor.tensorflow as ep_tf
 
     ep_tf.np = _NumpyWithFindCommonType()  # type: ignore[assignment]
+
+
+def _torch_extremum(reduce_all: str, reduce_dims: str) -> Any:
+    def extremum(self: Any, axis: Any = None, keepdims: bool = False) -> Any:
+        if axis is None and not keepdims:
+            return type(self)(getattr(self.raw, reduce_all)())
+        dims = tuple(range(self.ndim)) if axis is None else tuple(axis) if isinstance(axis, Iterable) else (axis,)
+        return type(self)(getattr(self.raw, reduce_dims)(dim=dims, keepdim=keepdims))
+
+    extremum.__name__ = reduce_all
+    extremum.__doc__ = f"``{reduce_dims}`` over the axes (patched by xai_toolbox._compat)."
+    return extremum
+
+
+def _patch_torch_extrema() -> None:
+    # eagerpy.tensor.pytorch imports torch lazily, so this does not import PyTorch.
+    from eagerpy.tensor.pytorch import PyTorchTensor
+
+    PyTorchTensor.max = _torch_extremum("max", "amax")  # type: ignore[method-assign]
+    PyTorchTensor.min = _torch_extremum("min", "amin")  # type: ignore[method-assign]

@@ -176,7 +176,7 @@ class AttributionMethod(_Configurable, ABC):
                 f"method {name!r} returned explanations on device {maps.raw.device}; "
                 f"expected the inputs' device {x.raw.device}"
             )
-        if v.is_floating(maps.raw) and bool(ep.logical_or(maps.isnan(), maps.isinf()).any().item()):
+        if v.is_floating(maps.raw) and v.has_non_finite(maps):
             raise PluginError(f"method {name!r} returned NaN or infinite values")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -40,8 +41,8 @@ class TorchAdapter(ModelAdapter):
     # -- data --------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        for tensor in (*self.model.parameters(), *self.model.buffers()):
-            return tensor.device
+        for tensor in itertools.chain(self.model.parameters(), self.model.buffers()):
+            return tensor.device  # the first one: no need to walk every parameter
         return torch.device("cpu")
 
     def is_native(self, x: Any) -> bool:
@@ -216,19 +217,22 @@ class TorchAdapter(ModelAdapter):
 
     @contextlib.contextmanager
     def preserved(self) -> Iterator[None]:
-        """Eval mode for the call; the training flag, ``requires_grad`` flags and existing
-        ``.grad`` tensors (values and identity) are restored afterwards, also on errors."""
+        """Eval mode for the call; the training flags (module by module), ``requires_grad``
+        flags and existing ``.grad`` tensors (values and identity) are restored afterwards,
+        also on errors. A model already in eval mode is left alone (one walk over its modules)."""
         model = self.model
         # References, not copies, except for gradients a user is accumulating (rare).
         saved = [
             (p, p.requires_grad, p.grad, None if p.grad is None else p.grad.detach().clone())
             for p in model.parameters()
         ]
-        with _mode_lock:
-            users = _mode_users.setdefault(model, [0, model.training])
-            if users[0] == 0:
-                users[1] = model.training
-                model.eval()
+        with _mode_lock:  # concurrent calls on one model: the first in switches, the last out restores
+            users = _mode_users.get(model)
+            if users is None:
+                training = [m for m in model.modules() if m.training]
+                if training:
+                    model.eval()
+                users = _mode_users[model] = [0, training]
             users[0] += 1
         try:
             yield
@@ -236,9 +240,19 @@ class TorchAdapter(ModelAdapter):
             with _mode_lock:
                 users[0] -= 1
                 if users[0] == 0:
-                    model.train(users[1])
                     del _mode_users[model]
+                    _restore_training(model, users[1])
             _restore_parameters(saved)
+
+
+def _restore_training(model: torch.nn.Module, training: list[torch.nn.Module]) -> None:
+    if not training:
+        return
+    if len(training) == sum(1 for _ in model.modules()):
+        model.train(True)  # through train(), for modules that override it
+        return
+    for module in training:  # a mix of modes: put back exactly the modules that were training
+        module.training = True
 
 
 def _restore_parameters(saved: list[tuple[Any, bool, Any, Any]]) -> None:
