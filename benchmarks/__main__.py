@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-SECTIONS = ("overhead", "gradients", "peers", "memory")
+SECTIONS = ("overhead", "gradients", "peers", "precision", "memory")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.gradients = [c for c in cfg.gradients if c.name in keep]
         cfg.peers = [c for c in cfg.peers if c.name in keep]
         cfg.memory = [c for c in cfg.memory if c.name in keep]
+        cfg.precision = [n for n in cfg.precision if n in keep]
     if args.device == "cuda":
         _check_cuda(args.framework)
     harness.run(cfg, sections)

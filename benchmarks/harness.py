@@ -115,6 +115,9 @@ class Config:
     peers: list[PeerCase] = field(default_factory=list)
     peer_images: int = 8
     memory: list[MemoryCase] = field(default_factory=list)
+    #: Forward-only methods/metrics (names from ``overhead``) timed with and without
+    #: ``xt.autocast()`` (PyTorch only).
+    precision: list[str] = field(default_factory=list)
     #: Run each memory setting in a fresh subprocess (the only meaningful way for RSS).
     isolate_memory: bool = True
 
@@ -185,6 +188,7 @@ def default_config(framework: str, device: str = "cpu", *, quick: bool = False, 
         peers=peers,
         peer_images=peer_images,
         memory=memory,
+        precision=["rise", "occlusion", "deletion"] if framework == "torch" else [],
     )
 
 
@@ -694,6 +698,41 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+# -- section e: mixed precision (PyTorch) -------------------------------------------------------
+def run_precision_case(case: Case, bench: Workbench, cfg: Config) -> dict[str, Any]:
+    """One forward-only method or metric in float32 and under ``xt.autocast()``, interleaved."""
+    import xai_toolbox as xt
+
+    row: dict[str, Any] = {"name": case.name, "kind": case.kind}
+    cls, note = resolve(case, case.kind)
+    if cls is None:
+        return {**row, "status": "skipped", "note": note}
+    obj, notes = make(cls, bench, case.params, cfg.batch_size)
+    row["params"] = {k: v for k, v in obj.get_params().items() if k not in ("score_fn", "progress", "framework")}
+    row["notes"] = notes
+
+    def plain() -> Any:
+        if case.kind == "metric":
+            return obj(bench.x, bench.labels, bench.maps).curves
+        return obj(bench.x, bench.labels)
+
+    def mixed() -> Any:
+        with xt.autocast():
+            return plain()
+
+    try:
+        first = timed(plain, bench.sync)
+        timed(mixed, bench.sync)  # warm-up of the reduced-precision kernels
+        a, b = _np(plain()), _np(mixed())
+    except Exception as exc:
+        return {**row, "status": "error", "note": f"{type(exc).__name__}: {exc}"}
+    timing = paired(mixed, plain, bench.sync, cfg, first)
+    row.update(status="ok", **timing)
+    row["speedup"] = 1.0 / timing["ratio"]
+    row["agreement"] = _correlation(a, b)
+    return row
+
+
 # -- section c: memory ------------------------------------------------------------------------
 def memory_child(spec: dict[str, Any]) -> dict[str, Any]:
     """One memory setting, measured in this (fresh) process. See the module docs.
@@ -880,7 +919,9 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run(cfg: Config, sections: tuple[str, ...] = ("overhead", "gradients", "peers", "memory")) -> dict[str, Any]:
+def run(
+    cfg: Config, sections: tuple[str, ...] = ("overhead", "gradients", "peers", "precision", "memory")
+) -> dict[str, Any]:
     """Run the benchmark, write ``bench-<framework>-<device>.json`` and ``.md`` into ``cfg.out``."""
     setup_framework(cfg.framework, cfg.threads)
     started = time.perf_counter()
@@ -910,6 +951,13 @@ def run(cfg: Config, sections: tuple[str, ...] = ("overhead", "gradients", "peer
             row = run_peer_case(peer, peer_bench, cfg)
             _log_row(row)
             results["peers"].append(row)
+    if "precision" in sections and cfg.precision:
+        results["precision"] = []
+        for case in (c for c in cfg.overhead if c.name in cfg.precision):
+            log(f"[precision] {case.name} float32 vs autocast ...")
+            row = run_precision_case(case, bench, cfg)
+            _log_row(row)
+            results["precision"].append(row)
     if "memory" in sections:
         results["memory"] = []
         for mem in cfg.memory:
@@ -1042,6 +1090,20 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {r['name']} vs {r['peer']} | {_fmt_params(r.get('params'))} | {r['median_s']:.3f} | "
                 f"{r['reference_median_s']:.3f} | {r['ratio']:.2f} | {agree} | {_verdict(r['ratio'] <= TARGET_PEER)} |"
+            )
+        lines.append("")
+    if results.get("precision"):
+        lines += ["#### Mixed precision: `xt.autocast()` against float32 (no target; for reading)", "",
+                  "| method | settings | float32 (s) | autocast (s) | speed-up | agreement (r) |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for r in results["precision"]:
+            if r["status"] != "ok":
+                lines.append(f"| {r['name']} | {r['status']}: {r.get('note', '')} | | | | |")
+                continue
+            agree = "" if r.get("agreement") is None else f"{r['agreement']:.4f}"
+            lines.append(
+                f"| {r['name']} | {_fmt_params(r.get('params'))} | {r['reference_median_s']:.3f} | "
+                f"{r['median_s']:.3f} | {r['speedup']:.2f}× | {agree} |"
             )
         lines.append("")
     if "memory" in results:

@@ -77,6 +77,7 @@ def tiny_config(harness: Any, framework: str, out: Path) -> Any:
     cfg.peers = [h.PeerCase("saliency", {}, "saliency")] if framework == "torch" else []
     cfg.peer_images = 2
     cfg.memory = [h.MemoryCase("saliency", "batch_size", (4, 8))]
+    cfg.precision = ["bench_tiny"] if framework == "torch" else []
     return cfg
 
 
@@ -141,6 +142,11 @@ def test_harness_writes_wellformed_results(harness: Any, framework: str, tmp_pat
         peer = data["peers"][0]
         if peer["status"] == "ok":
             assert peer["agreement"] == pytest.approx(1.0, abs=1e-4)  # same gradients as Captum
+        mixed = data["precision"][0]
+        assert mixed["status"] == "ok", mixed
+        assert mixed["speedup"] > 0 and mixed["agreement"] > 0.9
+    else:
+        assert "precision" not in data  # autocast is PyTorch-only
 
     mem = data["memory"][0]
     assert mem["status"] == "ok", mem

@@ -21,6 +21,7 @@ from . import _compat
 
 _compat.apply()
 
+from ._precision import autocast  # noqa: E402
 from .api import explain, list_methods, list_metrics, method, metric  # noqa: E402
 from .backends import ModelAdapter, adapt  # noqa: E402
 from .backends.numpy import NumpyModel  # noqa: E402
@@ -40,6 +41,7 @@ __all__ = [
     "NumpyModel",
     "OutOfMemoryWarning",
     "adapt",
+    "autocast",
     "explain",
     "hookimpl",
     "list_methods",

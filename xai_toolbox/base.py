@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import eagerpy as ep
 import numpy as np
 
+from . import _precision
 from . import _validation as v
 from ._targets import ScoreFn, Targets, resolve_targets
 from .backends import ModelAdapter, adapt
@@ -85,6 +86,12 @@ class _Configurable:
             raise
 
     def _prepare(self, inputs: Any) -> tuple[Any, ep.Tensor]:
+        if _precision.requested() is not None and not self.adapter.supports_autocast:
+            raise UnsupportedModelError(
+                f"xt.autocast() runs PyTorch models in mixed precision; a {self.adapter.display_name} "
+                "is not converted on the fly (build a Keras model under "
+                "keras.mixed_precision.set_global_policy('mixed_float16') instead)"
+            )
         inputs = v.as_array_like(inputs)
         v.check_inputs(self.adapter, inputs)
         x = self.adapter.to_model(inputs)

@@ -129,6 +129,8 @@ class ModelAdapter(ABC):
     display_name: ClassVar[str]
     #: Whether the model can be differentiated (white-box methods need it).
     supports_gradients: ClassVar[bool] = True
+    #: Whether :func:`xai_toolbox.autocast` can run the model's forward passes in mixed precision.
+    supports_autocast: ClassVar[bool] = False
 
     def __init__(self, model: Any, channel_axis: int) -> None:
         self.model = model

@@ -13,11 +13,13 @@ import eagerpy as ep
 import numpy as np
 import torch
 
+from .._precision import requested
 from ..errors import InputError, LayerError
 from ._base import ModelAdapter, ScoreOf, float32_array, pick_default_layer
 
 # Models shared by several adapters or threads: eval mode is entered once and the original
 # training flag restored when the last user leaves.
+_AUTOCAST_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 _mode_lock = threading.Lock()
 _mode_users: weakref.WeakKeyDictionary[torch.nn.Module, list[Any]] = weakref.WeakKeyDictionary()
 # Forward hooks are per module, not per thread: captures of one layer are serialised.
@@ -33,6 +35,7 @@ class TorchAdapter(ModelAdapter):
 
     framework = "torch"
     display_name = "PyTorch"
+    supports_autocast = True
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__(model, channel_axis=1)
@@ -81,8 +84,16 @@ class TorchAdapter(ModelAdapter):
             torch.cuda.empty_cache()
 
     def _forward(self, x: ep.Tensor) -> ep.Tensor:
-        with torch.no_grad(), self._calling_model(x):
-            return ep.astensor(self.model(x.raw))
+        precision = requested()
+        if precision is None:
+            with torch.no_grad(), self._calling_model(x):
+                return ep.astensor(self.model(x.raw))
+        device = x.raw.device.type
+        dtype = _AUTOCAST_DTYPES.get(precision) or (torch.float16 if device == "cuda" else torch.bfloat16)
+        with torch.no_grad(), self._calling_model(x), torch.autocast(device, dtype=dtype):
+            outputs = self.model(x.raw)
+        # Scores, softmax and curves are computed in float32 whatever the model ran in.
+        return ep.astensor(outputs.float() if outputs.dtype in (torch.float16, torch.bfloat16) else outputs)
 
     def differentiable_forward(self, x: ep.Tensor) -> ep.Tensor:
         with self._calling_model(x):
