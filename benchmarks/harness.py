@@ -359,9 +359,17 @@ class BareRunner:
         with self.bench.tf_device():
             return np.asarray(self._forward(self.bench.x)).argmax(1).astype(np.int64)
 
-    def prepare(self, calls: list[tuple[str, int]]) -> Callable[[], None]:
-        """A function replaying ``calls`` (``(kind, batch)``) bare, inputs built beforehand."""
-        batches = [(kind, self.rows(b)) for kind, b in calls]
+    def prepare(self, calls: list[tuple[str, int]], inputs: list[Any] | None = None) -> Callable[[], None]:
+        """A function replaying ``calls`` (``(kind, batch)``) bare, inputs built beforehand.
+
+        ``inputs``: the very batches the method fed the model (as :func:`counting` captured
+        them), so that data-dependent kernel speed — a deleted image is mostly zeros — is not
+        counted as overhead either way; else the benchmark images, repeated.
+        """
+        if inputs is not None and len(inputs) == len(calls):
+            batches = [(kind, xb) for (kind, _), xb in zip(calls, inputs, strict=True)]
+        else:
+            batches = [(kind, self.rows(b)) for kind, b in calls]
         if self.framework == "torch":
             import torch
 
@@ -407,12 +415,15 @@ class BareRunner:
 
 # -- counting forward passes ------------------------------------------------------------------
 @contextlib.contextmanager
-def counting(obj: Any, framework: str) -> Iterator[list[tuple[str, int]]]:
+def counting(
+    obj: Any, framework: str, inputs: list[Any] | None = None
+) -> Iterator[list[tuple[str, int]]]:
     """Record every model pass of ``obj`` (a method or metric) as ``(kind, batch size)``.
 
     ``kind`` is ``"forward"`` (no gradient) or ``"gradient"`` (forward + backward). PyTorch: a
     forward pre-hook on the model sees every call, whatever route it takes. Keras: the model
     runs inside the adapter's compiled function, so the adapter's entry points are wrapped.
+    With ``inputs``, a copy of each pass's input batch is appended to it, in the same order.
     """
     calls: list[tuple[str, int]] = []
     adapter = obj.adapter
@@ -421,6 +432,8 @@ def counting(obj: Any, framework: str) -> Iterator[list[tuple[str, int]]]:
 
         def hook(_module: Any, args: Any) -> None:
             calls.append(("gradient" if torch.is_grad_enabled() else "forward", int(args[0].shape[0])))
+            if inputs is not None:
+                inputs.append(args[0].detach().clone())
 
         handle = adapter.model.register_forward_pre_hook(hook)
         try:
@@ -441,6 +454,8 @@ def counting(obj: Any, framework: str) -> Iterator[list[tuple[str, int]]]:
                 score_of = args[2] if len(args) > 2 else kwargs.get("score_of")
                 k = "gradient" if score_of is not None else "forward"
             calls.append((k, batch_of(*args, **kwargs)))
+            if inputs is not None:
+                inputs.append(args[0].raw)  # TensorFlow tensors are immutable: no copy needed
             return original(*args, **kwargs)
 
         setattr(adapter, attr, wrapped)
@@ -573,11 +588,13 @@ def run_overhead_case(case: Case, bench: Workbench, cfg: Config, reference: str)
                 call()
             # The passes are counted on a steady-state call: a first call may do one-off work
             # (e.g. probing the output width of the model, which is remembered afterwards).
-            with counting(obj, bench.framework) as calls:
+            seen: list[Any] = []
+            with counting(obj, bench.framework, seen) as calls:
                 call()
         except Exception as exc:
             return {**row, "status": "error", "note": f"{type(exc).__name__}: {exc}"}
-        replay = bench.bare.prepare(calls)
+        replay = bench.bare.prepare(calls, seen)
+        del seen
         replay()  # the baseline's own warm-up (its tf.function traces here)
         timing = paired(call, replay, bench.sync, cfg, first)
     row.update(status="ok", passes=summarize_calls(calls), first_call_s=first, **timing)
