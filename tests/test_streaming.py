@@ -8,7 +8,7 @@ import eagerpy as ep
 import numpy as np
 import pytest
 
-from xai_toolbox._streaming import PairScores, chunks
+from xai_toolbox._streaming import ItemSums, PairScores, chunks
 
 
 def _tensor(framework: str, values: np.ndarray) -> ep.Tensor:
@@ -65,3 +65,23 @@ def test_pair_scores_reject_misuse() -> None:
     scores.put(todo[0], ep.astensor(np.zeros(2)))
     with pytest.raises(RuntimeError, match="2 of 4 pair values"):
         scores.result()
+
+
+@pytest.mark.parametrize("backend", ["numpy", "framework"])
+def test_item_sums_add_up_each_items_pairs(framework: str, backend: str, request: Any) -> None:
+    request.getfixturevalue("torch" if framework == "torch" else "tf")
+    kind = "numpy" if backend == "numpy" else framework
+    values = np.random.default_rng(0).normal(size=(3 * 5, 2, 2)).astype(np.float32)
+    sums = ItemSums(3)
+    for chunk in chunks(3, 5, batch_size=4):
+        sums.add(chunk, _tensor(kind, values[chunk.start : chunk.stop]))
+    result = sums.result()
+    assert type(result).__name__ == type(_tensor(kind, values)).__name__
+    np.testing.assert_allclose(result.numpy(), values.reshape(3, 5, 2, 2).sum(axis=1), rtol=1e-5)
+
+
+def test_item_sums_say_which_items_got_nothing() -> None:
+    sums = ItemSums(3)
+    sums.add(chunks(3, 2, batch_size=2)[0], ep.astensor(np.ones((2, 4), np.float32)))
+    with pytest.raises(RuntimeError, match=r"items \[1, 2\]"):
+        sums.result()

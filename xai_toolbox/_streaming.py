@@ -63,21 +63,38 @@ def chunks(n_items: int, n_per_item: int, batch_size: int) -> list[Chunk]:
 
 
 class ItemSums:
-    """Per-item sums of per-pair values, accumulated chunk by chunk on the device."""
+    """Per-item sums of per-pair values, accumulated chunk by chunk on the device.
+
+    PyTorch and NumPy sums are added in place into one ``(n_items, ...)`` buffer: a fresh sum
+    tensor per item and chunk would leave small live blocks between the large ones each chunk
+    frees, which glibc cannot reuse (see :class:`PairScores`). Other frameworks' tensors are
+    immutable and are summed functionally.
+    """
 
     def __init__(self, n_items: int) -> None:
         self._sums: list[ep.Tensor | None] = [None] * n_items
+        self._buffer: Any = None
+        self._added = np.zeros(n_items, dtype=bool)
 
     def add(self, chunk: Chunk, values: ep.Tensor) -> None:
+        kind = type(values).__name__
         for item, lo, hi in chunk.runs():
             part = values[lo:hi].sum(axis=0)
-            current = self._sums[item]
-            self._sums[item] = part if current is None else current + part
+            if kind in ("PyTorchTensor", "NumPyTensor"):
+                if self._buffer is None:
+                    self._buffer = ep.zeros(part, (len(self._sums), *part.shape)).raw
+                self._buffer[item] += part.raw
+            else:
+                current = self._sums[item]
+                self._sums[item] = part if current is None else current + part
+            self._added[item] = True
 
     def result(self) -> ep.Tensor:
-        missing = [i for i, s in enumerate(self._sums) if s is None]
+        missing = np.flatnonzero(~self._added).tolist()
         if missing:
             raise RuntimeError(f"no values were added for items {missing}")
+        if self._buffer is not None:
+            return ep.astensor(self._buffer)
         return ep.stack(self._sums, axis=0)  # type: ignore[arg-type]
 
 
