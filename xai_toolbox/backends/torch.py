@@ -40,6 +40,7 @@ class TorchAdapter(ModelAdapter):
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__(model, channel_axis=1)
         self._default_layers: dict[tuple[int, ...], str] = {}
+        self._call_parameters: list[torch.nn.Parameter] | None = None
 
     # -- data --------------------------------------------------------------------------
     @property
@@ -232,28 +233,45 @@ class TorchAdapter(ModelAdapter):
         flags and existing ``.grad`` tensors (values and identity) are restored afterwards,
         also on errors. A model already in eval mode is left alone (one walk over its modules)."""
         model = self.model
+        modules = list(model.modules())  # one walk serves the flags, the parameters and the targets
+        parameters = list(dict.fromkeys(p for m in modules for p in m._parameters.values() if p is not None))
         # References, not copies, except for gradients a user is accumulating (rare).
-        saved = [
-            (p, p.requires_grad, p.grad, None if p.grad is None else p.grad.detach().clone())
-            for p in model.parameters()
-        ]
+        saved = [(p, p.requires_grad, p.grad, None if p.grad is None else p.grad.detach().clone()) for p in parameters]
         with _mode_lock:  # concurrent calls on one model: the first in switches, the last out restores
             users = _mode_users.get(model)
             if users is None:
-                training = [m for m in model.modules() if m.training]
+                training = [m for m in modules if m.training]
                 if training:
                     model.eval()
                 users = _mode_users[model] = [0, training]
             users[0] += 1
+        outer = self._call_parameters is None
+        if outer:
+            self._call_parameters = parameters
         try:
             yield
         finally:
+            if outer:
+                self._call_parameters = None
             with _mode_lock:
                 users[0] -= 1
                 if users[0] == 0:
                     del _mode_users[model]
                     _restore_training(model, users[1])
             _restore_parameters(saved)
+
+    def last_parameter(self) -> torch.nn.Parameter | None:
+        """The model's last parameter (what a replaced head changes), or ``None``.
+
+        Inside a call, taken from the list :meth:`preserved` already made: no second walk.
+        """
+        parameters = self._call_parameters
+        if parameters is not None:
+            return parameters[-1] if parameters else None
+        last = None
+        for last in self.model.parameters():  # noqa: B007  (only the last one is wanted)
+            pass
+        return last
 
 
 def _restore_training(model: torch.nn.Module, training: list[torch.nn.Module]) -> None:
