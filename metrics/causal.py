@@ -20,7 +20,7 @@ import eagerpy as ep
 import numpy as np
 
 from xai_toolbox import _validation as v
-from xai_toolbox._streaming import Chunk, take_rows
+from xai_toolbox._streaming import Chunk, broadcast_rows
 from xai_toolbox._targets import Targets
 from xai_toolbox.base import Metric, MetricResult
 from xai_toolbox.ops import expand_to_inputs, gaussian_blur
@@ -129,9 +129,9 @@ class _CausalMetric(Metric):
 
         def build(chunk: Chunk) -> ep.Tensor:
             items = chunk.items
-            rows = take_rows(x, items)
+            rows = broadcast_rows(x, items)
             k = index_column(x, counts[chunk.samples], ranks.ndim)
-            r = take_rows(ranks, items)
+            r = broadcast_rows(ranks, items)
             # Deletion keeps the positions ranked at or after k; insertion (what is not yet
             # inserted is substrate) those before k.
             keep = ((r >= k) if self._deleting else (r < k)).astype(rows.dtype)
@@ -143,7 +143,7 @@ class _CausalMetric(Metric):
                 if substrate == 0.0:
                     return rows * keep
                 return rows * keep + (1.0 - keep) * substrate
-            return rows * keep + take_rows(substrate, items) * (1.0 - keep)
+            return rows * keep + broadcast_rows(substrate, items) * (1.0 - keep)
 
         return build
 

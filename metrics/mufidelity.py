@@ -22,7 +22,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from xai_toolbox import _validation as v
-from xai_toolbox._streaming import Chunk, take_rows
+from xai_toolbox._streaming import Chunk, broadcast_rows, take_rows
 from xai_toolbox._targets import Targets
 from xai_toolbox.base import Metric, MetricResult
 from xai_toolbox.ops import expand_to_inputs, interpolation_matrix, matmul, on_device, resize
@@ -135,7 +135,7 @@ class MuFidelity(Metric):
             return last[chunk.start]
 
         def build(chunk: Chunk) -> ep.Tensor:
-            rows = take_rows(x, chunk.items)
+            rows = broadcast_rows(x, chunk.items)
             keep = expand_to_inputs(keep_of(chunk), rows.ndim, channel_axis)
             if self.baseline == 0.0:  # one full-size operation instead of three
                 return rows * keep
@@ -143,7 +143,7 @@ class MuFidelity(Metric):
 
         def attribution(chunk: Chunk) -> ep.Tensor:
             removed = 1.0 - keep_of(chunk)
-            weighted = take_rows(maps, chunk.items) * removed
+            weighted = broadcast_rows(maps, chunk.items) * removed
             return weighted.reshape((weighted.shape[0], -1)).sum(axis=1)
 
         scores, attrs = streamed_scores(

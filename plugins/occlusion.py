@@ -21,7 +21,15 @@ import eagerpy as ep
 import numpy as np
 
 from xai_toolbox import _validation as v
-from xai_toolbox._streaming import ItemSums, batched_forward, chunks, progress, take_rows, upload
+from xai_toolbox._streaming import (
+    ItemSums,
+    batched_forward,
+    broadcast_rows,
+    chunks,
+    progress,
+    take_rows,
+    upload,
+)
 from xai_toolbox._targets import Targets
 from xai_toolbox.errors import ParameterError
 from xai_toolbox.ops import on_device
@@ -133,7 +141,7 @@ class Occlusion(PerturbationMethod):
         for chunk in progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
             items = chunk.items
             window = self._windows(x, device_tables, counts, chunk.samples)     # (B, *positions)
-            occluded = perturb(take_rows(x, items), 1.0 - window, adapter.channel_axis, "inpainting", self.baseline)
+            occluded = perturb(broadcast_rows(x, items), 1.0 - window, adapter.channel_axis, "inpainting", self.baseline)
             scores = targets.take(items).score(adapter.forward(occluded))
             drop = take_rows(base, items) - scores
             sums.add(chunk, drop.reshape((-1,) + (1,) * len(positions)) * window)

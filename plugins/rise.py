@@ -21,7 +21,7 @@ import eagerpy as ep
 import numpy as np
 
 from xai_toolbox import _validation as v
-from xai_toolbox._streaming import ItemSums, chunks, progress, take_rows, upload
+from xai_toolbox._streaming import ItemSums, broadcast_rows, chunks, progress, upload
 from xai_toolbox._targets import Targets
 from xai_toolbox.ops import interpolation_matrix, matmul, on_device
 from xai_toolbox.registry import hookimpl
@@ -156,7 +156,7 @@ class Rise(PerturbationMethod):
         for chunk in progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
             items = chunk.items
             m = masks.full(x, chunk.samples)                                   # (B, H, W)
-            perturbed = perturb(take_rows(x, items), m, adapter.channel_axis, "inpainting", self.baseline)
+            perturbed = perturb(broadcast_rows(x, items), m, adapter.channel_axis, "inpainting", self.baseline)
             scores = targets.take(items).score(adapter.forward(perturbed))      # (B,)
             sums.add(chunk, scores.reshape((-1, 1, 1)) * m)
             if mask_sums is not None:

@@ -23,7 +23,7 @@ import eagerpy as ep
 import numpy as np
 
 from xai_toolbox import _validation as v
-from xai_toolbox._streaming import PairScores, chunks, progress, take_rows, upload
+from xai_toolbox._streaming import PairScores, broadcast_rows, chunks, progress, upload
 from xai_toolbox._targets import Targets
 from xai_toolbox.ops import resize
 from xai_toolbox.registry import hookimpl
@@ -181,9 +181,9 @@ class SobolAttribution(PerturbationMethod):
             items = chunk.items
             low = replicated_rows(a, b, chunk.samples).reshape((-1, g, g))
             masks = upsample_nearest(upload(x, low), size)  # no GPU sync per chunk
-            ref = take_rows(reference, items) if isinstance(reference, ep.Tensor) else reference
+            ref = broadcast_rows(reference, items) if isinstance(reference, ep.Tensor) else reference
             perturbed = perturb(
-                take_rows(x, items), masks, adapter.channel_axis, self.perturbation, ref, self.amplitude_sigma
+                broadcast_rows(x, items), masks, adapter.channel_axis, self.perturbation, ref, self.amplitude_sigma
             )
             scores.put(chunk, targets.take(items).score(adapter.forward(perturbed)))
         y = scores.result()

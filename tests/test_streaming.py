@@ -8,7 +8,7 @@ import eagerpy as ep
 import numpy as np
 import pytest
 
-from xai_toolbox._streaming import ItemSums, PairScores, chunks
+from xai_toolbox._streaming import ItemSums, PairScores, broadcast_rows, chunks
 
 
 def _tensor(framework: str, values: np.ndarray) -> ep.Tensor:
@@ -85,3 +85,15 @@ def test_item_sums_say_which_items_got_nothing() -> None:
     sums.add(chunks(3, 2, batch_size=2)[0], ep.astensor(np.ones((2, 4), np.float32)))
     with pytest.raises(RuntimeError, match=r"items \[1, 2\]"):
         sums.result()
+
+
+def test_broadcast_rows_gives_one_row_for_a_single_item_chunk(framework: str, request: Any) -> None:
+    request.getfixturevalue("torch" if framework == "torch" else "tf")
+    x = _tensor(framework, np.arange(3 * 2 * 2, dtype=np.float32).reshape(3, 2, 2))
+    masks = _tensor(framework, np.random.default_rng(0).uniform(size=(4, 2, 2)).astype(np.float32))
+    one = broadcast_rows(x, np.array([1, 1, 1, 1]))
+    assert tuple(one.shape) == (1, 2, 2)  # no copy per pair: it broadcasts in the product
+    mixed = broadcast_rows(x, np.array([0, 1, 1, 2]))
+    assert tuple(mixed.shape) == (4, 2, 2)
+    for items, rows in ((np.array([1, 1, 1, 1]), one), (np.array([0, 1, 1, 2]), mixed)):
+        np.testing.assert_array_equal((rows * masks).numpy(), x.numpy()[items] * masks.numpy())

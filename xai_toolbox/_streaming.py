@@ -199,6 +199,19 @@ def take_rows(x: ep.Tensor, items: np.ndarray) -> ep.Tensor:
     return x[upload(x, items.astype(np.int64))]
 
 
+def broadcast_rows(x: ep.Tensor, items: np.ndarray) -> ep.Tensor:
+    """``x[items]`` for an element-wise product with per-pair tensors of ``len(items)`` rows.
+
+    When every pair belongs to one item (most chunks of a method with many samples per image),
+    that item's row alone, ``(1, ...)``, which broadcasts in the product: frameworks without
+    broadcast views (TensorFlow) then skip a full-size gather per chunk. Otherwise
+    :func:`take_rows`.
+    """
+    if len(items) and items[0] == items[-1] and np.all(items == items[0]):
+        return x[int(items[0]) : int(items[0]) + 1]
+    return take_rows(x, items)
+
+
 #: Above this many runs of equal items a gather is cheaper than concatenating views.
 _MAX_VIEW_RUNS = 8
 
