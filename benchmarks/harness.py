@@ -175,6 +175,10 @@ def default_config(framework: str, device: str = "cpu", *, quick: bool = False, 
                 "occlusion",
             ),
             PeerCase("smoothgrad", {"nb_samples": 16, "noise": 0.15, "seed": 0}, "smoothgrad"),
+            # Noise drawn on the device, as Captum does (not the same noise in both frameworks).
+            PeerCase(
+                "smoothgrad", {"nb_samples": 16, "noise": 0.15, "seed": 0, "noise_source": "device"}, "smoothgrad"
+            ),
         ]
     return Config(
         framework=framework,

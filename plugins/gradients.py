@@ -157,13 +157,18 @@ class SmoothGrad(_GradientMethod):
 
     ``SG = mean_n |∂S/∂x (x + ε_n)|``, max over channels, ``ε_n ~ N(0, σ²)`` with
     ``σ = noise · (max(x) − min(x))`` per image (the paper recommends 10–20 %).
-    Noise is drawn with ``numpy.random.Generator(seed)`` in a channels-first order, so one
-    seed gives the same map in every framework and for every ``batch_size``.
+    By default the noise is drawn on the host with ``numpy.random.Generator([seed, i])`` for
+    image ``i``, in a channels-first order, so one seed gives the same map in every framework
+    and for every ``batch_size``. ``noise_source="device"`` draws it on the model's device with
+    the framework's own generator instead (seeded per image, so still independent of
+    ``batch_size``): no full-size host-to-device copy per chunk, which matters on a GPU, but
+    PyTorch and Keras then draw different noise.
 
     Args:
         nb_samples: noisy copies per image (paper: 50).
         noise: noise level as a fraction of each image's value range.
-        seed: seed of the noise.
+        seed: seed of the noise (``None``: fresh noise on every call).
+        noise_source: ``"host"`` (NumPy, the same in every framework) or ``"device"``.
 
     Example:
         >>> maps = xt.SmoothGrad(model, nb_samples=25, seed=0)(images, labels)
@@ -179,6 +184,7 @@ class SmoothGrad(_GradientMethod):
         nb_samples: int = 50,
         noise: float = 0.15,
         seed: int | None = 0,
+        noise_source: str = "host",
         batch_size: int = 64,
         score_fn: Any = None,
         progress: bool | None = None,
@@ -188,17 +194,23 @@ class SmoothGrad(_GradientMethod):
         self.nb_samples = v.positive_int("nb_samples", nb_samples)
         self.noise = v.in_range("noise", noise, 0.0, 10.0, inclusive=True)
         self.seed = seed
+        self.noise_source = v.one_of("noise_source", noise_source, ("host", "device"))
 
     def _explain(self, x: ep.Tensor, targets: Targets) -> ep.Tensor:
         adapter = self.adapter
         flat = x.reshape((x.shape[0], -1))
-        sigma = ((flat.max(axis=1) - flat.min(axis=1)) * self.noise).numpy()
-        noise_of = _NoiseSource(self.seed, self.nb_samples, tuple(x.shape[1:]), adapter.channel_axis)
+        sigma = (flat.max(axis=1) - flat.min(axis=1)) * self.noise
+        shape = tuple(x.shape[1:])
+        if self.noise_source == "host":
+            noise_of: Any = _NoiseSource(self.seed, self.nb_samples, shape, adapter.channel_axis)
+            sigma = sigma.numpy()  # one small transfer per call
+        else:
+            noise_of = _DeviceNoise(x, self.seed, self.nb_samples, shape)
         sums = ItemSums(x.shape[0])
         todo = chunks(x.shape[0], self.nb_samples, self.batch_size)
         for chunk in progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
             items = chunk.items
-            noisy = take_rows(x, items) + upload(x, noise_of.scaled(chunk, sigma))
+            noisy = take_rows(x, items) + noise_of.scaled(chunk, sigma, x)
             grad = self._grad_chunk(noisy, targets.take(items))
             sums.add(chunk, grad.abs())
         return reduce_channels(sums.result() / self.nb_samples, adapter.channel_axis, "max")
@@ -230,8 +242,9 @@ class _NoiseSource:
         assert self._noise is not None
         return self._noise
 
-    def scaled(self, chunk: Chunk, sigma: np.ndarray) -> np.ndarray:
-        """The noise of the chunk's pairs times each item's ``sigma``, ``(chunk.size, *shape)``.
+    def scaled(self, chunk: Chunk, sigma: np.ndarray, like: ep.Tensor) -> ep.Tensor:
+        """The noise of the chunk's pairs times each item's ``sigma``, ``(chunk.size, *shape)``,
+        on ``like``'s device.
 
         Written straight into one float32 array, slice by slice (a chunk holds few items).
         """
@@ -239,7 +252,61 @@ class _NoiseSource:
         for item, lo, hi in chunk.runs():
             first = (chunk.start + lo) % self.n
             np.multiply(self._for_item(item)[first : first + hi - lo], np.float32(sigma[item]), out=out[lo:hi])
-        return out
+        return upload(like, out)
+
+
+def _item_seed(seed: int, item: int) -> int:
+    """A 31-bit seed for image ``item``, derived from ``seed`` (independent streams per image)."""
+    return int(np.random.SeedSequence([seed, item]).generate_state(1)[0] >> 1)
+
+
+class _DeviceNoise:
+    """Standard normal noise drawn on the device of ``like`` with the framework's generator.
+
+    Image ``i`` draws all its samples at once from a generator seeded with ``(seed, i)``, so
+    the noise does not depend on ``batch_size``; only one image's noise is kept at a time.
+    """
+
+    def __init__(self, like: ep.Tensor, seed: int | None, n: int, shape: tuple[int, ...]) -> None:
+        self.like, self.seed, self.n, self.shape = like, seed, n, shape
+        self._item: int | None = None
+        self._noise: ep.Tensor | None = None
+
+    def _for_item(self, item: int) -> ep.Tensor:
+        if self._item != item:
+            self._item, self._noise = item, self._draw(item)
+        assert self._noise is not None
+        return self._noise
+
+    def _draw(self, item: int) -> ep.Tensor:
+        raw, size = self.like.raw, (self.n, *self.shape)
+        kind = type(self.like).__name__
+        if kind == "PyTorchTensor":
+            import torch
+
+            generator = torch.Generator(device=raw.device)
+            if self.seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(_item_seed(self.seed, item))
+            return ep.astensor(torch.randn(size, generator=generator, device=raw.device, dtype=torch.float32))
+        if kind == "TensorFlowTensor":
+            import tensorflow as tf
+
+            with tf.device(raw.device):
+                if self.seed is None:
+                    return ep.astensor(tf.random.normal(size, dtype=tf.float32))
+                return ep.astensor(tf.random.stateless_normal(size, seed=[_item_seed(self.seed, item), 0]))
+        seed = None if self.seed is None else [self.seed, item]
+        return ep.from_numpy(self.like, np.random.default_rng(seed).standard_normal(size, dtype=np.float32))
+
+    def scaled(self, chunk: Chunk, sigma: ep.Tensor, like: ep.Tensor) -> ep.Tensor:
+        """The noise of the chunk's pairs times each item's ``sigma`` (a device tensor)."""
+        parts = []
+        for item, lo, hi in chunk.runs():
+            first = (chunk.start + lo) % self.n
+            parts.append(self._for_item(item)[first : first + hi - lo] * sigma[item])
+        return parts[0] if len(parts) == 1 else ep.concatenate(parts, axis=0)
 
 
 Register = Callable[[str, type], None]

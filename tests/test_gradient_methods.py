@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -179,3 +181,24 @@ def test_tabular_and_series_inputs(framework: str) -> None:
     np.testing.assert_allclose(maps[1], np.abs(series_w[1]).max(axis=0), rtol=1e-5)
     with pytest.raises(xt.LayerError, match="images"):
         xt.GradCAM(tab)(rows, [0, 0, 0])
+
+
+def test_smoothgrad_device_noise_is_seeded_per_image(framework: str) -> None:
+    net = cnn(framework)
+    batch = to_framework(_images(2), framework)
+
+    def run(**params: Any) -> np.ndarray:
+        return as_numpy(xt.SmoothGrad(net, nb_samples=6, noise_source="device", **params)(batch, [0, 1]))
+
+    a = run(seed=7)
+    np.testing.assert_allclose(a, run(seed=7, batch_size=4), rtol=1e-5, atol=1e-7)  # chunks across images
+    assert np.abs(a - run(seed=8)).max() > 1e-4
+    assert np.abs(run(seed=None) - run(seed=None)).max() > 1e-4  # fresh noise on every call
+    host = as_numpy(xt.SmoothGrad(net, nb_samples=6, seed=7)(batch, [0, 1]))
+    assert np.abs(a - host).max() > 1e-4  # the framework's generator, not NumPy's
+    assert np.corrcoef(a.ravel(), host.ravel())[0, 1] > 0.8  # but the same kind of noise
+    np.testing.assert_allclose(
+        run(noise=0.0), as_numpy(xt.Saliency(net)(batch, [0, 1])), rtol=1e-5, atol=1e-7
+    )
+    with pytest.raises(xt.ParameterError, match="noise_source"):
+        xt.SmoothGrad(net, noise_source="gpu")
