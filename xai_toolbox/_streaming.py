@@ -62,6 +62,11 @@ def chunks(n_items: int, n_per_item: int, batch_size: int) -> list[Chunk]:
     ]
 
 
+def _writable(t: ep.Tensor) -> bool:
+    """Whether ``t``'s framework has mutable arrays to accumulate into (PyTorch, NumPy)."""
+    return type(t).__name__ in ("PyTorchTensor", "NumPyTensor")
+
+
 class ItemSums:
     """Per-item sums of per-pair values, accumulated chunk by chunk on the device.
 
@@ -77,10 +82,10 @@ class ItemSums:
         self._added = np.zeros(n_items, dtype=bool)
 
     def add(self, chunk: Chunk, values: ep.Tensor) -> None:
-        kind = type(values).__name__
+        writable = _writable(values)
         for item, lo, hi in chunk.runs():
             part = values[lo:hi].sum(axis=0)
-            if kind in ("PyTorchTensor", "NumPyTensor"):
+            if writable:
                 if self._buffer is None:
                     self._buffer = ep.zeros(part, (len(self._sums), *part.shape)).raw
                 self._buffer[item] += part.raw
@@ -128,20 +133,13 @@ class PairScores:
         if chunk.start != self._filled:
             raise ValueError(f"chunks must come in order: expected start {self._filled}, got {chunk.start}")
         self._filled = chunk.stop
-        raw = values.raw
-        kind = type(values).__name__
-        if kind not in ("PyTorchTensor", "NumPyTensor"):
+        if not _writable(values):
             self._parts.append(values)
             return
         if self._buffer is None:
-            shape = (self.n_items * self.n_per_item, *values.shape[1:])
-            if kind == "PyTorchTensor":
-                import torch
-
-                self._buffer = torch.empty(shape, dtype=raw.dtype, device=raw.device)
-            else:
-                self._buffer = np.empty(shape, dtype=raw.dtype)
-        self._buffer[chunk.start : chunk.stop] = raw.detach() if kind == "PyTorchTensor" else raw
+            self._buffer = ep.zeros(values, (self.n_items * self.n_per_item, *values.shape[1:])).raw
+        raw = values.raw
+        self._buffer[chunk.start : chunk.stop] = raw.detach() if hasattr(raw, "detach") else raw
 
     def result(self) -> ep.Tensor:
         """The values, shaped ``(n_items, n_per_item, ...)``."""

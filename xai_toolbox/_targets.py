@@ -250,16 +250,7 @@ def _output_width(adapter: ModelAdapter, x: ep.Tensor) -> int:
 
 def _probe_key(adapter: ModelAdapter, x: ep.Tensor) -> tuple[Any, ...] | None:
     """What a probed output width depends on; ``None`` for models without parameters."""
-    last_parameter = getattr(adapter, "last_parameter", None)
-    if callable(last_parameter):  # the PyTorch adapter: without walking the model again
-        last = last_parameter()
-    else:
-        parameters = getattr(adapter.model, "parameters", None)
-        if not callable(parameters):
-            return None
-        last = None
-        for last in parameters():  # noqa: B007  (only the last one is wanted)
-            pass
+    last = adapter.last_parameter()
     if last is None:
         return None
     return tuple(x.shape[1:]), id(last), tuple(last.shape)

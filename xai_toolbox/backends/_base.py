@@ -242,6 +242,20 @@ class ModelAdapter(ABC):
         """Number of model outputs if it can be known without running the model."""
         return None
 
+    def last_parameter(self) -> Any:
+        """The model's last parameter, if it has ``parameters()`` (else ``None``).
+
+        Part of the key under which a probed output width is remembered: replacing the
+        model's head changes it.
+        """
+        parameters = getattr(self.model, "parameters", None)
+        if not callable(parameters):
+            return None
+        last = None
+        for last in parameters():  # noqa: B007  (only the last one is wanted)
+            pass
+        return last
+
     def expected_input(self) -> tuple[int | None, int | None]:
         """``(rank, channels)`` of the inputs the model expects, where statically known."""
         return None, None

@@ -268,10 +268,7 @@ class TorchAdapter(ModelAdapter):
         parameters = self._call_parameters
         if parameters is not None:
             return parameters[-1] if parameters else None
-        last = None
-        for last in self.model.parameters():  # noqa: B007  (only the last one is wanted)
-            pass
-        return last
+        return super().last_parameter()
 
 
 def _restore_training(model: torch.nn.Module, training: list[torch.nn.Module]) -> None:
