@@ -202,7 +202,7 @@ class SmoothGrad(_GradientMethod):
         sigma = (flat.max(axis=1) - flat.min(axis=1)) * self.noise
         shape = tuple(x.shape[1:])
         if self.noise_source == "host":
-            noise_of: Any = _NoiseSource(self.seed, self.nb_samples, shape, adapter.channel_axis)
+            noise_of: Any = _NoiseSource(x, self.seed, self.nb_samples, shape, adapter.channel_axis)
             sigma = sigma.numpy()  # one small transfer per call
         else:
             noise_of = _DeviceNoise(x, self.seed, self.nb_samples, shape)
@@ -210,21 +210,23 @@ class SmoothGrad(_GradientMethod):
         todo = chunks(x.shape[0], self.nb_samples, self.batch_size)
         for chunk in progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
             items = chunk.items
-            noisy = take_rows(x, items) + noise_of.scaled(chunk, sigma, x)
+            noisy = take_rows(x, items) + noise_of.scaled(chunk, sigma)
             grad = self._grad_chunk(noisy, targets.take(items))
             sums.add(chunk, grad.abs())
         return reduce_channels(sums.result() / self.nb_samples, adapter.channel_axis, "max")
 
 
 class _NoiseSource:
-    """Standard normal noise for (item, sample) pairs, independent of chunking.
+    """Standard normal noise for (item, sample) pairs, drawn on the host, independent of chunking.
 
     Item ``i`` gets its own generator seeded with ``(seed, i)``; its samples are drawn in a
     channels-first layout and transposed for channels-last frameworks.
     """
 
-    def __init__(self, seed: int | None, n: int, shape: tuple[int, ...], channel_axis: int) -> None:
-        self.seed, self.n, self.shape, self.channel_axis = seed, n, shape, channel_axis
+    def __init__(
+        self, like: ep.Tensor, seed: int | None, n: int, shape: tuple[int, ...], channel_axis: int
+    ) -> None:
+        self.like, self.seed, self.n, self.shape, self.channel_axis = like, seed, n, shape, channel_axis
         self._item: int | None = None
         self._noise: np.ndarray | None = None
 
@@ -242,9 +244,9 @@ class _NoiseSource:
         assert self._noise is not None
         return self._noise
 
-    def scaled(self, chunk: Chunk, sigma: np.ndarray, like: ep.Tensor) -> ep.Tensor:
+    def scaled(self, chunk: Chunk, sigma: np.ndarray) -> ep.Tensor:
         """The noise of the chunk's pairs times each item's ``sigma``, ``(chunk.size, *shape)``,
-        on ``like``'s device.
+        on the device of the images.
 
         Written straight into one float32 array, slice by slice (a chunk holds few items).
         """
@@ -252,7 +254,7 @@ class _NoiseSource:
         for item, lo, hi in chunk.runs():
             first = (chunk.start + lo) % self.n
             np.multiply(self._for_item(item)[first : first + hi - lo], np.float32(sigma[item]), out=out[lo:hi])
-        return upload(like, out)
+        return upload(self.like, out)
 
 
 def _item_seed(seed: int, item: int) -> int:
@@ -297,10 +299,11 @@ class _DeviceNoise:
                 if self.seed is None:
                     return ep.astensor(tf.random.normal(size, dtype=tf.float32))
                 return ep.astensor(tf.random.stateless_normal(size, seed=[_item_seed(self.seed, item), 0]))
+        # Another framework (a third-party adapter): NumPy's generator, copied once per image.
         seed = None if self.seed is None else [self.seed, item]
         return ep.from_numpy(self.like, np.random.default_rng(seed).standard_normal(size, dtype=np.float32))
 
-    def scaled(self, chunk: Chunk, sigma: ep.Tensor, like: ep.Tensor) -> ep.Tensor:
+    def scaled(self, chunk: Chunk, sigma: ep.Tensor) -> ep.Tensor:
         """The noise of the chunk's pairs times each item's ``sigma`` (a device tensor)."""
         parts = []
         for item, lo, hi in chunk.runs():
