@@ -14,27 +14,11 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 import pytest
+from _shared import FAST_METHOD_PARAMS as METHOD_PARAMS
+from _shared import FAST_METRIC_PARAMS as METRIC_PARAMS
 
 import xai_toolbox as xt
 from xai_toolbox.testing import to_framework
-
-# Small parameters so every method runs in well under a second on 16×16 images; methods or
-# metrics not listed run with their defaults.
-METHOD_PARAMS: dict[str, dict[str, Any]] = {
-    "integrated_gradients": {"steps": 4},
-    "smoothgrad": {"nb_samples": 3},
-    "rise": {"nb_samples": 16, "grid_size": 4},
-    "sobol": {"grid_size": 4, "nb_design": 8},
-    "hsic": {"grid_size": 4, "nb_design": 16},
-    "occlusion": {"patch_size": 8, "stride": 8},
-    "opticam": {"max_iter": 3},
-}
-METRIC_PARAMS: dict[str, dict[str, Any]] = {
-    "deletion": {"steps": 4},
-    "insertion": {"steps": 4},
-    "mufidelity": {"grid_size": 4, "nb_samples": 8},
-    "randomization": {"method": "saliency"},
-}
 
 N = 2
 TARGETS = np.array([0, 2])

@@ -7,33 +7,11 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 import pytest
+from _shared import CountedModel
 
 import xai_toolbox as xt
 from xai_toolbox import errors
 from xai_toolbox.testing import cnn, to_framework
-
-
-class CallCounter:
-    """Counts forward passes of a test model (any call at all fails these tests)."""
-
-    def __init__(self, framework: str) -> None:
-        self.framework = framework
-        self.calls = 0
-        self.model = cnn(framework)
-        if framework == "torch":
-            self.model.register_forward_pre_hook(lambda *_: self._count())
-        else:
-            layer = self.model.get_layer("conv1")
-            original = layer.call
-
-            def call(*args: Any, **kwargs: Any) -> Any:
-                self._count()
-                return original(*args, **kwargs)
-
-            layer.call = call
-
-    def _count(self) -> None:
-        self.calls += 1
 
 
 def _images(n: int = 2) -> np.ndarray:
@@ -79,7 +57,7 @@ def _flipped(framework: str) -> Any:
 @pytest.mark.parametrize("method", ["saliency", "gradcam"])
 def test_bad_input_fails_before_any_model_call(framework: str, case: str, method: str) -> None:
     make, targets, error, message = CASES[case]
-    counter = CallCounter(framework)
+    counter = CountedModel(framework)
     with pytest.raises(error, match=message) as info:
         xt.method(method, counter.model)(make(framework), targets)
     assert isinstance(info.value, xt.XaiToolboxError)
@@ -87,7 +65,7 @@ def test_bad_input_fails_before_any_model_call(framework: str, case: str, method
 
 
 def test_channels_in_the_wrong_position(framework: str) -> None:
-    counter = CallCounter(framework)
+    counter = CountedModel(framework)
     expected = r"\(N, C, H, W\)" if framework == "torch" else r"\(N, H, W, C\)"
     with pytest.raises(errors.LayoutError, match=f"expects images {expected}.*transpose"):
         xt.Saliency(counter.model)(_flipped(framework), [0, 1])
@@ -95,7 +73,7 @@ def test_channels_in_the_wrong_position(framework: str) -> None:
 
 
 def test_unknown_layer_before_the_forward(framework: str) -> None:
-    counter = CallCounter(framework)
+    counter = CountedModel(framework)
     with pytest.raises(errors.LayerError, match="available layers"):
         xt.GradCAM(counter.model, layer="nope")(_native(framework, _images()), [0, 1])
     assert counter.calls == 0

@@ -15,6 +15,7 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 import pytest
+from _shared import CountedModel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -282,28 +283,6 @@ def test_every_parameter_of_every_plugin_rejects_bad_values_cleanly(torch, kind:
 
 
 # -- explicit catalogue entries (docs/reliability.md) not covered by tests/test_validation.py ---
-class _Counted:
-    """The test CNN with a count of its forward passes (bad input must cause none)."""
-
-    def __init__(self, framework: str) -> None:
-        self.calls = 0
-        self.model = cnn(framework)
-        if framework == "torch":
-            self.model.register_forward_pre_hook(lambda *_: self._count())
-        else:
-            layer = self.model.get_layer("conv1")
-            original = layer.call
-
-            def call(*args: Any, **kwargs: Any) -> Any:
-                self._count()
-                return original(*args, **kwargs)
-
-            layer.call = call
-
-    def _count(self) -> None:
-        self.calls += 1
-
-
 def _good(framework: str, n: int = 2) -> np.ndarray:
     x = np.random.default_rng(0).random((n, 3, 16, 16), dtype=np.float32)
     return x if framework == "torch" else x.transpose(0, 2, 3, 1).copy()
@@ -330,7 +309,7 @@ INPUT_CASES: dict[str, tuple[Callable[[str], Any], Any, type, str]] = {
 @pytest.mark.parametrize("case", sorted(INPUT_CASES))
 def test_catalogue_inputs_and_targets(framework: str, case: str) -> None:
     make, targets, error, message = INPUT_CASES[case]
-    counted = _Counted(framework)
+    counted = CountedModel(framework)
     with pytest.raises(error, match=message):
         xt.Saliency(counted.model)(make(framework), targets)
     assert counted.calls == 0
@@ -387,7 +366,7 @@ class MaskedMean(MeanOfMaps):
 @pytest.mark.parametrize("case", sorted(METRIC_CASES))
 def test_catalogue_metric_explanations_and_masks(framework: str, case: str) -> None:
     error, message = METRIC_CASES[case]
-    counted = _Counted(framework)
+    counted = CountedModel(framework)
     explanations, masks = _explanations_case(framework, case)
     with pytest.raises(error, match=message):
         MaskedMean(counted.model)(_good(framework), [0, 1], explanations, masks)

@@ -1,0 +1,47 @@
+"""Scaffolding shared by several test modules (not collected: the name has no ``test_``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xai_toolbox.testing import cnn
+
+#: Small parameters so every method runs in well under a second on 16×16 images; methods or
+#: metrics not listed run with their defaults.
+FAST_METHOD_PARAMS: dict[str, dict[str, Any]] = {
+    "integrated_gradients": {"steps": 4},
+    "smoothgrad": {"nb_samples": 3},
+    "rise": {"nb_samples": 16, "grid_size": 4},
+    "sobol": {"grid_size": 4, "nb_design": 8},
+    "hsic": {"grid_size": 4, "nb_design": 16},
+    "occlusion": {"patch_size": 8, "stride": 8},
+    "opticam": {"max_iter": 3},
+}
+FAST_METRIC_PARAMS: dict[str, dict[str, Any]] = {
+    "deletion": {"steps": 4},
+    "insertion": {"steps": 4},
+    "mufidelity": {"grid_size": 4, "nb_samples": 8},
+    "randomization": {"method": "saliency"},
+}
+
+
+class CountedModel:
+    """The test CNN with a count of its forward passes (bad input must cause none)."""
+
+    def __init__(self, framework: str) -> None:
+        self.calls = 0
+        self.model = cnn(framework)
+        if framework == "torch":
+            self.model.register_forward_pre_hook(lambda *_: self._count())
+        else:
+            layer = self.model.get_layer("conv1")
+            original = layer.call
+
+            def call(*args: Any, **kwargs: Any) -> Any:
+                self._count()
+                return original(*args, **kwargs)
+
+            layer.call = call
+
+    def _count(self) -> None:
+        self.calls += 1
