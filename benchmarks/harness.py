@@ -1100,52 +1100,53 @@ def markdown(results: dict[str, Any]) -> str:
             results["gradients"], None, fw,
         )
     if results.get("peers"):
-        lines += ["#### Against Captum (same model, inputs and settings; target ≤ 1.0)", "",
-                  "| method | settings | ours (s) | Captum (s) | ratio | agreement (r) | meets |",
-                  "|---|---|---:|---:|---:|---:|---|"]
-        for r in results["peers"]:
-            if r["status"] != "ok":
-                lines.append(f"| {r['name']} | {r['status']}: {r.get('note', '')} | | | | | |")
-                continue
+
+        def peer_cells(r: dict[str, Any]) -> list[str]:
             agree = "" if r.get("agreement") is None else f"{r['agreement']:.3f}"
-            lines.append(
-                f"| {r['name']} vs {r['peer']} | {_fmt_params(r.get('params'))} | {r['median_s']:.3f} | "
-                f"{r['reference_median_s']:.3f} | {r['ratio']:.2f} | {agree} | {_verdict(r['ratio'] <= TARGET_PEER)} |"
-            )
-        lines.append("")
+            return [f"{r['name']} vs {r['peer']}", _fmt_params(r.get("params")), f"{r['median_s']:.3f}",
+                    f"{r['reference_median_s']:.3f}", f"{r['ratio']:.2f}", agree, _verdict(r["ratio"] <= TARGET_PEER)]
+
+        lines += _table(
+            "Against Captum (same model, inputs and settings; target ≤ 1.0)",
+            [("method", "---"), ("settings", "---"), ("ours (s)", "---:"), ("Captum (s)", "---:"),
+             ("ratio", "---:"), ("agreement (r)", "---:"), ("meets", "---")],
+            results["peers"], peer_cells,
+        )
     if results.get("precision"):
-        lines += ["#### Mixed precision: `xt.autocast()` against float32 (no target; for reading)", "",
-                  "| method | settings | float32 (s) | autocast (s) | speed-up | agreement (r) |",
-                  "|---|---|---:|---:|---:|---:|"]
-        for r in results["precision"]:
-            if r["status"] != "ok":
-                lines.append(f"| {r['name']} | {r['status']}: {r.get('note', '')} | | | | |")
-                continue
+
+        def precision_cells(r: dict[str, Any]) -> list[str]:
             agree = "" if r.get("agreement") is None else f"{r['agreement']:.4f}"
-            lines.append(
-                f"| {r['name']} | {_fmt_params(r.get('params'))} | {r['reference_median_s']:.3f} | "
-                f"{r['median_s']:.3f} | {r['speedup']:.2f}× | {agree} |"
-            )
-        lines.append("")
+            return [r["name"], _fmt_params(r.get("params")), f"{r['reference_median_s']:.3f}",
+                    f"{r['median_s']:.3f}", f"{r['speedup']:.2f}×", agree]
+
+        lines += _table(
+            "Mixed precision: `xt.autocast()` against float32 (no target; for reading)",
+            [("method", "---"), ("settings", "---"), ("float32 (s)", "---:"), ("autocast (s)", "---:"),
+             ("speed-up", "---:"), ("agreement (r)", "---:")],
+            results["precision"], precision_cells,
+        )
     if "memory" in results:
-        lines += ["#### Peak memory as the work grows 8× (target: growth ≤ 1.2)", "",
-                  "| method | parameter | values | model inputs | memory above warm-up (MiB) | bare forward of batch_size (MiB) | growth | default glibc: memory (MiB), growth | all inputs at once would need (MiB) | meets |",
-                  "|---|---|---|---|---|---:|---:|---|---:|---|"]
-        for r in results["memory"]:
-            if r["status"] != "ok":
-                lines.append(f"| {r['name']} | {r['param']} | {r['status']}: {r.get('note', '')} | | | | | | | |")
-                continue
+
+        def memory_cells(r: dict[str, Any]) -> list[str]:
             s0, s1 = r["settings"]
             default = "–"
             if "default_allocator" in r:
                 d0, d1 = r["default_allocator"]["settings"]
                 default = f"{d0['increase_mb']:.0f} → {d1['increase_mb']:.0f}, {r['default_allocator']['growth']:.2f}"
-            lines.append(
-                f"| {r['name']} | {r['param']} | {s0['value']} → {s1['value']} | "
-                f"{s0['passes']['inputs']} → {s1['passes']['inputs']} | "
-                f"{s0['increase_mb']:.1f} → {s1['increase_mb']:.1f} | {r['bare_forward']['increase_mb']:.1f} | "
-                f"{r['growth']:.2f} | {default} | {r['unstreamed_inputs_mb']:.0f} | {_verdict(r['growth'] <= TARGET_MEMORY)} |"
-            )
+            return [r["name"], r["param"], f"{s0['value']} → {s1['value']}",
+                    f"{s0['passes']['inputs']} → {s1['passes']['inputs']}",
+                    f"{s0['increase_mb']:.1f} → {s1['increase_mb']:.1f}", f"{r['bare_forward']['increase_mb']:.1f}",
+                    f"{r['growth']:.2f}", default, f"{r['unstreamed_inputs_mb']:.0f}",
+                    _verdict(r["growth"] <= TARGET_MEMORY)]
+
+        lines += _table(
+            "Peak memory as the work grows 8× (target: growth ≤ 1.2)",
+            [("method", "---"), ("parameter", "---"), ("values", "---"), ("model inputs", "---"),
+             ("memory above warm-up (MiB)", "---"), ("bare forward of batch_size (MiB)", "---:"),
+             ("growth", "---:"), ("default glibc: memory (MiB), growth", "---"),
+             ("all inputs at once would need (MiB)", "---:"), ("meets", "---")],
+            results["memory"], memory_cells, lead=("name", "param"),
+        )[:-1]
         done = [r for r in results["memory"] if r["status"] == "ok"]
         if done:
             how = sorted({f"{r['measure']}" for r in done})
@@ -1159,30 +1160,43 @@ def markdown(results: dict[str, Any]) -> str:
 
 def _time_table(title: str, rows: list[dict[str, Any]], target: float | None, fw: str) -> list[str]:
     tf = fw == "tf"
-    head = "| method | settings | passes (inputs) | ours (s) | bare (s) | ratio |"
-    rule = "|---|---|---:|---:|---:|---:|"
+    columns = [("method", "---"), ("settings", "---"), ("passes (inputs)", "---:"), ("ours (s)", "---:"),
+               ("bare (s)", "---:"), ("ratio", "---:")]
     if tf:
-        head += " traces | first call (s) |"
-        rule += "---:|---:|"
+        columns += [("traces", "---:"), ("first call (s)", "---:")]
     if target is not None:
-        head += " meets |"
-        rule += "---|"
-    lines = [f"#### {title}", "", head, rule]
-    for r in rows:
-        if r["status"] != "ok":
-            cells = 4 + (2 if tf else 0) + (1 if target is not None else 0)
-            lines.append(f"| {r['name']} | {r['status']}: {r.get('note', '')} |" + " |" * cells)
-            continue
+        columns += [("meets", "---")]
+
+    def cells(r: dict[str, Any]) -> list[str]:
         p = r["passes"]
-        line = (
-            f"| {r['name']} | {_fmt_params(r.get('params'))} | {p['passes']} ({p['inputs']}) | "
-            f"{r['median_s']:.3f} | {r['reference_median_s']:.3f} | {r['ratio']:.3f} |"
-        )
+        out = [r["name"], _fmt_params(r.get("params")), f"{p['passes']} ({p['inputs']})",
+               f"{r['median_s']:.3f}", f"{r['reference_median_s']:.3f}", f"{r['ratio']:.3f}"]
         if tf:
             traces = r.get("traces_after_all_calls")
-            line += f" {traces if traces is not None else '–'} | {r['first_call_s']:.2f} |"
+            out += [f"{traces if traces is not None else '–'}", f"{r['first_call_s']:.2f}"]
         if target is not None:
-            line += f" {_verdict(r['ratio'] <= target)} |"
-        lines.append(line)
+            out.append(_verdict(r["ratio"] <= target))
+        return out
+
+    return _table(title, columns, rows, cells)
+
+
+def _table(
+    title: str,
+    columns: list[tuple[str, str]],
+    rows: list[dict[str, Any]],
+    cells: Callable[[dict[str, Any]], list[str]],
+    lead: tuple[str, ...] = ("name",),
+) -> list[str]:
+    """A Markdown table under a heading: ``cells(r)`` for each result that ran; for the others
+    their ``lead`` fields, then the status and its note, and empty cells."""
+    lines = [f"#### {title}", "", "| " + " | ".join(h for h, _ in columns) + " |",
+             "|" + "|".join(a for _, a in columns) + "|"]
+    for r in rows:
+        if r["status"] == "ok":
+            lines.append("| " + " | ".join(cells(r)) + " |")
+            continue
+        shown = [str(r[k]) for k in lead] + [f"{r['status']}: {r.get('note', '')}"]
+        lines.append("| " + " | ".join(shown) + " |" + " |" * (len(columns) - len(shown)))
     lines.append("")
     return lines
