@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from xai_toolbox.testing import cnn
 
 #: Small parameters so every method runs in well under a second on 16×16 images; methods or
@@ -45,3 +47,14 @@ class CountedModel:
 
     def _count(self) -> None:
         self.calls += 1
+
+
+def outputs_of(model: Any, framework: str, batch_nchw: np.ndarray) -> np.ndarray:
+    """The model's raw outputs on NumPy NCHW images (the metric references' only framework call)."""
+    batch = np.ascontiguousarray(batch_nchw, dtype=np.float32)
+    if framework == "torch":
+        import torch
+
+        with torch.no_grad():
+            return model(torch.from_numpy(batch)).numpy().astype(np.float64)
+    return np.asarray(model(batch.transpose(0, 2, 3, 1), training=False), dtype=np.float64)

@@ -7,22 +7,13 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 import pytest
+from _shared import outputs_of
 
 import xai_toolbox as xt
 from xai_toolbox.metrics.average import AverageDrop, AverageGain, AverageIncrease, saliency_mask
 from xai_toolbox.testing import check_metric, cnn, to_framework, twin_cnn
 
 CLASSES = [AverageDrop, AverageIncrease, AverageGain]
-
-
-def outputs_of(model: Any, framework: str, batch_nchw: np.ndarray) -> np.ndarray:
-    batch = np.ascontiguousarray(batch_nchw, dtype=np.float32)
-    if framework == "torch":
-        import torch
-
-        with torch.no_grad():
-            return model(torch.from_numpy(batch)).numpy().astype(np.float64)
-    return np.asarray(model(batch.transpose(0, 2, 3, 1), training=False), dtype=np.float64)
 
 
 def average_reference(

@@ -6,21 +6,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _shared import outputs_of
 
 import xai_toolbox as xt
 from xai_toolbox.metrics.causal import Deletion, Insertion, descending_ranks
 from xai_toolbox.testing import as_numpy, check_metric, cnn, linear_model, to_framework, twin_cnn
-
-
-def outputs_of(model: Any, framework: str, batch_nchw: np.ndarray) -> np.ndarray:
-    """The model's raw outputs on NumPy NCHW images (the reference's only framework call)."""
-    batch = np.ascontiguousarray(batch_nchw, dtype=np.float32)
-    if framework == "torch":
-        import torch
-
-        with torch.no_grad():
-            return model(torch.from_numpy(batch)).numpy().astype(np.float64)
-    return np.asarray(model(batch.transpose(0, 2, 3, 1), training=False), dtype=np.float64)
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
