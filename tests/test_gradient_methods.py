@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -100,6 +101,61 @@ def test_smoothgrad_seed_and_noise(framework: str) -> None:
     assert np.abs(a - c).max() > 1e-4
     no_noise = as_numpy(xt.SmoothGrad(net, nb_samples=3, noise=0.0)(batch, [0, 1]))
     np.testing.assert_allclose(no_noise, as_numpy(xt.Saliency(net)(batch, [0, 1])), rtol=1e-5, atol=1e-7)
+
+
+def test_host_noise_is_standard_normal() -> None:
+    from xai_toolbox.plugins.gradients import _standard_normal
+
+    drawn = _standard_normal(np.random.default_rng(0), (1000, 1001))
+    assert drawn.dtype == np.float32 and drawn.shape == (1000, 1001) and np.isfinite(drawn).all()
+    z = drawn.astype(np.float64).ravel()
+    sd = 1 / np.sqrt(z.size)
+    assert abs(z.mean()) < 5 * sd and abs(z.var() - 1) < 5 * np.sqrt(2) * sd
+    assert abs((z**4).mean() - 3) < 5 * np.sqrt(96) * sd  # normal tails, not just two moments
+    for t in (0.5, 1.0, 2.0, 3.0):  # P(|z| > t) = erfc(t / √2)
+        p = math.erfc(t / math.sqrt(2))
+        assert abs((np.abs(z) > t).mean() - p) < 5 * np.sqrt(p * (1 - p)) * sd
+    half = z.size // 2  # the two values of a Box–Muller pair are independent
+    assert abs(np.corrcoef(z[:half], z[half : 2 * half])[0, 1]) < 5 * sd * np.sqrt(2)
+    assert abs(np.corrcoef(z[:half] ** 2, z[half : 2 * half] ** 2)[0, 1]) < 5 * sd * np.sqrt(2)
+    odd = _standard_normal(np.random.default_rng(1), (3, 5, 7))
+    assert odd.shape == (3, 5, 7) and odd.dtype == np.float32
+    np.testing.assert_array_equal(odd, _standard_normal(np.random.default_rng(1), (3, 5, 7)))
+
+
+def _half_square(framework: str) -> Any:
+    """A model whose score is ``Σ x² / 2``: its input gradient is the input itself."""
+    if framework == "torch":
+        import torch
+
+        class HalfSquare(torch.nn.Module):
+            def forward(self, x: Any) -> Any:
+                return 0.5 * (x**2).flatten(1).sum(1, keepdim=True)
+
+        return HalfSquare()
+    import keras
+
+    inputs = keras.Input((4, 4, 1))
+    half_square = keras.layers.Lambda(lambda x: 0.5 * keras.ops.sum(x**2, axis=(1, 2, 3))[:, None])
+    return keras.Model(inputs, half_square(inputs))
+
+
+def test_smoothgrad_matches_the_folded_normal_mean(framework: str) -> None:
+    # With ∂S/∂x = x, SmoothGrad is E|x + ε|, ε ~ N(0, σ²): the folded normal mean. This pins
+    # the noise's distribution and its scale σ = noise · (max − min) together.
+    image = np.linspace(-0.5, 1.0, 16, dtype=np.float32).reshape(1, 1, 4, 4)
+    noise, n = 0.2, 4000
+    sigma = noise * 1.5
+    maps = as_numpy(
+        xt.SmoothGrad(_half_square(framework), nb_samples=n, noise=noise, batch_size=1000)(
+            to_framework(image, framework), [0]
+        )
+    )[0]
+    x = image[0, 0].astype(np.float64)
+    erf = np.vectorize(math.erf)
+    mean = sigma * np.sqrt(2 / np.pi) * np.exp(-(x**2) / (2 * sigma**2)) + x * erf(x / (sigma * np.sqrt(2)))
+    spread = np.sqrt(x**2 + sigma**2 - mean**2)
+    assert np.all(np.abs(maps - mean) < 5 * spread / np.sqrt(n))
 
 
 def test_no_grad_left_on_parameters_and_mode_restored(torch) -> None:
