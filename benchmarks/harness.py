@@ -103,7 +103,7 @@ class Config:
     repeats: int = 3
     #: Calls that take less than this get more repeats (up to ``max_repeats``): cheap calls are noisy.
     short_call_s: float = 0.25
-    max_repeats: int = 9
+    max_repeats: int = 21
     #: Intra-op threads; ``None`` leaves the framework's setting alone (inside a test run).
     threads: int | None = 2
     seed: int = 0
@@ -513,6 +513,7 @@ def paired(
             t_ref.append(timed(reference, sync))
             t_ours.append(timed(ours, sync))
     ratios = [a / b for a, b in zip(t_ours, t_ref, strict=True)]
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     return {
         "repeats": repeats,
         "times_s": t_ours,
@@ -520,6 +521,8 @@ def paired(
         "median_s": statistics.median(t_ours),
         "reference_median_s": statistics.median(t_ref),
         "ratio": statistics.median(ratios),
+        # How much the paired ratio moves between repeats: the noise a difference must beat.
+        "ratio_quartiles": [quartiles[0], quartiles[2]],
         "ratio_of_medians": statistics.median(t_ours) / statistics.median(t_ref),
     }
 
@@ -1104,12 +1107,12 @@ def markdown(results: dict[str, Any]) -> str:
         def peer_cells(r: dict[str, Any]) -> list[str]:
             agree = "" if r.get("agreement") is None else f"{r['agreement']:.3f}"
             return [f"{r['name']} vs {r['peer']}", _fmt_params(r.get("params")), f"{r['median_s']:.3f}",
-                    f"{r['reference_median_s']:.3f}", f"{r['ratio']:.2f}", agree, _verdict(r["ratio"] <= TARGET_PEER)]
+                    f"{r['reference_median_s']:.3f}", _ratio(r, 2), agree, _verdict(r["ratio"] <= TARGET_PEER)]
 
         lines += _table(
             "Against Captum (same model, inputs and settings; target ≤ 1.0)",
             [("method", "---"), ("settings", "---"), ("ours (s)", "---:"), ("Captum (s)", "---:"),
-             ("ratio", "---:"), ("agreement (r)", "---:"), ("meets", "---")],
+             ("ratio (quartiles)", "---:"), ("agreement (r)", "---:"), ("meets", "---")],
             results["peers"], peer_cells,
         )
     if results.get("precision"):
@@ -1161,7 +1164,7 @@ def markdown(results: dict[str, Any]) -> str:
 def _time_table(title: str, rows: list[dict[str, Any]], target: float | None, fw: str) -> list[str]:
     tf = fw == "tf"
     columns = [("method", "---"), ("settings", "---"), ("passes (inputs)", "---:"), ("ours (s)", "---:"),
-               ("bare (s)", "---:"), ("ratio", "---:")]
+               ("bare (s)", "---:"), ("ratio (quartiles)", "---:")]
     if tf:
         columns += [("traces", "---:"), ("first call (s)", "---:")]
     if target is not None:
@@ -1170,7 +1173,7 @@ def _time_table(title: str, rows: list[dict[str, Any]], target: float | None, fw
     def cells(r: dict[str, Any]) -> list[str]:
         p = r["passes"]
         out = [r["name"], _fmt_params(r.get("params")), f"{p['passes']} ({p['inputs']})",
-               f"{r['median_s']:.3f}", f"{r['reference_median_s']:.3f}", f"{r['ratio']:.3f}"]
+               f"{r['median_s']:.3f}", f"{r['reference_median_s']:.3f}", _ratio(r, 3)]
         if tf:
             traces = r.get("traces_after_all_calls")
             out += [f"{traces if traces is not None else '–'}", f"{r['first_call_s']:.2f}"]
@@ -1179,6 +1182,15 @@ def _time_table(title: str, rows: list[dict[str, Any]], target: float | None, fw
         return out
 
     return _table(title, columns, rows, cells)
+
+
+def _ratio(r: dict[str, Any], digits: int) -> str:
+    """The median paired ratio, with its quartiles over the repeats where recorded."""
+    text = f"{r['ratio']:.{digits}f}"
+    if "ratio_quartiles" in r:
+        low, high = r["ratio_quartiles"]
+        text += f" ({low:.{digits}f}–{high:.{digits}f})"
+    return text
 
 
 def _table(

@@ -125,6 +125,8 @@ def test_harness_writes_wellformed_results(harness: Any, framework: str, tmp_pat
     assert "gradient" not in tiny["passes"]
     assert len(tiny["times_s"]) == len(tiny["reference_times_s"]) == 1
     assert tiny["ratio"] > 0 and tiny["median_s"] > 0 and tiny["reference_median_s"] > 0
+    low, high = tiny["ratio_quartiles"]
+    assert low <= tiny["ratio"] <= high
     if framework == "tf":
         # The compiled forward traces once per input shape, however many chunks ran.
         assert tiny["traces_after_first_call"] == 1
@@ -173,3 +175,8 @@ def test_benchmark_models_are_twins(harness: Any, both: None) -> None:
     k_out = np.asarray(k_model(images.transpose(0, 2, 3, 1), training=False))
     assert t_out.shape == (3, 5)
     np.testing.assert_allclose(k_out, t_out, rtol=1e-4, atol=1e-4 * np.abs(t_out).max())
+
+
+def test_ratios_are_shown_with_their_quartiles(harness: Any) -> None:
+    assert harness._ratio({"ratio": 1.0123, "ratio_quartiles": [0.98, 1.041]}, 2) == "1.01 (0.98–1.04)"
+    assert harness._ratio({"ratio": 1.0123}, 3) == "1.012"  # results recorded before the quartiles
