@@ -202,8 +202,7 @@ class TorchAdapter(ModelAdapter):
     def _first_and_last(self) -> tuple[torch.nn.Module | None, torch.nn.Module | None]:
         if not isinstance(self.model, torch.nn.Sequential):
             return None, None
-        leaves = [m for m in self.model.modules() if not list(m.children())]
-        return (leaves[0], leaves[-1]) if leaves else (None, None)
+        return _leaf(self.model, 0), _leaf(self.model, -1)
 
     def output_width(self) -> int | None:
         _, last = self._first_and_last()
@@ -269,6 +268,16 @@ class TorchAdapter(ModelAdapter):
         if parameters is not None:
             return parameters[-1] if parameters else None
         return super().last_parameter()
+
+
+def _leaf(module: torch.nn.Module, end: int) -> torch.nn.Module:
+    """The first (``end=0``) or last (``end=-1``) module without children under ``module``:
+    a walk down one branch, not over the whole model (this runs on every call)."""
+    while True:
+        children = list(module.children())
+        if not children:
+            return module
+        module = children[end]
 
 
 def _restore_training(model: torch.nn.Module, training: list[torch.nn.Module]) -> None:
