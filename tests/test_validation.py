@@ -141,3 +141,21 @@ def test_has_non_finite_is_exact(values: list[float], expected: bool) -> None:
 
     x = ep.astensor(np.asarray(values, dtype=np.float32))
     assert has_non_finite(x) is expected
+
+
+def test_nested_sequential_models_are_read_statically(torch) -> None:
+    from xai_toolbox.backends.torch import TorchAdapter
+
+    head = torch.nn.Linear(8, 5)
+    model = torch.nn.Sequential(
+        torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.ReLU()),
+        torch.nn.Flatten(),
+        torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Sequential(head)),
+    )
+    adapter = TorchAdapter(model)
+    assert adapter.expected_input() == (4, 3) and adapter.output_width() == 5
+    with pytest.raises(errors.TargetError, match="model with 5 outputs"):
+        xt.Saliency(model)(np.ones((1, 3, 4, 4), np.float32), [5])
+    model[2][1][0] = torch.nn.Linear(8, 7)  # a replaced head is seen on the next call
+    assert adapter.output_width() == 7
+    assert TorchAdapter(torch.nn.Sequential()).output_width() is None
