@@ -951,6 +951,7 @@ def run(
     started = time.perf_counter()
     results: dict[str, Any] = {"environment": environment(cfg.framework, cfg.device), "config": cfg.public()}
     results["environment"]["load_average_start"] = _loadavg()
+    cpu_start = _cpu_times()
     bench = Workbench(cfg)
     results["model"] = _model_info(cfg, bench)
     if "overhead" in sections:
@@ -991,8 +992,27 @@ def run(
             results["memory"].append(row)
     results["wall_s"] = time.perf_counter() - started
     results["environment"]["load_average_end"] = _loadavg()
+    results["environment"]["cpu_steal_share"] = _steal_share(cpu_start, _cpu_times())
     write(results, Path(cfg.out))
     return results
+
+
+def _cpu_times() -> list[int] | None:
+    """The machine's CPU time counters (``/proc/stat``: user … steal), ``None`` off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+
+
+def _steal_share(start: list[int] | None, end: list[int] | None) -> float | None:
+    """Share of the CPU time the hypervisor gave to other machines between two readings: on a
+    virtual machine with busy neighbours this is what makes timings drift."""
+    if start is None or end is None or len(start) < 8 or len(end) < 8:
+        return None
+    total = sum(end) - sum(start)
+    return (end[7] - start[7]) / total if total > 0 else None
 
 
 def _loadavg() -> list[float] | None:
@@ -1071,6 +1091,11 @@ def _load1(env: dict[str, Any], key: str) -> str:
     return "?" if not load else f"{load[0]:.1f}"
 
 
+def _steal(env: dict[str, Any]) -> str:
+    share = env.get("cpu_steal_share")
+    return "" if share is None else f"; CPU time stolen by the hypervisor {100 * share:.0f} %"
+
+
 def _verdict(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
@@ -1090,7 +1115,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"{model['n_images']} images, batch_size {model['batch_size']}; "
         f"{'quick' if results['config']['quick'] else 'default'} settings; commit {env.get('commit', '?')}; "
         f"total {results.get('wall_s', 0):.0f} s; load average (1 min) "
-        f"{_load1(env, 'load_average_start')} at start, {_load1(env, 'load_average_end')} at end.",
+        f"{_load1(env, 'load_average_start')} at start, {_load1(env, 'load_average_end')} at end"
+        f"{_steal(env)}.",
         "",
     ]
     if "overhead" in results:

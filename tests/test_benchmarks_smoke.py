@@ -108,6 +108,8 @@ def test_harness_writes_wellformed_results(harness: Any, framework: str, tmp_pat
     assert json.loads(json_path.read_text()) == json.loads(json.dumps(results, default=harness._json_default))
     data = json.loads(json_path.read_text())
     assert data["environment"]["framework"] == framework
+    steal = data["environment"]["cpu_steal_share"]
+    assert steal is None or 0.0 <= steal <= 1.0
     assert {"overhead", "gradients", "memory", "config", "model"} <= set(data)
 
     rows = {r["name"]: r for r in data["overhead"]}
@@ -180,3 +182,12 @@ def test_benchmark_models_are_twins(harness: Any, both: None) -> None:
 def test_ratios_are_shown_with_their_quartiles(harness: Any) -> None:
     assert harness._ratio({"ratio": 1.0123, "ratio_quartiles": [0.98, 1.041]}, 2) == "1.01 (0.98–1.04)"
     assert harness._ratio({"ratio": 1.0123}, 3) == "1.012"  # results recorded before the quartiles
+
+
+def test_stolen_cpu_time_is_the_steal_counters_share(harness: Any) -> None:
+    start = [100, 0, 50, 800, 0, 0, 0, 50]  # user nice system idle iowait irq softirq steal
+    end = [200, 0, 100, 900, 0, 0, 0, 100]  # 300 ticks later, 50 of them stolen
+    assert harness._steal_share(start, end) == pytest.approx(50 / 300)
+    assert harness._steal_share(None, end) is None and harness._steal_share(start, start) is None
+    assert "stolen by the hypervisor 17 %" in harness._steal({"cpu_steal_share": 50 / 300})
+    assert harness._steal({}) == ""
