@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -84,6 +86,37 @@ def test_keras_chunks_do_not_retrace(keras) -> None:
     xt.SmoothGrad(adapter, nb_samples=5, batch_size=4)(x, [0] * 7)   # 35 inputs: chunks of 4 and 3
     xt.Saliency(adapter, batch_size=3)(x, [0] * 7)
     assert adapter.traces == 1
+
+
+def test_weighted_score_gradient_matches_the_generic_path(framework: str) -> None:
+    # The entry point Keras compiles (tape inside one tf.function) against a tape around the
+    # compiled forward, and against PyTorch's generic path: the same values and gradients.
+    adapter = xt.adapt(cnn(framework))
+    x = adapter.to_model(to_framework(_images(5), framework))
+    weights = adapter.from_numpy(x, np.random.default_rng(0).random((5, 4), dtype=np.float32))
+    values, grads = adapter.weighted_value_and_grad(x, weights)
+    ref_values, ref_grads = adapter.value_and_grad(
+        lambda z: (adapter.differentiable_forward(z) * weights).sum(axis=1), x
+    )
+    np.testing.assert_allclose(values.numpy(), ref_values.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grads.numpy(), ref_grads.numpy(), rtol=1e-4, atol=1e-6)
+    if framework == "tf":
+        traces = adapter.traces
+        adapter.weighted_value_and_grad(x[:2], weights[:2])  # another batch size: no retrace
+        assert adapter.traces == traces
+        assert "_WeightedGradient" in {key[-1] for key in adapter._compiled}
+    if framework == "torch":
+        import torch
+
+        identity: Any = torch.nn.Identity()
+    else:
+        import keras
+
+        identity = keras.Sequential([keras.Input((2, 4)), keras.layers.Identity()])
+    unscorable = xt.adapt(identity)  # (N, 2, 4) outputs: no class axis to weight
+    z = unscorable.to_model(np.ones((1, 2, 4), np.float32))
+    with pytest.raises(xt.ScoreFunctionError, match="default score needs"):
+        unscorable.weighted_value_and_grad(z, unscorable.from_numpy(z, np.ones((1, 4), np.float32)))
 
 
 def test_torch_model_on_its_device_and_results_on_the_inputs(torch) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 from ._streaming import batched_forward
 from ._validation import dtype_name, is_floating
 from .backends import ModelAdapter
-from .backends._base import current_rows
+from .backends._base import current_rows, weighted_score
 from .errors import ScoreFunctionError, TargetError
 
 ScoreFn = Callable[[Any, Any], Any]
@@ -54,12 +54,7 @@ class Targets:
             return part.score(outputs)
         if self.score_fn is None:
             assert self.weights is not None
-            if outputs.ndim != 2:
-                raise ScoreFunctionError(
-                    f"the model returned outputs of shape {tuple(outputs.shape)}; the default score needs "
-                    "(N, K) outputs — pass score_fn=... for other outputs"
-                )
-            return (outputs * self.weights).sum(axis=1)
+            return weighted_score(outputs, self.weights)
         value = self.score_fn(outputs.raw, self.raw)
         if not hasattr(value, "shape"):
             raise ScoreFunctionError(

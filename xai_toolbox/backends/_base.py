@@ -24,6 +24,7 @@ from ..errors import (
     LayerError,
     ModelError,
     OutOfMemoryWarning,
+    ScoreFunctionError,
     UnsupportedModelError,
     XaiToolboxError,
 )
@@ -73,6 +74,16 @@ def current_rows() -> tuple[int, int, int] | None:
     ``None`` when the whole batch is being computed (the usual case).
     """
     return _window.get()
+
+
+def weighted_score(outputs: ep.Tensor, weights: ep.Tensor) -> ep.Tensor:
+    """``Σ_k outputs[:, k] · weights[:, k]`` per row, for ``(N, K)`` outputs."""
+    if outputs.ndim != 2:
+        raise ScoreFunctionError(
+            f"the model returned outputs of shape {tuple(outputs.shape)}; the default score needs "
+            "(N, K) outputs — pass score_fn=... for other outputs"
+        )
+    return (outputs * weights).sum(axis=1)
 
 
 def rows(t: Any) -> Any:
@@ -179,6 +190,23 @@ class ModelAdapter(ABC):
         """
         values, grads = self._split_on_oom("gradient", x, lambda part: self._value_and_grad(fn, part))
         return values, grads
+
+    def weighted_value_and_grad(self, x: ep.Tensor, weights: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor]:
+        """The built-in score ``Σ_k outputs[:, k] · weights[:, k]`` of each row of ``x`` and
+        its gradient with respect to ``x``: :meth:`value_and_grad` for the score every gradient
+        method uses unless given a ``score_fn``.
+
+        A separate entry point because its only inputs are tensors, so an adapter can compile
+        the forward and the backward pass together, once per input shape (the Keras adapter
+        does: a ``tf.function`` around the tape is much faster than a tape around a compiled
+        forward). Retried on halves of ``x`` if the framework runs out of memory.
+        """
+        return self._split_on_oom(
+            "gradient", x, lambda part: self._weighted_value_and_grad(part, rows(weights))
+        )
+
+    def _weighted_value_and_grad(self, x: ep.Tensor, weights: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor]:
+        return self._value_and_grad(lambda z: weighted_score(self.differentiable_forward(z), weights), x)
 
     def differentiable_forward(self, x: ep.Tensor) -> ep.Tensor:
         """Model outputs for ``x`` inside :meth:`value_and_grad` (gradients tracked)."""

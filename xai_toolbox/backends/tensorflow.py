@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..errors import InputError, LayerError
-from ._base import ModelAdapter, ScoreOf, float32_array, pick_default_layer
+from ._base import ModelAdapter, ScoreOf, float32_array, pick_default_layer, weighted_score
 
 # Inner layers are reached by temporarily wrapping ``layer.call`` on the instance, which works
 # for every kind of Keras model (a functional sub-model cannot be cut out of a subclassed one).
@@ -29,7 +29,7 @@ class _Compiled:
     """
 
     def __init__(self) -> None:
-        self.functions: dict[tuple[tuple[int, ...], str], Any] = {}
+        self.functions: dict[tuple[Any, ...], Any] = {}
         self.traces = 0
 
 
@@ -61,11 +61,31 @@ class _Forward:
         self.model_ref = weakref.ref(model)
         self.shared_ref = None if shared is None else weakref.ref(shared)
 
-    def __call__(self, x: Any) -> Any:
+    def _model(self) -> Any:
+        """The model, counting a trace (Python only runs here while tracing, or eagerly)."""
         shared = None if self.shared_ref is None else self.shared_ref()
         if shared is not None:
             shared.traces += 1
-        return tf.convert_to_tensor(self.model_ref()(x, training=False))
+        return self.model_ref()
+
+    def __call__(self, x: Any) -> Any:
+        return tf.convert_to_tensor(self._model()(x, training=False))
+
+
+class _WeightedGradient(_Forward):
+    """The built-in score ``Σ_k outputs · weights`` of each row and its gradient with respect
+    to ``x``, tape inside: compiled, the forward and the backward pass form one graph, and
+    no gradient of the weights is computed."""
+
+    def __call__(self, x: Any, weights: Any) -> Any:
+        model = self._model()
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(x)
+            outputs = tf.convert_to_tensor(model(x, training=False))
+            if outputs.shape.rank != 2:  # no class axis: the caller raises (an error raised
+                return outputs, None, False  # while tracing would come out wrapped by AutoGraph)
+            score = weighted_score(ep.astensor(outputs), ep.astensor(weights)).raw
+        return score, tape.gradient(score, x), True
 
 
 def _walk(layer: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -153,22 +173,25 @@ class KerasAdapter(ModelAdapter):
         including a smaller last one, never retrace. Gradient tapes record through it. Models
         that cannot be traced fall back to eager calls.
         """
-        key = (tuple(raw.shape[1:]), raw.dtype.name)
+        spec = tf.TensorSpec((None, *raw.shape[1:]), raw.dtype)
+        return self._compiled_call((spec,), _Forward, raw)
+
+    def _compiled_call(self, specs: tuple[Any, ...], kind: type[_Forward], *args: Any) -> Any:
+        """``kind`` of this model as a ``tf.function`` over ``specs`` (traced once, cached by
+        shapes and kind), on ``args``; an eager ``kind`` for models that cannot be traced."""
+        key = (*((tuple(sp.shape[1:]), sp.dtype.name) for sp in specs), kind.__name__)
         fn = self._compiled.get(key)
-        if fn is None:
-            spec = tf.TensorSpec((None, *raw.shape[1:]), raw.dtype)
-            fn = tf.function(_Forward(self.model, self._shared), input_signature=[spec])
-            # Cached before the first run: running out of memory there must not cause a retrace.
-            self._compiled[key] = fn
-            with _patch_lock:  # never trace while another thread has a layer's call wrapped
-                try:
-                    result = fn(raw)
-                except (TypeError, NotImplementedError, tf.errors.OperatorNotAllowedInGraphError):
-                    fn = self._compiled[key] = _Forward(self.model, None)
-                    result = fn(raw)
-            self._compiled[key] = fn
-            return result
-        return fn(raw)
+        if fn is not None:
+            return fn(*args)
+        fn = tf.function(kind(self.model, self._shared), input_signature=list(specs))
+        # Cached before the first run: running out of memory there must not cause a retrace.
+        self._compiled[key] = fn
+        with _patch_lock:  # never trace while another thread has a layer's call wrapped
+            try:
+                return fn(*args)
+            except (TypeError, NotImplementedError, tf.errors.OperatorNotAllowedInGraphError):
+                fn = self._compiled[key] = kind(self.model, None)
+                return fn(*args)
 
     def is_out_of_memory(self, exc: BaseException) -> bool:
         return isinstance(exc, tf.errors.ResourceExhaustedError | MemoryError)
@@ -185,13 +208,27 @@ class KerasAdapter(ModelAdapter):
         self, fn: Callable[[ep.Tensor], ep.Tensor], x: ep.Tensor
     ) -> tuple[ep.Tensor, ep.Tensor]:
         leaf = x.raw
-        with tf.GradientTape() as tape:
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(leaf)
             value = fn(ep.astensor(leaf)).raw
         with self._calling_model(x, "differentiated"):
             grad = tape.gradient(value, leaf)
         if grad is None:
             grad = tf.zeros_like(leaf)
+        return ep.astensor(value), ep.astensor(grad)
+
+    def _weighted_value_and_grad(self, x: ep.Tensor, weights: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor]:
+        raw = x.raw
+        specs = (
+            tf.TensorSpec((None, *raw.shape[1:]), raw.dtype),
+            tf.TensorSpec((None, weights.shape[1]), weights.raw.dtype),
+        )
+        with self._calling_model(x, "differentiated"):
+            value, grad, scored = self._compiled_call(specs, _WeightedGradient, raw, weights.raw)
+        if not scored:  # the outputs came back instead of a score: raises the score's error
+            weighted_score(ep.astensor(value), weights)
+        if grad is None:  # the score does not depend on the inputs
+            grad = tf.zeros_like(raw)
         return ep.astensor(value), ep.astensor(grad)
 
     def _named_layers(self) -> list[tuple[str, Any]]:
