@@ -14,13 +14,14 @@ Four measurements, each written to JSON and to a Markdown table by :func:`run`:
   just before the call; ``ru_maxrss`` elsewhere) above the RSS after building the model and a
   one-input warm-up pass; ``torch.cuda.max_memory_allocated`` (or TensorFlow's GPU peak) on
   CUDA. A bare forward pass of ``batch_size`` inputs is measured the same way, as the floor.
-* **tracing** (TensorFlow) — the adapter's ``traces`` counter after a multi-chunk run (one
-  trace per input shape) and the first-call cost (tracing included) separately from the
+* **tracing** (TensorFlow) — the model's ``traces`` counter after a multi-chunk run (one
+  trace per input shape and compiled path) and the first-call cost (tracing included) separately from the
   steady-state median.
 
 Timing protocol: one (or more) warm-up call, then ``repeats`` timed calls of the method
 interleaved with timed calls of its bare baseline (alternating which goes first), and the
-median of the paired ratios. Pairing cancels slow drifts of a shared machine.
+median of the paired ratios with their quartiles. Pairing cancels slow drifts of a shared
+machine; the quartiles show the noise that is left.
 
 Example:
     >>> from benchmarks.harness import default_config, run
