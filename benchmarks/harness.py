@@ -468,6 +468,7 @@ def counting(
     wrap("forward", "forward", lambda x: int(x.shape[0]))
     wrap("differentiable_forward", "gradient", lambda x: int(x.shape[0]))
     wrap("weighted_value_and_grad", "gradient", lambda x, *a, **k: int(x.shape[0]))
+    wrap("weighted_layer_activations", "gradient", lambda x, *a, **k: int(x.shape[0]))
     wrap("layer_activations", "gradient", lambda x, *a, **k: int(x.shape[0]))
     try:
         yield calls

@@ -33,7 +33,11 @@ def spatial_activations(
     for start in range(0, x.shape[0], method.batch_size):
         stop = min(start + method.batch_size, x.shape[0])
         sub = targets.take(slice(start, stop))
-        a, g, _ = adapter.layer_activations(x[start:stop], layer, sub.score if with_grad else None)
+        if with_grad and sub.score_fn is None:  # the built-in score: a path the adapter may compile
+            assert sub.weights is not None
+            a, g, _ = adapter.weighted_layer_activations(x[start:stop], layer, sub.weights)
+        else:
+            a, g, _ = adapter.layer_activations(x[start:stop], layer, sub.score if with_grad else None)
         if a.ndim != 4:
             raise LayerError(
                 f"layer {layer!r} has output shape {tuple(a.shape)}; {method.name} needs a spatial "

@@ -104,7 +104,7 @@ def test_weighted_score_gradient_matches_the_generic_path(framework: str) -> Non
         traces = adapter.traces
         adapter.weighted_value_and_grad(x[:2], weights[:2])  # another batch size: no retrace
         assert adapter.traces == traces
-        assert "_WeightedGradient" in {key[-1] for key in adapter._compiled}
+        assert "gradient" in {key[-1] for key in adapter._compiled}
     if framework == "torch":
         import torch
 
@@ -117,6 +117,28 @@ def test_weighted_score_gradient_matches_the_generic_path(framework: str) -> Non
     z = unscorable.to_model(np.ones((1, 2, 4), np.float32))
     with pytest.raises(xt.ScoreFunctionError, match="default score needs"):
         unscorable.weighted_value_and_grad(z, unscorable.from_numpy(z, np.ones((1, 4), np.float32)))
+
+
+def test_weighted_layer_activations_match_the_generic_path(framework: str) -> None:
+    # The CAMs' entry point (compiled on Keras: the layer is wrapped while tracing) against
+    # the eager path any score_fn takes: same activations, gradients and outputs.
+    adapter = xt.adapt(cnn(framework))
+    x = adapter.to_model(to_framework(_images(5), framework))
+    weights = adapter.from_numpy(x, np.random.default_rng(1).random((5, 4), dtype=np.float32))
+    layer = adapter.default_layer(x)
+    got = adapter.weighted_layer_activations(x, layer, weights)
+    expected = adapter.layer_activations(x, layer, lambda outputs: (outputs * weights).sum(axis=1))
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
+    acts, grads, _ = adapter.layer_activations(x, layer)  # forward only: compiled too on Keras
+    np.testing.assert_allclose(acts.numpy(), got[0].numpy(), rtol=1e-5, atol=1e-6)
+    assert grads is None
+    if framework == "tf":
+        traces = adapter.traces
+        adapter.weighted_layer_activations(x[:2], layer, weights[:2])  # another batch size
+        adapter.layer_activations(x[:3], layer)
+        assert adapter.traces == traces
+        assert {f"layer {layer}", f"layer {layer} gradient"} <= {key[-1] for key in adapter._compiled}
 
 
 def test_torch_model_on_its_device_and_results_on_the_inputs(torch) -> None:
@@ -160,3 +182,63 @@ def test_top1_targets_with_a_numpy_callable() -> None:
     x = adapter.to_model(np.stack([np.ones((2, 2, 3)), -np.ones((2, 2, 3))]).astype(np.float32))
     targets = resolve_targets(adapter, x, None, None, batch_size=1)
     np.testing.assert_array_equal(targets.labels, [0, 1])
+
+
+def _odd_layers_model(framework: str) -> Any:
+    """Inputs (N, 4): ``head`` makes the outputs; ``side`` runs but the outputs ignore it;
+    ``pair`` returns a tuple; ``unused`` never runs."""
+    if framework == "torch":
+        import torch
+
+        class Pair(torch.nn.Module):
+            def forward(self, x: Any) -> Any:
+                return x, x
+
+        class Net(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.head, self.side = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+                self.pair, self.unused = Pair(), torch.nn.Linear(4, 3)
+
+            def forward(self, x: Any) -> Any:
+                self.side(x)
+                first, _ = self.pair(x)
+                return self.head(first)
+
+        return Net()
+    import keras
+
+    class Pair(keras.layers.Layer):
+        def call(self, x: Any) -> Any:
+            return x, x
+
+    class Net(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head, self.side = keras.layers.Dense(3, name="head"), keras.layers.Dense(3, name="side")
+            self.pair, self.unused = Pair(name="pair"), keras.layers.Dense(3, name="unused")
+
+        def call(self, x: Any) -> Any:
+            self.side(x)
+            first, _ = self.pair(x)
+            return self.head(first)
+
+    model = Net()
+    model.unused.build((None, 4))  # built, as a layer the model never calls would not be
+    model(np.zeros((1, 4), np.float32))
+    return model
+
+
+def test_layer_errors_name_the_layer(framework: str) -> None:
+    adapter = xt.adapt(_odd_layers_model(framework))
+    x = adapter.to_model(np.ones((2, 4), np.float32))
+    weights = adapter.from_numpy(x, np.eye(3, dtype=np.float32)[[0, 1]])
+    with pytest.raises(xt.LayerError, match="'unused' was not called"):
+        adapter.weighted_layer_activations(x, "unused", weights)
+    with pytest.raises(xt.LayerError, match="'pair' returns tuple, not a tensor"):
+        adapter.layer_activations(x, "pair")
+    with pytest.raises(xt.LayerError, match="score does not depend on layer 'side'"):
+        adapter.weighted_layer_activations(x, "side", weights)
+    acts, grads, outputs = adapter.weighted_layer_activations(x, "head", weights)
+    assert acts.shape == (2, 3) and grads is not None and outputs.shape == (2, 3)
+    np.testing.assert_allclose(grads.numpy(), weights.numpy())  # d(Σ out·w)/d(out) = w

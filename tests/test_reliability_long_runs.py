@@ -162,7 +162,14 @@ def test_one_shot_calls_in_a_loop_do_not_accumulate(framework: str) -> None:
     assert len(gc.get_objects()) - objects < OBJECTS_BOUND
     assert not _leftovers(framework, model)
     if framework == "tf":
-        assert traces == 1 and xt.adapt(model).traces == 1
+        # Grad-CAM's layer pass and Saliency's gradient: each traced once, not once per call.
+        assert traces == 2 and xt.adapt(model).traces == 2
+        assert {key[-1] for key in xt.adapt(model)._compiled} == {"gradient", f"layer {_gradcam_layer(model)} gradient"}
+
+
+def _gradcam_layer(model: Any) -> str:
+    adapter = xt.adapt(model)
+    return adapter.default_layer(adapter.to_model(np.zeros((1, 16, 16, 3), np.float32)))
 
 
 def test_dropped_keras_models_are_collected_with_their_traces(tf) -> None:

@@ -228,6 +228,21 @@ class ModelAdapter(ABC):
         )
         return acts, grads, outputs
 
+    def weighted_layer_activations(
+        self, x: ep.Tensor, layer: str, weights: ep.Tensor
+    ) -> tuple[ep.Tensor, ep.Tensor | None, ep.Tensor]:
+        """:meth:`layer_activations` for the built-in score ``Σ_k outputs[:, k] · weights[:, k]``:
+        tensors only, so an adapter can compile it (see :meth:`weighted_value_and_grad`)."""
+        acts, grads, outputs = self._split_on_oom(
+            "gradient", x, lambda part: self._weighted_layer_activations(part, layer, rows(weights))
+        )
+        return acts, grads, outputs
+
+    def _weighted_layer_activations(
+        self, x: ep.Tensor, layer: str, weights: ep.Tensor
+    ) -> tuple[ep.Tensor, ep.Tensor | None, ep.Tensor]:
+        return self._layer_activations(x, layer, lambda outputs: weighted_score(outputs, weights))
+
     # What adapters implement: one pass over the batch they are given.
     @abstractmethod
     def _forward(self, x: ep.Tensor) -> ep.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -86,6 +87,62 @@ class _WeightedGradient(_Forward):
                 return outputs, None, False  # while tracing would come out wrapped by AutoGraph)
             score = weighted_score(ep.astensor(outputs), ep.astensor(weights)).raw
         return score, tape.gradient(score, x), True
+
+
+class _LayerPass(_Forward):
+    """One inner layer's activations and the model outputs, with the gradient of a score with
+    respect to the activations when one is given.
+
+    The layer is reached by wrapping its ``call`` while the model runs, so compiled (with the
+    built-in score's ``weights``, or none), the wrapping happens while tracing and the graph
+    keeps the computation. Compiled without AutoGraph, so errors raised here come out as
+    they are.
+    """
+
+    def __init__(self, model: Any, shared: _Compiled | None, layer: Any, name: str) -> None:
+        super().__init__(model, shared)
+        self.layer_ref = weakref.ref(layer)
+        self.name = name
+
+    def __call__(self, x: Any, weights: Any = None) -> Any:
+        if weights is None:
+            return self.run(x, None)
+        return self.run(x, lambda outputs: weighted_score(outputs, ep.astensor(weights)))
+
+    def run(
+        self, x: Any, score_of: ScoreOf | None, calling: Callable[[str], Any] = lambda _: contextlib.nullcontext()
+    ) -> tuple[Any, Any, Any]:
+        """``calling(doing)`` wraps the model's forward (``"ran"``) and backward
+        (``"differentiated"``) passes, not the score: its errors are the caller's own."""
+        model, layer = self._model(), self.layer_ref()
+        captured: list[Any] = []
+        owner = threading.get_ident()
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+
+            def capture(out: Any) -> Any:
+                if threading.get_ident() != owner:  # another thread's eager call through this layer
+                    return out
+                if not tf.is_tensor(out):
+                    raise LayerError(
+                        f"layer {self.name!r} returns {type(out).__name__}, not a tensor; "
+                        "pick a layer with a single tensor output"
+                    )
+                tape.watch(out)
+                captured[:] = [out]
+                return out
+
+            with _patch_lock, _CallPatch(layer, capture), calling("ran"):
+                outputs = tf.convert_to_tensor(model(x, training=False))
+            if not captured:
+                raise LayerError(f"layer {self.name!r} was not called by the model")
+            if score_of is None:
+                return captured[0], None, outputs
+            score = score_of(ep.astensor(outputs)).raw
+        with calling("differentiated"):
+            grad = tape.gradient(score, captured[0])
+        if grad is None:
+            raise LayerError(f"the score does not depend on layer {self.name!r}")
+        return captured[0], grad, outputs
 
 
 def _walk(layer: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -174,23 +231,27 @@ class KerasAdapter(ModelAdapter):
         that cannot be traced fall back to eager calls.
         """
         spec = tf.TensorSpec((None, *raw.shape[1:]), raw.dtype)
-        return self._compiled_call((spec,), _Forward, raw)
+        return self._compiled_call((spec,), "forward", lambda shared: _Forward(self.model, shared), raw)
 
-    def _compiled_call(self, specs: tuple[Any, ...], kind: type[_Forward], *args: Any) -> Any:
-        """``kind`` of this model as a ``tf.function`` over ``specs`` (traced once, cached by
-        shapes and kind), on ``args``; an eager ``kind`` for models that cannot be traced."""
-        key = (*((tuple(sp.shape[1:]), sp.dtype.name) for sp in specs), kind.__name__)
+    def _compiled_call(
+        self, specs: tuple[Any, ...], path: str, make: Callable[[_Compiled | None], Any], *args: Any,
+        autograph: bool = True,
+    ) -> Any:
+        """``make(shared)`` as a ``tf.function`` over ``specs``, traced once and cached by input
+        shapes and ``path``, run on ``args``; ``make(None)`` run eagerly for models that cannot
+        be traced."""
+        key = (*((tuple(sp.shape[1:]), sp.dtype.name) for sp in specs), path)
         fn = self._compiled.get(key)
         if fn is not None:
             return fn(*args)
-        fn = tf.function(kind(self.model, self._shared), input_signature=list(specs))
+        fn = tf.function(make(self._shared), input_signature=list(specs), autograph=autograph)
         # Cached before the first run: running out of memory there must not cause a retrace.
         self._compiled[key] = fn
         with _patch_lock:  # never trace while another thread has a layer's call wrapped
             try:
                 return fn(*args)
             except (TypeError, NotImplementedError, tf.errors.OperatorNotAllowedInGraphError):
-                fn = self._compiled[key] = kind(self.model, None)
+                fn = self._compiled[key] = make(None)
                 return fn(*args)
 
     def is_out_of_memory(self, exc: BaseException) -> bool:
@@ -224,7 +285,9 @@ class KerasAdapter(ModelAdapter):
             tf.TensorSpec((None, weights.shape[1]), weights.raw.dtype),
         )
         with self._calling_model(x, "differentiated"):
-            value, grad, scored = self._compiled_call(specs, _WeightedGradient, raw, weights.raw)
+            value, grad, scored = self._compiled_call(
+                specs, "gradient", lambda shared: _WeightedGradient(self.model, shared), raw, weights.raw
+            )
         if not scored:  # the outputs came back instead of a score: raises the score's error
             weighted_score(ep.astensor(value), weights)
         if grad is None:  # the score does not depend on the inputs
@@ -252,43 +315,35 @@ class KerasAdapter(ModelAdapter):
     def _layer_activations(
         self, x: ep.Tensor, layer: str, score_of: ScoreOf | None
     ) -> tuple[ep.Tensor, ep.Tensor | None, ep.Tensor]:
-        target = self._layer(layer)
-        captured: list[Any] = []
-        tape_box: list[tf.GradientTape] = []
-        owner = threading.get_ident()
+        if score_of is None:
+            return self._layer_pass(x, layer, None)
+        # Any Python score: taped eagerly, the model included.
+        layer_pass = _LayerPass(self.model, None, self._layer(layer), layer)
+        acts, grad, outputs = layer_pass.run(x.raw, score_of, lambda doing: self._calling_model(x, doing))
+        return ep.astensor(acts), ep.astensor(grad), ep.astensor(outputs)
 
-        def capture(out: Any) -> Any:
-            if threading.get_ident() != owner:  # another thread's eager call through this layer
-                return out
-            if not tf.is_tensor(out):
-                raise LayerError(
-                    f"layer {layer!r} returns {type(out).__name__}, not a tensor; "
-                    "pick a layer with a single tensor output"
-                )
-            if tape_box:
-                tape_box[0].watch(out)
-            captured[:] = [out]
-            return out
+    def _weighted_layer_activations(
+        self, x: ep.Tensor, layer: str, weights: ep.Tensor
+    ) -> tuple[ep.Tensor, ep.Tensor | None, ep.Tensor]:
+        return self._layer_pass(x, layer, weights)
 
-        with _patch_lock, _CallPatch(target, capture):
-            if score_of is None:
-                with self._calling_model(x):
-                    outputs = self.model(x.raw, training=False)
-                if not captured:
-                    raise LayerError(f"layer {layer!r} was not called by the model")
-                return ep.astensor(captured[0]), None, ep.astensor(tf.convert_to_tensor(outputs))
-            with tf.GradientTape() as tape:
-                tape_box.append(tape)
-                with self._calling_model(x):
-                    outputs = tf.convert_to_tensor(self.model(x.raw, training=False))
-                if not captured:
-                    raise LayerError(f"layer {layer!r} was not called by the model")
-                score = score_of(ep.astensor(outputs)).raw
-            with self._calling_model(x, "differentiated"):
-                grad = tape.gradient(score, captured[0])
-        if grad is None:
-            raise LayerError(f"the score does not depend on layer {layer!r}")
-        return ep.astensor(captured[0]), ep.astensor(grad), ep.astensor(outputs)
+    def _layer_pass(
+        self, x: ep.Tensor, layer: str, weights: ep.Tensor | None
+    ) -> tuple[ep.Tensor, ep.Tensor | None, ep.Tensor]:
+        """The compiled :class:`_LayerPass` of ``layer``: one trace per input shape and layer."""
+        target, raw = self._layer(layer), x.raw
+        specs = [tf.TensorSpec((None, *raw.shape[1:]), raw.dtype)]
+        args = [raw]
+        if weights is not None:
+            specs.append(tf.TensorSpec((None, weights.shape[1]), weights.raw.dtype))
+            args.append(weights.raw)
+        path = f"layer {layer}" + ("" if weights is None else " gradient")
+        with self._calling_model(x, "ran" if weights is None else "differentiated"):
+            acts, grad, outputs = self._compiled_call(
+                tuple(specs), path, lambda shared: _LayerPass(self.model, shared, target, layer), *args,
+                autograph=False,
+            )
+        return ep.astensor(acts), None if grad is None else ep.astensor(grad), ep.astensor(outputs)
 
     def layer_names(self) -> list[str]:
         return [name for name, _ in self._named_layers()]
