@@ -330,8 +330,9 @@ class KerasAdapter(ModelAdapter):
     def _layer_pass(
         self, x: ep.Tensor, layer: str, weights: ep.Tensor | None
     ) -> tuple[ep.Tensor, ep.Tensor | None, ep.Tensor]:
-        """The compiled :class:`_LayerPass` of ``layer``: one trace per input shape and layer."""
-        target, raw = self._layer(layer), x.raw
+        """The compiled :class:`_LayerPass` of ``layer``: one trace per input shape and layer
+        (the layer is looked up by name only when tracing)."""
+        raw = x.raw
         specs = [tf.TensorSpec((None, *raw.shape[1:]), raw.dtype)]
         args = [raw]
         if weights is not None:
@@ -340,7 +341,7 @@ class KerasAdapter(ModelAdapter):
         path = f"layer {layer}" + ("" if weights is None else " gradient")
         with self._calling_model(x, "ran" if weights is None else "differentiated"):
             acts, grad, outputs = self._compiled_call(
-                tuple(specs), path, lambda shared: _LayerPass(self.model, shared, target, layer), *args,
+                tuple(specs), path, lambda shared: _LayerPass(self.model, shared, self._layer(layer), layer), *args,
                 autograph=False,
             )
         return ep.astensor(acts), None if grad is None else ep.astensor(grad), ep.astensor(outputs)
