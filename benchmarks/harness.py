@@ -15,8 +15,8 @@ Four measurements, each written to JSON and to a Markdown table by :func:`run`:
   one-input warm-up pass; ``torch.cuda.max_memory_allocated`` (or TensorFlow's GPU peak) on
   CUDA. A bare forward pass of ``batch_size`` inputs is measured the same way, as the floor.
 * **tracing** (TensorFlow) — the model's ``traces`` counter after a multi-chunk run (one
-  trace per input shape and compiled path) and the first-call cost (tracing included) separately from the
-  steady-state median.
+  trace per input shape and compiled path) and the first-call cost (tracing included)
+  separately from the steady-state median.
 
 Timing protocol: one (or more) warm-up call, then ``repeats`` timed calls of the method
 interleaved with timed calls of its bare baseline (alternating which goes first), and the
@@ -403,7 +403,6 @@ class BareRunner:
                 self.bench.sync()
 
             return replay
-
 
         forward, gradient = self._forward, self._gradient
 

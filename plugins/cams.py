@@ -33,11 +33,10 @@ def spatial_activations(
     for start in range(0, x.shape[0], method.batch_size):
         stop = min(start + method.batch_size, x.shape[0])
         sub = targets.take(slice(start, stop))
-        if with_grad and sub.score_fn is None:  # the built-in score: a path the adapter may compile
-            assert sub.weights is not None
-            a, g, _ = adapter.weighted_layer_activations(x[start:stop], layer, sub.weights)
+        if with_grad:
+            a, g, _ = sub.layer_gradient(adapter, x[start:stop], layer)
         else:
-            a, g, _ = adapter.layer_activations(x[start:stop], layer, sub.score if with_grad else None)
+            a, g, _ = adapter.layer_activations(x[start:stop], layer)
         if a.ndim != 4:
             raise LayerError(
                 f"layer {layer!r} has output shape {tuple(a.shape)}; {method.name} needs a spatial "

@@ -29,19 +29,8 @@ class _GradientMethod(AttributionMethod):
         parts = []
         for start in range(0, x.shape[0], self.batch_size):
             stop = min(start + self.batch_size, x.shape[0])
-            parts.append(self._grad_chunk(x[start:stop], targets.take(slice(start, stop))))
+            parts.append(targets.take(slice(start, stop)).input_gradient(self.adapter, x[start:stop]))
         return parts[0] if len(parts) == 1 else ep.concatenate(parts, axis=0)
-
-    def _grad_chunk(self, x: ep.Tensor, targets: Targets) -> ep.Tensor:
-        adapter = self.adapter
-        if targets.score_fn is None:  # the built-in score: a path the adapter may compile
-            assert targets.weights is not None
-            _, grad = adapter.weighted_value_and_grad(x, targets.weights)
-            return grad
-        _, grad = adapter.value_and_grad(
-            lambda z: targets.score(adapter.differentiable_forward(z)), x
-        )
-        return grad
 
 
 class Saliency(_GradientMethod):
@@ -152,7 +141,7 @@ class IntegratedGradients(_GradientMethod):
             a = upload(x, alphas[chunk.samples]).reshape(shape)
             w = upload(x, weights[chunk.samples]).reshape(shape)
             path = take_rows(baseline, items) + a * take_rows(delta, items)
-            grad = self._grad_chunk(path, targets.take(items))
+            grad = targets.take(items).input_gradient(adapter, path)
             sums.add(chunk, grad * w)
         return reduce_channels(delta * sums.result(), adapter.channel_axis, "sum")
 
@@ -217,7 +206,7 @@ class SmoothGrad(_GradientMethod):
         for chunk in progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
             items = chunk.items
             noisy = take_rows(x, items) + noise_of.scaled(chunk, sigma)
-            grad = self._grad_chunk(noisy, targets.take(items))
+            grad = targets.take(items).input_gradient(adapter, noisy)
             sums.add(chunk, grad.abs())
         return reduce_channels(sums.result() / self.nb_samples, adapter.channel_axis, "max")
 

@@ -69,6 +69,25 @@ class Targets:
         return scores.astype(outputs.dtype) if scores.dtype != outputs.dtype else scores
 
 
+    # The passes below take the adapter's tensor-only entry points for the built-in score, which
+    # an adapter may compile (Keras does); a score_fn is any Python function, taped as it is.
+    def input_gradient(self, adapter: ModelAdapter, x: ep.Tensor) -> ep.Tensor:
+        """The gradient of each row's score with respect to that row of ``x``."""
+        if self.score_fn is None:
+            assert self.weights is not None
+            return adapter.weighted_value_and_grad(x, self.weights)[1]
+        return adapter.value_and_grad(lambda z: self.score(adapter.differentiable_forward(z)), x)[1]
+
+    def layer_gradient(
+        self, adapter: ModelAdapter, x: ep.Tensor, layer: str
+    ) -> tuple[ep.Tensor, ep.Tensor | None, ep.Tensor]:
+        """``layer``'s activations for ``x``, the scores' gradient with respect to them, and
+        the model outputs."""
+        if self.score_fn is None:
+            assert self.weights is not None
+            return adapter.weighted_layer_activations(x, layer, self.weights)
+        return adapter.layer_activations(x, layer, self.score)
+
     def _rows_being_computed(self, rows: int) -> Targets | None:
         window = current_rows()
         if window is None or rows == self.n:
