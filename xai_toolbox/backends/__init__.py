@@ -11,6 +11,17 @@ _ALIASES = {"pytorch": "torch", "torch": "torch", "tf": "tf", "tensorflow": "tf"
             "numpy": "numpy"}
 
 
+def canonical_framework(name: str) -> str:
+    """The canonical name of a framework from any alias users type ("pytorch" → "torch",
+    "keras"/"tensorflow" → "tf"); unknown names are returned lower-cased, as given.
+
+    Example:
+        >>> canonical_framework("PyTorch")
+        'torch'
+    """
+    return _ALIASES.get(name.lower(), name.lower())
+
+
 def adapt(model: Any, framework: str | None = None) -> ModelAdapter:
     """The adapter for ``model``: the first plugin's ``adapt_model`` that accepts it.
 
@@ -21,7 +32,7 @@ def adapt(model: Any, framework: str | None = None) -> ModelAdapter:
         return model
     from ..registry import get_registry
 
-    fw = _ALIASES.get(framework.lower(), framework) if framework else None
+    fw = canonical_framework(framework) if framework else None
     adapter = get_registry().hook.adapt_model(model=model, framework=fw)
     if adapter is None:
         raise UnsupportedModelError(
@@ -31,4 +42,4 @@ def adapt(model: Any, framework: str | None = None) -> ModelAdapter:
     return adapter
 
 
-__all__ = ["ModelAdapter", "adapt"]
+__all__ = ["ModelAdapter", "adapt", "canonical_framework"]
