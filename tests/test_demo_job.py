@@ -16,7 +16,6 @@ from xai_toolbox.demo_job import (
     DEMO_PARAMS,
     QUICK_PARAMS,
     demo_settings,
-    evaluate_methods,
     run_demo,
 )
 from xai_toolbox.errors import ParameterError, UnknownNameError
@@ -178,25 +177,26 @@ def test_demo_command(first_framework: str, tmp_path: Path, capsys: pytest.Captu
     assert (tmp_path / "d" / "report.html").is_file()
 
 
-def test_evaluate_methods_records_or_raises_failures(first_framework: str) -> None:
+def test_evaluate_keep_going_records_or_raises_failures(first_framework: str) -> None:
+    """The loop under the demo and the CLI: xt.evaluate with keep_going and echo."""
     from xai_toolbox.testing import cnn
 
     framework = first_framework
     model = cnn(framework)
     x = np.random.default_rng(0).random((2, 3, 16, 16) if framework == "torch" else (2, 16, 16, 3), dtype=np.float32)
     lines: list[str] = []
-    run = evaluate_methods(
+    run = xt.evaluate(
         model, x, [0, 1], methods=["saliency", "gradcam"], metrics=["deletion"],
         method_params={"gradcam": {"layer": "no_such_layer"}}, metric_params={"deletion": {"steps": 3}},
-        progress=False, echo=lines.append,
+        progress=False, echo=lines.append, keep_going=True,
     )
     assert list(run.maps) == ["saliency"] and "gradcam" in run.failures
     assert "no_such_layer" in run.failures["gradcam"]
     assert run.results["saliency"]["deletion"].curves.shape == (2, 4)
     assert any("FAILED" in line for line in lines) and any("saliency" in line for line in lines)
     with pytest.raises(xt.LayerError):
-        evaluate_methods(model, x, [0, 1], methods=["gradcam"], method_params={"gradcam": {"layer": "nope"}},
-                         progress=False, keep_going=False)
+        xt.evaluate(model, x, [0, 1], methods=["gradcam"], method_params={"gradcam": {"layer": "nope"}},
+                    progress=False, keep_going=False)
 
 
 def _random_map_hit_rate(masks: np.ndarray, tolerance: float) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -142,3 +143,59 @@ def test_twin_tables_agree(both: None) -> None:
     for method in a:
         for metric in a[method]:
             assert a[method][metric] == pytest.approx(b[method][metric], abs=1e-4), (method, metric)
+
+
+def test_table_carries_maps_timings_params_and_explains_without_metrics(torch: object) -> None:
+    model = cnn("torch", seed=0)
+    x = to_framework(_images(2), "torch")
+    lines: list[str] = []
+    table = xt.evaluate(model, x, [0, 1], methods=["saliency", xt.GradCAM(model)], metrics=["deletion"],
+                        metric_params={"deletion": {"steps": 3}}, batch_size=8, echo=lines.append)
+    np.testing.assert_allclose(table.maps["saliency"], as_numpy(xt.Saliency(model)(x, [0, 1])), atol=1e-6)
+    assert table.maps["gradcam"].dtype == np.float32 and table.maps["gradcam"].shape == (2, 16, 16)
+    assert set(table.timings) == {"saliency", "gradcam"}
+    assert set(table.metric_timings) == {("saliency", "deletion"), ("gradcam", "deletion")}
+    assert table.params["metrics"] == {"deletion": {"batch_size": 8, "steps": 3}}
+    assert table.params["methods"]["gradcam"] == xt.GradCAM(model).get_params()
+    assert table.results["gradcam"]["deletion"] is table[1]["result"] and not table.failures
+    assert [line.split()[0] for line in lines] == ["saliency", "gradcam"]
+    # No metric: the maps only (what `xai-toolbox explain` asks for).
+    only_maps = xt.evaluate(model, x, [0, 1], methods=["saliency"])
+    assert len(only_maps) == 0 and only_maps.results == {"saliency": {}}
+    np.testing.assert_allclose(only_maps.maps["saliency"], table.maps["saliency"])
+
+
+def test_keep_going_records_a_failing_metric_for_each_method(torch: object) -> None:
+    model = cnn("torch", seed=0)
+    x = to_framework(_images(2), "torch")
+    kwargs = {"methods": ["saliency", "gradient_input"], "metrics": ["deletion", "average_drop"],
+              "metric_params": {"deletion": {"steps": -1}}}
+    with pytest.raises(xt.ParameterError, match="steps"):
+        xt.evaluate(model, x, [0, 1], **kwargs)
+    table = xt.evaluate(model, x, [0, 1], keep_going=True, **kwargs)
+    assert set(table.failures) == {"saliency/deletion", "gradient_input/deletion"}
+    assert table.failures["saliency/deletion"].startswith("ParameterError: ")
+    assert [(r["method"], r["metric"]) for r in table] == [("saliency", "average_drop"), ("gradient_input", "average_drop")]
+    with pytest.raises(xt.UnknownNameError):  # names are always checked before any work
+        xt.evaluate(model, x, [0, 1], methods=["saliency"], metrics=["nope"], keep_going=True)
+
+
+def test_top1_is_the_models_argmax(framework: str) -> None:
+    from xai_toolbox.evaluation import top1
+
+    model = cnn(framework, seed=1)
+    x = to_framework(_images(5), framework)
+    classes, n_classes = top1(model, x, batch_size=2)
+    np.testing.assert_array_equal(classes, as_numpy(model(x)).argmax(axis=1))
+    assert classes.dtype == np.int64 and n_classes == as_numpy(model(x)).shape[1]
+
+
+def test_top1_needs_classifier_outputs(torch: Any) -> None:
+    from xai_toolbox.evaluation import top1
+
+    not_a_classifier = torch.nn.Conv2d(3, 2, 3)  # outputs (N, 2, 14, 14)
+    x = to_framework(_images(2), "torch")
+    with pytest.raises(xt.ScoreFunctionError, match="top-1 classes need"):
+        top1(not_a_classifier, x)
+    with pytest.raises(xt.ScoreFunctionError, match="pass targets"):
+        xt.evaluate(not_a_classifier, x, methods=["saliency"], metrics=["deletion"])

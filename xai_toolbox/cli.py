@@ -22,6 +22,7 @@ import sys
 import textwrap
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -156,85 +157,146 @@ def _load_masks(paths: Sequence[str], image_names: Sequence[str], size: tuple[in
     return np.stack(masks).astype(np.float32)
 
 
+@dataclass
+class _Job:
+    """An ``explain`` / ``evaluate`` command, checked: what to run and where to write."""
+
+    methods: list[str]
+    metrics: list[str]
+    params: dict[str, dict[str, Any]]
+    target: int | None
+    class_names: list[str] | None
+    out: Path
+
+
+@dataclass
+class _Inputs:
+    """The loaded model, the images (for display and in the model's layout) and the masks."""
+
+    loaded: Any
+    batch: Any
+    model_inputs: Any
+    masks: Any
+
+
 def _explain_or_evaluate(args: argparse.Namespace, with_metrics: bool) -> int:
-    import numpy as np
+    from .evaluation import evaluate
 
-    from .demo_job import DEFAULT_EXCLUDED_METRICS, evaluate_methods, resolve_names
-    from .io import (
-        load_images,
-        load_model,
-        normalize,
-        output_path,
-        probe_images,
-        to_model_layout,
-        unique_stems,
+    job = _check_job(args, with_metrics)
+    inputs = _load_inputs(args)
+    predictions, targets = _targets(args, job, inputs)
+    shape = inputs.batch.images.shape
+    print(
+        f"{PROG}: {len(inputs.batch.names)} image(s) {shape[2]}x{shape[1]}, {inputs.loaded.source}, "
+        f"{len(job.methods)} method(s)" + (f", {len(job.metrics)} metric(s)" if with_metrics else "")
     )
-
-    # Everything cheap is checked before a framework is imported or a model loaded.
-    methods = resolve_names("method", args.method or list(DEFAULT_EXPLAIN_METHODS))
-    metrics: list[str] = []
+    table = evaluate(
+        inputs.loaded.model,
+        inputs.model_inputs,
+        targets,
+        methods=job.methods,
+        metrics=job.metrics,
+        masks=inputs.masks,
+        method_params={m: job.params[m] for m in job.methods if m in job.params},
+        metric_params={m: job.params[m] for m in job.metrics if m in job.params},
+        batch_size=args.batch_size,
+        progress=False if args.no_progress else None,
+        echo=print,
+        keep_going=not args.debug,
+    )
+    job.out.mkdir(parents=True, exist_ok=True)
+    _write_maps(args, job.out, inputs.batch, table)
     if with_metrics:
-        if args.metric:
-            metrics = resolve_names("metric", args.metric)
-        else:
-            registry = get_registry()
-            metrics = [
-                m for m in resolve_names("metric", None, exclude=DEFAULT_EXCLUDED_METRICS)
-                if args.masks or not registry.metrics[m].cls.needs_masks
-            ]
-        if not args.masks:
-            needing = [m for m in metrics if get_registry().metrics[m].cls.needs_masks]
-            if needing:
-                raise CliError(f"metric(s) {', '.join(needing)} need ground-truth masks: pass --masks")
+        _write_scores_and_report(args, job, inputs, predictions, table)
+    return _report_failures(_with_hints(table.failures, inputs.loaded.model))
+
+
+def _check_job(args: argparse.Namespace, with_metrics: bool) -> _Job:
+    """Everything cheap, checked before a framework is imported or a model loaded."""
+    from .demo_job import resolve_names
+    from .io import probe_images
+
+    methods = resolve_names("method", args.method or list(DEFAULT_EXPLAIN_METHODS))
+    metrics = _select_metrics(args) if with_metrics else []
     params = _parse_params(args.param, [*methods, *metrics])
     target = _parse_target(args.target)
     probe_images(args.images)  # missing or unreadable files fail here, before any model is loaded
-    if getattr(args, "masks", None):
+    if _mask_paths(args):
         probe_images(args.masks)
     class_names = _read_class_names(args.class_names)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {str(out)!r} exists and is not a folder")
+    return _Job(methods, metrics, params, target, class_names, out)
+
+
+def _select_metrics(args: argparse.Namespace) -> list[str]:
+    """``--metric`` names, or every metric but the slow ones (and those needing masks without
+    ``--masks``)."""
+    from .demo_job import DEFAULT_EXCLUDED_METRICS, resolve_names
+
+    registry = get_registry()
+    if args.metric:
+        metrics = resolve_names("metric", args.metric)
+    else:
+        metrics = [
+            m for m in resolve_names("metric", None, exclude=DEFAULT_EXCLUDED_METRICS)
+            if args.masks or not registry.metrics[m].cls.needs_masks
+        ]
+    if not args.masks:
+        needing = [m for m in metrics if registry.metrics[m].cls.needs_masks]
+        if needing:
+            raise CliError(f"metric(s) {', '.join(needing)} need ground-truth masks: pass --masks")
+    return metrics
+
+
+def _mask_paths(args: argparse.Namespace) -> Sequence[str] | None:
+    return getattr(args, "masks", None)  # `explain` has no --masks
+
+
+def _load_inputs(args: argparse.Namespace) -> _Inputs:
+    from .io import load_images, load_model, normalize, to_model_layout
 
     loaded = load_model(args.model, weights=args.weights, trust_model_code=args.trust_model_code)
     size = tuple(args.size) if args.size else loaded.input_size
     channels = 1 if loaded.channels == 1 else 3
     batch = load_images(args.images, size=size, channels=channels)
     model_inputs = to_model_layout(normalize(batch.images, args.mean, args.std), loaded.framework)
-    mask_paths = getattr(args, "masks", None)
+    mask_paths = _mask_paths(args)
     masks = _load_masks(mask_paths, batch.names, batch.images.shape[1:3]) if mask_paths else None
-    predictions, n_classes = _predict(loaded.model, model_inputs, args.batch_size)
-    if target is not None and target >= n_classes:
-        raise CliError(f"--target {target} is out of range: the model has {n_classes} outputs (0..{n_classes - 1})")
-    if class_names is not None and len(class_names) != n_classes:
-        raise CliError(f"--class-names lists {len(class_names)} names but the model has {n_classes} outputs")
-    targets = predictions if target is None else np.full(len(predictions), target, dtype=np.int64)
+    return _Inputs(loaded, batch, model_inputs, masks)
 
-    print(
-        f"{PROG}: {len(batch.names)} image(s) {batch.images.shape[2]}x{batch.images.shape[1]}, "
-        f"{loaded.source}, {len(methods)} method(s)" + (f", {len(metrics)} metric(s)" if with_metrics else "")
-    )
-    run = evaluate_methods(
-        loaded.model,
-        model_inputs,
-        targets,
-        methods=methods,
-        metrics=metrics,
-        masks=masks,
-        method_params={m: params.get(m, {}) for m in methods},
-        metric_params={m: params.get(m, {}) for m in metrics},
-        batch_size=args.batch_size,
-        progress=False if args.no_progress else None,
-        echo=print,
-        keep_going=not args.debug,
-    )
-    out.mkdir(parents=True, exist_ok=True)
+
+def _targets(args: argparse.Namespace, job: _Job, inputs: _Inputs) -> tuple[Any, Any]:
+    """The model's predictions, and the classes to explain (``--target`` or the predictions)."""
+    import numpy as np
+
+    from .evaluation import top1
+
+    # Raises ScoreFunctionError for a model that is not a classifier: the CLI explains classes.
+    predictions, n_classes = top1(inputs.loaded.model, inputs.model_inputs, batch_size=args.batch_size)
+    if job.target is not None and job.target >= n_classes:
+        raise CliError(
+            f"--target {job.target} is out of range: the model has {n_classes} outputs (0..{n_classes - 1})"
+        )
+    if job.class_names is not None and len(job.class_names) != n_classes:
+        raise CliError(f"--class-names lists {len(job.class_names)} names but the model has {n_classes} outputs")
+    if job.target is None:
+        return predictions, predictions
+    return predictions, np.full(len(predictions), job.target, dtype=np.int64)
+
+
+def _write_maps(args: argparse.Namespace, out: Path, batch: Any, table: Any) -> None:
+    """``OUT/<image>_<method>.npy`` (the map) and ``.png`` (the overlay) per image and method."""
+    import numpy as np
+
+    from .io import output_path, unique_stems
     from .plot import overlay
     from .report import png_bytes
 
     stems = unique_stems(batch.names)
     written = 0
-    for method, maps in run.maps.items():
+    for method, maps in table.maps.items():
         overlays = overlay(batch.images, maps, alpha=args.alpha, cmap=args.cmap, channels_first=False)
         for i, stem in enumerate(stems):
             np.save(output_path(out, stem, method, suffix=".npy"), maps[i])
@@ -242,44 +304,47 @@ def _explain_or_evaluate(args: argparse.Namespace, with_metrics: bool) -> int:
             written += 2
     print(f"wrote {written} files (.npy maps and .png overlays) to {out}")
 
-    if with_metrics:
-        from .report import collect_scores, format_summary, write_report
 
-        scores = collect_scores(run.results)
-        if scores:
-            print()
-            print(format_summary(scores, run.timings))
-            _write_csv(out / "scores.csv", scores)
-        settings = {
-            "model": loaded.source,
-            "images": f"{len(batch.names)} file(s), {batch.images.shape[2]}x{batch.images.shape[1]}",
-            "normalisation": {"mean": args.mean or "none", "std": args.std or "none"},
-            "target": "top-1 prediction" if target is None else f"class {target}",
-            "batch_size": args.batch_size,
-            "methods": run.params["methods"],
-            "metrics": run.params["metrics"],
-        }
-        notes = [f"FAILED {what}: {why}" for what, why in run.failures.items()]
-        report = write_report(
-            out / "report.html",
-            images=batch.images,
-            maps=run.maps,
-            results=run.results,
-            names=batch.names,
-            predictions=predictions,
-            labels=None,
-            class_names=class_names,
-            settings=settings,
-            timings=run.timings,
-            notes=notes,
-            title=f"xai-toolbox evaluation — {Path(str(args.model)).name}",
-            channels_first=False,
-            max_images=args.max_report_images,
-            alpha=args.alpha,
-            cmap=args.cmap,
-        )
-        print(f"report: {report}")
-    return _report_failures(_with_hints(run.failures, loaded.model))
+def _write_scores_and_report(
+    args: argparse.Namespace, job: _Job, inputs: _Inputs, predictions: Any, table: Any
+) -> None:
+    """The ranked table on the terminal, ``OUT/scores.csv`` and ``OUT/report.html``."""
+    from .report import collect_scores, format_summary, write_report
+
+    scores = collect_scores(table)
+    if scores:
+        print()
+        print(format_summary(scores, table.timings))
+        _write_csv(job.out / "scores.csv", scores)
+    batch = inputs.batch
+    settings = {
+        "model": inputs.loaded.source,
+        "images": f"{len(batch.names)} file(s), {batch.images.shape[2]}x{batch.images.shape[1]}",
+        "normalisation": {"mean": args.mean or "none", "std": args.std or "none"},
+        "target": "top-1 prediction" if job.target is None else f"class {job.target}",
+        "batch_size": args.batch_size,
+        "methods": table.params["methods"],
+        "metrics": table.params["metrics"],
+    }
+    report = write_report(
+        job.out / "report.html",
+        images=batch.images,
+        maps=table.maps,
+        results=table,
+        names=batch.names,
+        predictions=predictions,
+        labels=None,
+        class_names=job.class_names,
+        settings=settings,
+        timings=table.timings,
+        notes=[f"FAILED {what}: {why}" for what, why in table.failures.items()],
+        title=f"xai-toolbox evaluation — {Path(str(args.model)).name}",
+        channels_first=False,
+        max_images=args.max_report_images,
+        alpha=args.alpha,
+        cmap=args.cmap,
+    )
+    print(f"report: {report}")
 
 
 def _with_hints(failures: dict[str, str], model: Any) -> dict[str, str]:
@@ -304,24 +369,6 @@ def _write_csv(path: Path, scores: Sequence[Any]) -> None:
         writer.writerow(["method", "metric", "mean", "std", "n", "higher_is_better"])
         for s in scores:
             writer.writerow([s.method, s.metric, f"{s.mean:.6g}", f"{s.std:.6g}", s.n, s.higher_is_better])
-
-
-def _predict(model: Any, inputs: Any, batch_size: int) -> tuple[Any, int]:
-    import numpy as np
-
-    from ._streaming import batched_forward
-    from .backends import adapt
-    from .errors import ScoreFunctionError
-
-    adapter = adapt(model)
-    with adapter.preserved():
-        outputs = batched_forward(adapter, adapter.to_model(inputs), batch_size)
-    if outputs.ndim != 2:
-        raise ScoreFunctionError(
-            f"the model returned outputs of shape {tuple(outputs.shape)}; the command line explains "
-            "classifiers with (N, classes) outputs"
-        )
-    return outputs.numpy().argmax(axis=1).astype(np.int64), int(outputs.shape[1])
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:

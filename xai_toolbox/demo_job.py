@@ -7,8 +7,9 @@ explains the true class of each with every registered method at the settings in
 games against the ground-truth object masks included — prints a ranked table and writes a
 self-contained HTML report.
 
-:func:`evaluate_methods` is the loop underneath (also used by ``xai-toolbox evaluate``): one
-method at a time, explain, then score with each metric, timing each step, with progress bars.
+The loop underneath is :func:`xai_toolbox.evaluate` (``xt.evaluate``, also behind
+``xai-toolbox explain`` and ``evaluate``): one method at a time, explain, then score with each
+metric, timing each step, with a progress bar.
 
 Example:
     >>> from xai_toolbox.demo_job import run_demo
@@ -21,18 +22,18 @@ Example:
 from __future__ import annotations
 
 import copy
-import inspect
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .base import MetricResult
 from .errors import ParameterError
+
+if TYPE_CHECKING:
+    from .evaluation import EvaluationTable
 
 __all__ = [
     "DEFAULT_EXCLUDED_METRICS",
@@ -40,9 +41,7 @@ __all__ = [
     "DEMO_PARAMS",
     "QUICK_PARAMS",
     "DemoResult",
-    "EvaluationRun",
     "demo_settings",
-    "evaluate_methods",
     "resolve_names",
     "run_demo",
 ]
@@ -115,30 +114,6 @@ DEFAULT_EXCLUDED_METRICS: tuple[str, ...] = ("randomization",)
 Echo = Callable[[str], None]
 
 
-# -- the evaluation loop -----------------------------------------------------------------------
-@dataclass
-class EvaluationRun:
-    """What :func:`evaluate_methods` produced.
-
-    Attributes:
-        maps: ``{method: explanations (N, H, W)}`` as NumPy arrays.
-        results: ``{method: {metric: MetricResult}}``.
-        timings: seconds spent explaining, per method.
-        metric_timings: seconds spent scoring, per ``(method, metric)``.
-        params: the parameters each method and metric was built with.
-        failures: ``{"method" or "method/metric": message}`` for steps that raised.
-    """
-
-    maps: dict[str, np.ndarray] = field(default_factory=dict)
-    results: dict[str, dict[str, MetricResult]] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-    metric_timings: dict[tuple[str, str], float] = field(default_factory=dict)
-    params: dict[str, dict[str, dict[str, Any]]] = field(
-        default_factory=lambda: {"methods": {}, "metrics": {}}
-    )
-    failures: dict[str, str] = field(default_factory=dict)
-
-
 def resolve_names(kind: str, requested: Sequence[str] | None, exclude: Sequence[str] = ()) -> list[str]:
     """Validate method or metric names against the registry (``None``: all registered).
 
@@ -162,161 +137,14 @@ def resolve_names(kind: str, requested: Sequence[str] | None, exclude: Sequence[
     return names
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _to_numpy(t: Any) -> np.ndarray:
-    from .plot import to_numpy
-
-    return to_numpy(t)
-
-
-def _score(metric: Any, method: Any, x: Any, targets: Any, maps: Any, masks: Any) -> MetricResult:
-    mask_arg = masks if metric.needs_masks else None
-    if metric.needs_explanations:
-        return metric(x, targets, maps, mask_arg)
-    # A check that re-runs the method itself (model randomisation) gets the method object, and
-    # the maps already computed where it can reuse them.
-    accepts = inspect.signature(metric.evaluate).parameters
-    extra = {"explanations": maps} if "explanations" in accepts else {}
-    return metric.evaluate(method, x, targets, mask_arg, **extra)
-
-
-def evaluate_methods(
-    model: Any,
-    inputs: Any,
-    targets: Any,
-    *,
-    methods: Sequence[str],
-    metrics: Sequence[str] = (),
-    masks: Any = None,
-    method_params: Mapping[str, Mapping[str, Any]] | None = None,
-    metric_params: Mapping[str, Mapping[str, Any]] | None = None,
-    batch_size: int | None = None,
-    progress: bool | None = None,
-    echo: Echo | None = None,
-    keep_going: bool = True,
-) -> EvaluationRun:
-    """Explain ``inputs`` with each method, then score each explanation with each metric.
-
-    Methods run one at a time (a progress bar names the current step), each followed by all
-    metrics on its maps, so only one method's explanations are held on the device.
-
-    Args:
-        model: the model (PyTorch, Keras or a NumPy callable).
-        inputs: the batch, in the model's layout.
-        targets: class indices ``(N,)``, an int, or ``None`` for the top-1 class.
-        methods, metrics: registered names.
-        masks: ground-truth masks ``(N, H, W)`` for metrics that need them.
-        method_params, metric_params: ``{name: {param: value}}``.
-        batch_size: passed to every method and metric without an explicit ``batch_size``.
-        progress: progress bars (``None``: only on an interactive terminal).
-        echo: called with one line per finished step (e.g. ``print``).
-        keep_going: record a failing method/metric in ``failures`` and go on (else raise).
-
-    Example:
-        >>> run = evaluate_methods(model, x, labels, methods=["gradcam"], metrics=["deletion"])
-        >>> run.results["gradcam"]["deletion"].mean
-    """
-    from .api import method as make_method
-    from .api import metric as make_metric
-    from .backends import adapt
-
-    # One adapter shared by every method and metric: a Keras model is traced once, not once
-    # per object (an adapter passed as the model is used as is).
-    model = adapt(model)
-    run = EvaluationRun()
-    method_params = method_params or {}
-    metric_params = metric_params or {}
-    show = _progress_enabled(progress)
-    bar = _bar(len(methods) * (1 + len(metrics)), show)
-
-    def say(line: str) -> None:
-        if echo is None:
-            return
-        if bar is not None:
-            bar.write(line)
-        else:
-            echo(line)
-
-    try:
-        for name in methods:
-            params = dict(method_params.get(name, {}))
-            if batch_size:
-                params = {"batch_size": batch_size, **params}
-            run.params["methods"][name] = params
-            if bar is not None:
-                bar.set_description(f"{name}: explaining")
-            start = time.perf_counter()
-            try:
-                method = make_method(name, model, **{"progress": show, **params})
-                native_maps = method(inputs, targets)
-            except Exception as exc:
-                if not keep_going:
-                    raise
-                run.failures[name] = _describe(exc)
-                say(f"  {name:<22} FAILED: {run.failures[name]}")
-                if bar is not None:
-                    bar.update(1 + len(metrics))
-                continue
-            run.timings[name] = time.perf_counter() - start
-            run.maps[name] = _to_numpy(native_maps).astype(np.float32)
-            if bar is not None:
-                bar.update(1)
-            run.results[name] = {}
-            for metric_name in metrics:
-                mparams = dict(metric_params.get(metric_name, {}))
-                if batch_size:
-                    mparams = {"batch_size": batch_size, **mparams}
-                run.params["metrics"][metric_name] = mparams
-                if bar is not None:
-                    bar.set_description(f"{name}: {metric_name}")
-                start_metric = time.perf_counter()
-                try:
-                    metric = make_metric(metric_name, model, **{"progress": show, **mparams})
-                    result = _score(metric, method, inputs, targets, native_maps, masks)
-                except Exception as exc:
-                    if not keep_going:
-                        raise
-                    run.failures[f"{name}/{metric_name}"] = _describe(exc)
-                    say(f"  {name}/{metric_name} FAILED: {_describe(exc)}")
-                else:
-                    run.results[name][metric_name] = result
-                run.metric_timings[(name, metric_name)] = time.perf_counter() - start_metric
-                if bar is not None:
-                    bar.update(1)
-            scoring = sum(t for (m, _), t in run.metric_timings.items() if m == name)
-            say(f"  {name:<22} explained in {run.timings[name]:6.2f} s, scored in {scoring:6.2f} s")
-    finally:
-        if bar is not None:
-            bar.close()
-    return run
-
-
-def _progress_enabled(progress: bool | None) -> bool:
-    if progress is None:
-        import os
-
-        return sys.stderr.isatty() and not os.environ.get("CI")
-    return bool(progress)
-
-
-def _bar(total: int, enabled: bool) -> Any:
-    if not enabled or total == 0:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="xai-toolbox", unit="step", file=sys.stderr, leave=False)
-
-
 # -- the demo ----------------------------------------------------------------------------------
 @dataclass
 class DemoResult:
-    """What :func:`run_demo` produced: the run, the report's path and the summary table."""
+    """What :func:`run_demo` produced: the evaluation (an
+    :class:`~xai_toolbox.evaluation.EvaluationTable` with the maps, timings and failures), the
+    report's path and the summary table."""
 
-    run: EvaluationRun
+    run: EvaluationTable
     report: Path
     summary: str
     settings: dict[str, Any]
@@ -362,8 +190,11 @@ def run_demo(
 ) -> DemoResult:
     """Explain and score held-out images of the demo model; write ``out/report.html``.
 
+    The explaining and scoring is :func:`xai_toolbox.evaluate` (``xt.evaluate``).
+
     Args:
-        framework: ``"torch"`` or ``"tf"`` — which twin of the demo model to explain.
+        framework: ``"torch"`` or ``"tf"`` (or an alias: ``"pytorch"``, ``"keras"``) — which
+            twin of the demo model to explain.
         methods: method names (default: every registered method).
         metrics: metric names (default: every registered metric except
             :data:`DEFAULT_EXCLUDED_METRICS`).
@@ -382,12 +213,51 @@ def run_demo(
         >>> result = run_demo("tf", methods=["gradcam", "rise"], n_images=4)
         >>> result.run.results["gradcam"]["pointing_game"].mean
     """
-    from .demo.data import make_shapes
-    from .demo.model import DEMO_IMAGE_SIZE, DEMO_SEEDS, load_demo_model
-    from .io import to_model_layout
-    from .report import collect_scores, format_summary, write_report
+    from .evaluation import evaluate, top1
 
-    framework = {"pytorch": "torch", "tensorflow": "tf", "keras": "tf"}.get(framework, framework)
+    framework, seed = _check_demo_arguments(framework, n_images, seed)
+    method_names, metric_names = _demo_selection(methods, metrics)
+    settings_used = _settings_used(quick, params)
+    say = echo or (lambda _line: None)
+
+    started = time.perf_counter()
+    data, model, inputs = _heldout_batch(framework, n_images, seed)
+    predictions = top1(model, inputs, batch_size=DEMO_BATCH_SIZE).classes
+    accuracy = float(np.mean(predictions == data.labels))
+    say(
+        f"xai-toolbox demo: {len(data)} held-out shapes images (seed {seed}), {framework} model "
+        f"(accuracy on them {accuracy:.0%}), {len(method_names)} methods, {len(metric_names)} metrics"
+    )
+    table = evaluate(
+        model,
+        inputs,
+        data.labels,
+        methods=method_names,
+        metrics=metric_names,
+        masks=data.masks.astype(np.float32),  # the pointing games' ground truth
+        method_params={name: settings_used["methods"].get(name, {}) for name in method_names},
+        metric_params={name: settings_used["metrics"].get(name, {}) for name in metric_names},
+        batch_size=DEMO_BATCH_SIZE,
+        progress=progress,
+        echo=echo,
+        keep_going=keep_going,
+    )
+    seconds = time.perf_counter() - started
+    settings = _report_settings(framework, data, seed, accuracy, quick, table, seconds)
+    notes = _report_notes(table, default_metrics=metrics is None)
+    report = _write_demo_report(Path(out), data, seed, predictions, table, settings, notes, framework)
+    summary = _summary(table)
+    for line in ("", summary, "", f"report: {report}  ({seconds:.1f} s)"):
+        say(line)
+    return DemoResult(table, report, summary, settings, data.labels, predictions, seconds)
+
+
+def _check_demo_arguments(framework: str, n_images: int, seed: int | None) -> tuple[str, int]:
+    """The canonical framework name and the seed of the held-out images, both checked."""
+    from .backends import canonical_framework
+    from .demo.model import DEMO_SEEDS
+
+    framework = canonical_framework(framework)
     if framework not in ("torch", "tf"):
         raise ParameterError(f"framework must be 'torch' or 'tf', got {framework!r}")
     if int(n_images) < 1:
@@ -399,45 +269,50 @@ def run_demo(
             f"seed {seed} draws training images (seeds {r.start}-{r.stop - 1} are reserved for "
             "training); pick a seed outside that range"
         )
+    return framework, seed
+
+
+def _demo_selection(
+    methods: Sequence[str] | None, metrics: Sequence[str] | None
+) -> tuple[list[str], list[str]]:
+    """The method and metric names to run: the user's, or every registered one in demo order."""
     method_names = _demo_order("methods", resolve_names("method", methods), methods is None)
     metric_names = _demo_order(
         "metrics", resolve_names("metric", metrics, exclude=DEFAULT_EXCLUDED_METRICS), metrics is None
     )
     if not method_names:
         raise ParameterError("no attribution method is registered (see `xai-toolbox list`)")
-    settings_used = demo_settings(quick)
+    return method_names, metric_names
+
+
+def _settings_used(
+    quick: bool, params: Mapping[str, Mapping[str, Mapping[str, Any]]] | None
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """:func:`demo_settings`, with the user's ``params`` replacing those of the names given."""
+    settings = demo_settings(quick)
     for kind in ("methods", "metrics"):
         for name, values in (params or {}).get(kind, {}).items():
-            settings_used[kind][name] = dict(values)
-    echo_fn = echo or (lambda _line: None)
+            settings[kind][name] = dict(values)
+    return settings
 
-    started = time.perf_counter()
+
+def _heldout_batch(framework: str, n_images: int, seed: int) -> tuple[Any, Any, Any]:
+    """The held-out shapes data, the demo model and the images in the model's layout."""
+    from .demo.data import make_shapes
+    from .demo.model import DEMO_IMAGE_SIZE, load_demo_model
+    from .io import to_model_layout
+
     data = make_shapes(int(n_images), seed=seed, size=DEMO_IMAGE_SIZE)
-    model = load_demo_model(framework)
-    inputs = to_model_layout(data.images, framework)
-    predictions = _predict(model, inputs, framework)
-    masks = data.masks.astype(np.float32)
-    accuracy = float(np.mean(predictions == data.labels))
-    echo_fn(
-        f"xai-toolbox demo: {len(data)} held-out shapes images (seed {seed}), {framework} model "
-        f"(accuracy on them {accuracy:.0%}), {len(method_names)} methods, {len(metric_names)} metrics"
-    )
-    run = evaluate_methods(
-        model,
-        inputs,
-        data.labels,
-        methods=method_names,
-        metrics=metric_names,
-        masks=masks,
-        method_params=settings_used["methods"],
-        metric_params=settings_used["metrics"],
-        batch_size=DEMO_BATCH_SIZE,
-        progress=progress,
-        echo=echo,
-        keep_going=keep_going,
-    )
-    seconds = time.perf_counter() - started
-    settings: dict[str, Any] = {
+    return data, load_demo_model(framework), to_model_layout(data.images, framework)
+
+
+def _report_settings(
+    framework: str, data: Any, seed: int, accuracy: float, quick: bool, table: EvaluationTable, seconds: float
+) -> dict[str, Any]:
+    """What the report's settings section lists."""
+    from .demo.model import DEMO_IMAGE_SIZE
+
+    return {
         "framework": framework,
         "model": f"embedded demo CNN ({'PyTorch' if framework == 'torch' else 'Keras'}), "
         f"{len(data.class_names)} classes",
@@ -446,46 +321,61 @@ def run_demo(
         "model accuracy on these images": f"{accuracy:.1%}",
         "batch_size": DEMO_BATCH_SIZE,
         "quick": quick,
-        # DEMO_PARAMS as used (batch_size is shown once above).
-        "methods": {name: _without_batch(settings_used["methods"].get(name, {})) for name in method_names},
-        "metrics": {name: _without_batch(settings_used["metrics"].get(name, {})) for name in metric_names},
+        # The parameters as used (batch_size is shown once above).
+        "methods": {name: _without_batch(p) for name, p in table.params["methods"].items()},
+        "metrics": {name: _without_batch(p) for name, p in table.params["metrics"].items()},
         "total time": f"{seconds:.1f} s",
     }
-    notes = [
-        "Pointing games are scored against the ground-truth object masks of the synthetic images.",
-    ]
-    excluded = [m for m in DEFAULT_EXCLUDED_METRICS if metrics is None and m in resolve_names("metric", None)]
+
+
+def _report_notes(table: EvaluationTable, default_metrics: bool) -> list[str]:
+    notes = ["Pointing games are scored against the ground-truth object masks of the synthetic images."]
+    registered = resolve_names("metric", None)
+    excluded = [m for m in DEFAULT_EXCLUDED_METRICS if default_metrics and m in registered]
     if excluded:
         notes.append(
             f"Left out by default because they are slow: {', '.join(excluded)} "
             "(add them with --metrics)."
         )
-    if run.failures:
-        notes.extend(f"FAILED {what}: {why}" for what, why in run.failures.items())
-    out = Path(out)
+    notes.extend(f"FAILED {what}: {why}" for what, why in table.failures.items())
+    return notes
+
+
+def _write_demo_report(
+    out: Path,
+    data: Any,
+    seed: int,
+    predictions: np.ndarray,
+    table: EvaluationTable,
+    settings: dict[str, Any],
+    notes: list[str],
+    framework: str,
+) -> Path:
+    from .report import write_report
+
     out.mkdir(parents=True, exist_ok=True)
-    report = write_report(
+    return write_report(
         out / "report.html",
         images=data.images,
-        maps=run.maps,
-        results=run.results,
+        maps=table.maps,
+        results=table,
         names=[f"heldout-{seed}-{i}" for i in range(len(data))],
         labels=data.labels,
         predictions=predictions,
         class_names=data.class_names,
         settings=settings,
-        timings=run.timings,
+        timings=table.timings,
         notes=notes,
         title=f"xai-toolbox demo — {framework}",
         channels_first=False,
     )
-    scores = collect_scores(run.results)
-    summary = format_summary(scores, run.timings) if scores else "(no scores)"
-    echo_fn("")
-    echo_fn(summary)
-    echo_fn("")
-    echo_fn(f"report: {report}  ({seconds:.1f} s)")
-    return DemoResult(run, report, summary, settings, data.labels, predictions, seconds)
+
+
+def _summary(table: EvaluationTable) -> str:
+    from .report import collect_scores, format_summary
+
+    scores = collect_scores(table)
+    return format_summary(scores, table.timings) if scores else "(no scores)"
 
 
 def _without_batch(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -498,13 +388,3 @@ def _demo_order(kind: str, names: list[str], default: bool) -> list[str]:
         return names  # the user's order
     known = list(DEMO_PARAMS[kind])
     return sorted(names, key=lambda n: (known.index(n) if n in known else len(known), n))
-
-
-def _predict(model: Any, inputs: np.ndarray, framework: str) -> np.ndarray:
-    """The demo model's top-1 classes for ``inputs`` (NumPy, in the model's layout)."""
-    from .backends import adapt
-
-    adapter = adapt(model, framework)
-    with adapter.preserved():
-        outputs = adapter.forward(adapter.to_model(inputs))
-    return outputs.numpy().argmax(axis=1).astype(np.int64)

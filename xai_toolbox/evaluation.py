@@ -1,5 +1,9 @@
 """Benchmark several attribution methods with several metrics in one call.
 
+:func:`evaluate` is the one evaluation loop of the toolbox: ``xt.evaluate``, the demo
+(``xai-toolbox demo``) and the command line (``xai-toolbox explain`` / ``evaluate``) all run
+through it. :func:`top1` gives the model's top-1 classes, the default targets.
+
 Example:
     >>> import xai_toolbox as xt
     >>> table = xt.evaluate(model, images, labels, methods=["saliency", "gradcam"],
@@ -7,22 +11,32 @@ Example:
     >>> print(table)
     >>> table.pivot()["gradcam"]["deletion"]
     >>> table.to_pandas()
+    >>> table.maps["gradcam"].shape, table.timings["gradcam"]
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable
-from typing import Any
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from . import _validation as v
-from ._streaming import batched_forward
-from ._streaming import progress as progress_bar
+from ._streaming import batched_forward, to_numpy
 from .backends import adapt
-from .base import AttributionMethod, Metric
-from .errors import ExplanationShapeError, ParameterError
+from .base import AttributionMethod, Metric, MetricResult
+from .errors import ExplanationShapeError, ParameterError, ScoreFunctionError
+
+__all__ = ["COLUMNS", "EvaluationTable", "Top1", "evaluate", "top1"]
 
 COLUMNS = ("method", "metric", "score", "higher_is_better", "result")
+
+Echo = Callable[[str], None]
 
 
 class EvaluationTable(list):
@@ -30,10 +44,43 @@ class EvaluationTable(list):
     (method, metric) pair; ``score`` is the metric's mean and ``result`` its
     :class:`~xai_toolbox.MetricResult` (per-input scores, curves).
 
+    Besides the records, the table carries what the run produced and cost:
+
+    Attributes:
+        maps: ``{method: explanations (N, H, W)}`` as float32 NumPy arrays, for every method
+            that explained (also when no metric was asked for).
+        timings: seconds spent explaining, per method.
+        metric_timings: seconds spent scoring, per ``(method, metric)``.
+        params: ``{"methods": {name: params}, "metrics": {name: params}}``: the parameters
+            each method and metric built from a name was given (``batch_size`` included), or
+            an instance's ``get_params()``.
+        failures: ``{"method" or "method/metric": "ErrorType: message"}`` for the steps that
+            raised under ``keep_going=True``.
+
     Example:
         >>> table.pivot()                     # {"saliency": {"deletion": 0.12, ...}, ...}
         >>> table.to_pandas()                 # a DataFrame with the columns above
+        >>> table.results["saliency"]["deletion"].curves.shape   # (N, steps + 1)
+        >>> table.maps["saliency"].shape      # (N, H, W)
     """
+
+    def __init__(
+        self,
+        records: Iterable[dict[str, Any]] = (),
+        *,
+        maps: Mapping[str, np.ndarray] | None = None,
+        timings: Mapping[str, float] | None = None,
+        metric_timings: Mapping[tuple[str, str], float] | None = None,
+        params: Mapping[str, dict[str, dict[str, Any]]] | None = None,
+        failures: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(records)
+        self.maps: dict[str, np.ndarray] = dict(maps or {})
+        self.timings: dict[str, float] = dict(timings or {})
+        self.metric_timings: dict[tuple[str, str], float] = dict(metric_timings or {})
+        self.params: dict[str, dict[str, dict[str, Any]]] = {"methods": {}, "metrics": {}}
+        self.params.update({kind: dict(p) for kind, p in (params or {}).items()})
+        self.failures: dict[str, str] = dict(failures or {})
 
     @property
     def methods(self) -> list[str]:
@@ -42,6 +89,15 @@ class EvaluationTable(list):
     @property
     def metrics(self) -> list[str]:
         return list(dict.fromkeys(r["metric"] for r in self))
+
+    @property
+    def results(self) -> dict[str, dict[str, MetricResult]]:
+        """The metric results as ``{method: {metric: MetricResult}}`` (``{}`` for a method
+        that explained but has no score)."""
+        nested: dict[str, dict[str, MetricResult]] = {method: {} for method in self.maps}
+        for r in self:
+            nested.setdefault(r["method"], {})[r["metric"]] = r["result"]
+        return nested
 
     def pivot(self) -> dict[str, dict[str, float]]:
         """Mean scores as ``{method: {metric: score}}``."""
@@ -89,113 +145,332 @@ def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.4f}"
 
 
+# -- top-1 classes -----------------------------------------------------------------------------
+class Top1(NamedTuple):
+    """What :func:`top1` returns: the classes and the number of classes of the model."""
+
+    classes: np.ndarray
+    n_classes: int
+
+
+def top1(model: Any, inputs: Any, *, batch_size: int = 64) -> Top1:
+    """The model's top-1 class for each input (the default targets of every method and metric).
+
+    Args:
+        model: a PyTorch or Keras model, a NumPy callable or an adapter.
+        inputs: the batch, in the framework's layout (native tensor or NumPy).
+        batch_size: model inputs per forward pass.
+
+    Returns:
+        ``Top1(classes, n_classes)``: the classes ``(N,)`` as int64 NumPy, and ``K`` of the
+        model's ``(N, K)`` outputs.
+
+    Raises:
+        ScoreFunctionError: the model's outputs are not ``(N, K)``.
+
+    Example:
+        >>> classes, n_classes = top1(model, images)
+        >>> table = xt.evaluate(model, images, classes, methods=["gradcam"], metrics=["deletion"])
+    """
+    batch_size = v.positive_int("batch_size", batch_size)
+    adapter = adapt(model)
+    inputs = v.as_array_like(inputs)
+    v.check_inputs(adapter, inputs)
+    x = adapter.to_model(inputs)
+    v.check_finite(x)
+    with adapter.preserved():
+        outputs = batched_forward(adapter, x, batch_size)
+    if outputs.ndim != 2:
+        raise ScoreFunctionError(
+            f"the model returned outputs of shape {tuple(outputs.shape)}; top-1 classes need "
+            "classifier outputs (N, classes)"
+        )
+    return Top1(outputs.argmax(axis=1).numpy().astype(np.int64), int(outputs.shape[1]))
+
+
+# -- the evaluation loop -----------------------------------------------------------------------
 def evaluate(
     model: Any,
     inputs: Any,
     targets: Any = None,
     *,
     methods: Iterable[str | AttributionMethod],
-    metrics: Iterable[str | Metric],
+    metrics: Iterable[str | Metric] = (),
     masks: Any = None,
-    method_params: dict[str, dict[str, Any]] | None = None,
-    metric_params: dict[str, dict[str, Any]] | None = None,
+    method_params: Mapping[str, Mapping[str, Any]] | None = None,
+    metric_params: Mapping[str, Mapping[str, Any]] | None = None,
     batch_size: int = 64,
     progress: bool | None = None,
+    keep_going: bool = False,
+    echo: Echo | None = None,
 ) -> EvaluationTable:
     """Explain ``inputs`` with every method once, and score each explanation with every metric.
+
+    Methods run one at a time, each followed by every metric on its explanations, so only one
+    method's explanations are held on the device at a time.
 
     Args:
         model: a PyTorch or Keras model (or a NumPy callable, for black-box methods).
         inputs: the batch, in the framework's layout.
         targets: class indices ``(N,)``, weights ``(N, K)`` or ``None`` (the model's top-1
-            prediction, computed once and shared by all methods and metrics).
-        methods: registered names or :class:`~xai_toolbox.AttributionMethod` instances.
-        metrics: registered names or :class:`~xai_toolbox.Metric` instances.
+            prediction, computed once with :func:`top1` and shared by all methods and metrics).
+        methods: registered names or :class:`~xai_toolbox.AttributionMethod` instances (at
+            least one).
+        metrics: registered names or :class:`~xai_toolbox.Metric` instances; none to only
+            explain (the table then has no records, but its ``maps``).
         masks: ground-truth masks ``(N, *positions)`` for localisation metrics (pointing games);
             required as soon as one metric needs them.
         method_params / metric_params: extra constructor parameters per name, e.g.
             ``{"gradcam": {"layer": "layer4"}}``.
         batch_size: model inputs per forward pass, for methods and metrics built from names.
-        progress: progress bar over the (method, metric) pairs (``None``: on a terminal only).
+        progress: a progress bar naming the current step (``None``: on a terminal only).
+        keep_going: a method or metric that raises is recorded in the table's ``failures``
+            and the run goes on (a failed method skips its metrics); ``False``: it raises.
+            Unknown names, misplaced parameters and missing masks always raise, before any
+            model call.
+        echo: called with one line per method (time spent explaining and scoring) and per
+            failure, e.g. ``print``; ``None``: silent.
 
     Returns:
-        An :class:`EvaluationTable` with one record per (method, metric), in the given order.
-        Metrics that do not use explanations but check a method (``randomization``) run once
-        per method with that method.
+        An :class:`EvaluationTable` with one record per (method, metric), in the given order,
+        and the explanations, timings, parameters and failures as attributes. Metrics that do
+        not use explanations but check a method (``randomization``) run once per method with
+        that method.
 
     Example:
         >>> table = xt.evaluate(model, images, labels, methods=["saliency", "rise"],
         ...                     metrics=["deletion", "mufidelity"],
         ...                     method_params={"rise": {"nb_masks": 2000, "seed": 0}})
+        >>> table.results["rise"]["deletion"].curves     # (N, steps + 1)
+        >>> maps = xt.evaluate(model, images, methods=["gradcam"]).maps["gradcam"]
     """
-    from .api import method as make_method
-    from .api import metric as make_metric
-
     batch_size = v.positive_int("batch_size", batch_size)
     methods, metrics = list(methods), list(metrics)
-    if not methods or not metrics:
-        raise ParameterError("evaluate needs at least one method and one metric")
+    if not methods:
+        raise ParameterError("evaluate needs at least one method")
     method_params = _params_by_name("method_params", method_params, methods)
     metric_params = _params_by_name("metric_params", metric_params, metrics)
+    _check_entries(methods, metrics)
 
     # One adapter for every method and metric built here: a Keras model is traced once, not
     # once per object (an adapter passed as the model is used as is).
     model = adapt(model)
     common = {"batch_size": batch_size, "progress": progress}
-    for entry in methods + metrics:
-        _check_type(entry)
-    built_methods = [
-        (_label(m), m if isinstance(m, AttributionMethod) else make_method(m, model, **{**common, **method_params.get(m, {})}))
-        for m in methods
-    ]
-    built_metrics = [
-        m if isinstance(m, Metric) else make_metric(m, model, **{**common, **metric_params.get(m, {})})
-        for m in metrics
-    ]
-    needing = [m._plugin_name() for m in built_metrics if m.needs_masks]
-    if needing and masks is None:
-        raise ExplanationShapeError(
-            f"metrics {needing} need ground-truth masks: pass masks=... (N, *positions), or drop them"
-        )
-    labels = _unique([label for label, _ in built_methods])
+    built_methods = _build("method", methods, method_params, model, common, keep_going)
+    built_metrics = _build("metric", metrics, metric_params, model, common, keep_going)
+    _check_masks(built_metrics, masks)
+    if targets is None and not _uses_score_fn(built_methods + built_metrics):
+        targets = _top1_targets(model, inputs, batch_size)
 
-    if targets is None and not _uses_score_fn(built_methods, built_metrics):
-        targets = _top1(inputs, built_methods[0][1], batch_size)
-
-    table = EvaluationTable()
-    pairs = [(i, j) for i in range(len(built_methods)) for j in range(len(built_metrics))]
-    explanations: dict[int, Any] = {}
-    for i, j in progress_bar(pairs, enabled=progress, total=len(pairs), desc="evaluate"):
-        method = built_methods[i][1]
-        metric = built_metrics[j]
-        given_masks = masks if metric.needs_masks else None
-        if i not in explanations and (metric.needs_explanations or _takes_explanations(metric)):
-            explanations[i] = method(inputs, targets)  # once per method, reused by every metric
-        if metric.needs_explanations:
-            result = metric(inputs, targets, explanations[i], given_masks)
-        elif _takes_explanations(metric):  # checks the method itself (model randomisation)
-            result = metric.evaluate(method, inputs, targets, given_masks, explanations=explanations[i])
-        else:
-            result = metric.evaluate(method, inputs, targets, given_masks)
-        table.append(
-            {
-                "method": labels[i],
-                "metric": result.name,
-                "score": result.mean,
-                "higher_is_better": result.higher_is_better,
-                "result": result,
-            }
-        )
+    table = EvaluationTable(params=_params_used(built_methods, built_metrics))
+    steps = _Steps(len(built_methods) * (1 + len(built_metrics)), progress, echo)
+    run = _Run(table, steps, keep_going, inputs, targets, masks)
+    try:
+        for method in built_methods:
+            run.method(method, built_metrics)
+    finally:
+        steps.close()
     return table
 
 
-def _takes_explanations(metric: Metric) -> bool:
-    """Whether a metric that checks a method (model randomisation) accepts its explanations."""
+def _top1_targets(model: Any, inputs: Any, batch_size: int) -> np.ndarray:
+    try:
+        return top1(model, inputs, batch_size=batch_size).classes
+    except ScoreFunctionError as exc:
+        raise ScoreFunctionError(f"{exc}: pass targets, and score_fn=... for other outputs") from exc
+
+
+@dataclass
+class _Built:
+    """A method or metric ready to run, under its table label."""
+
+    label: str
+    obj: Any  # the instance, or the exception its constructor raised (keep_going)
+    params: dict[str, Any]
+
+
+_FAILED = object()
+
+
+@dataclass
+class _Run:
+    """One evaluation in progress: runs the steps and fills ``table``."""
+
+    table: EvaluationTable
+    steps: _Steps
+    keep_going: bool
+    inputs: Any
+    targets: Any
+    masks: Any
+
+    def method(self, method: _Built, metrics: list[_Built]) -> None:
+        """Explain with ``method``, then score its explanations with every metric."""
+        self.steps.start(f"{method.label}: explaining")
+        maps = self._attempt(method.label, lambda: self._explain(method))
+        self.steps.done()
+        if maps is _FAILED:
+            self.steps.say(f"  {method.label:<22} FAILED: {self.table.failures[method.label]}")
+            self.steps.done(len(metrics))
+            return
+        for metric in metrics:
+            self._apply(method, maps, metric)
+        scoring = sum(t for (m, _), t in self.table.metric_timings.items() if m == method.label)
+        explaining = self.table.timings[method.label]
+        self.steps.say(
+            f"  {method.label:<22} explained in {explaining:6.2f} s, scored in {scoring:6.2f} s"
+        )
+
+    def _explain(self, method: _Built) -> Any:
+        start = time.perf_counter()
+        native_maps = _ready(method.obj)(self.inputs, self.targets)
+        self.table.timings[method.label] = time.perf_counter() - start
+        self.table.maps[method.label] = to_numpy(native_maps).astype(np.float32)
+        return native_maps  # on the device, for the metrics; dropped after them
+
+    def _apply(self, method: _Built, maps: Any, metric: _Built) -> None:
+        key = f"{method.label}/{metric.label}"
+        self.steps.start(f"{method.label}: {metric.label}")
+        start = time.perf_counter()
+        result = self._attempt(
+            key,
+            lambda: _score(_ready(metric.obj), method.obj, self.inputs, self.targets, maps, self.masks),
+        )
+        self.table.metric_timings[(method.label, metric.label)] = time.perf_counter() - start
+        if result is _FAILED:
+            self.steps.say(f"  {key} FAILED: {self.table.failures[key]}")
+        else:
+            self.table.append(_record(method.label, metric.label, result))
+        self.steps.done()
+
+    def _attempt(self, key: str, step: Callable[[], Any]) -> Any:
+        """``step()``, or ``_FAILED`` with the error recorded under ``key`` when keep_going."""
+        try:
+            return step()
+        except Exception as exc:
+            if not self.keep_going:
+                raise
+            self.table.failures[key] = _describe(exc)
+            return _FAILED
+
+
+def _score(
+    metric: Metric, method: AttributionMethod, inputs: Any, targets: Any, maps: Any, masks: Any
+) -> MetricResult:
+    """``metric`` applied to ``method``'s explanations ``maps`` of ``inputs``."""
+    given_masks = masks if metric.needs_masks else None
+    if metric.needs_explanations:
+        return metric(inputs, targets, maps, given_masks)
+    if _reruns_method(metric):  # gets the method, and reuses the maps already computed
+        return metric.evaluate(method, inputs, targets, given_masks, explanations=maps)
+    return metric.evaluate(method, inputs, targets, given_masks)  # type: ignore[arg-type]
+
+
+def _reruns_method(metric: Metric) -> bool:
+    """Whether ``metric`` checks a method by re-running it (model randomisation) and accepts
+    the explanations already computed as ``evaluate(..., explanations=maps)``.
+
+    The one place this is decided (by the signature, for now).
+    """
+    if metric.needs_explanations:
+        return False
     return "explanations" in inspect.signature(metric.evaluate).parameters
 
 
+def _record(method: str, metric: str, result: MetricResult) -> dict[str, Any]:
+    return {
+        "method": method,
+        "metric": metric,
+        "score": result.mean,
+        "higher_is_better": result.higher_is_better,
+        "result": result,
+    }
+
+
+def _describe(exc: BaseException) -> str:
+    """``"ErrorType: first line of the message"``."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _ready(obj: Any) -> Any:
+    """A built method or metric; the error its constructor raised is raised here instead."""
+    if isinstance(obj, Exception):
+        raise obj
+    return obj
+
+
+class _Steps:
+    """One progress bar over every step (a method explaining, a metric scoring), naming the
+    current one; lines to ``echo`` are written above it."""
+
+    def __init__(self, total: int, progress: bool | None, echo: Echo | None) -> None:
+        if progress is None:
+            progress = sys.stderr.isatty() and not os.environ.get("CI")
+        self.echo = echo
+        self.bar: Any = None
+        if progress and total > 0:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc="evaluate", unit="step", file=sys.stderr, leave=False)
+
+    def start(self, description: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description(description)
+
+    def done(self, steps: int = 1) -> None:
+        if self.bar is not None and steps:
+            self.bar.update(steps)
+
+    def say(self, line: str) -> None:
+        if self.echo is None:
+            return
+        if self.bar is not None:
+            self.bar.write(line)  # above the bar, which stays at the bottom
+        else:
+            self.echo(line)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# -- building and checking what to run -----------------------------------------------------------
+def _build(
+    kind: str,
+    entries: list[Any],
+    params: dict[str, dict[str, Any]],
+    model: Any,
+    common: dict[str, Any],
+    keep_going: bool,
+) -> list[_Built]:
+    """Methods or metrics from names (with ``common`` then their ``params``) or instances."""
+    from .api import method as make_method
+    from .api import metric as make_metric
+
+    make = make_method if kind == "method" else make_metric
+    labels = _unique([_label(e) for e in entries])
+    built = []
+    for label, entry in zip(labels, entries, strict=True):
+        if not isinstance(entry, str):
+            built.append(_Built(label, entry, entry.get_params()))
+            continue
+        given = {"batch_size": common["batch_size"], **params.get(entry, {})}
+        try:
+            obj = make(entry, model, **{"progress": common["progress"], **given})
+        except Exception as exc:
+            if not keep_going:
+                raise
+            obj = exc  # reported as the failure of each step that uses it
+        built.append(_Built(label, obj, given))
+    return built
+
+
+def _params_used(methods: list[_Built], metrics: list[_Built]) -> dict[str, dict[str, dict[str, Any]]]:
+    return {"methods": {b.label: b.params for b in methods}, "metrics": {b.label: b.params for b in metrics}}
+
+
 def _params_by_name(
-    what: str, params: dict[str, dict[str, Any]] | None, entries: list[Any]
+    what: str, params: Mapping[str, Mapping[str, Any]] | None, entries: list[Any]
 ) -> dict[str, dict[str, Any]]:
     params = dict(params or {})
     names = {e for e in entries if isinstance(e, str)}
@@ -206,9 +481,32 @@ def _params_by_name(
             "parameters of instances are set on the instances"
         )
     for name, p in params.items():
-        if not isinstance(p, dict):
+        if not isinstance(p, Mapping):
             raise ParameterError(f"{what}[{name!r}] must be a dict of parameters, got {type(p).__name__}")
-    return params
+    return {name: dict(p) for name, p in params.items()}
+
+
+def _check_entries(methods: list[Any], metrics: list[Any]) -> None:
+    """Instances of the right kind, or registered names (else the error lists the names)."""
+    from .registry import get_registry
+
+    registry = get_registry()
+    for entries, cls, lookup in ((methods, AttributionMethod, registry.method), (metrics, Metric, registry.metric)):
+        for entry in entries:
+            if isinstance(entry, str):
+                lookup(entry)  # raises UnknownNameError with the available names
+            elif not isinstance(entry, cls):
+                raise ParameterError(
+                    f"methods and metrics must be registered names or instances, got {type(entry).__name__}"
+                )
+
+
+def _check_masks(metrics: list[_Built], masks: Any) -> None:
+    needing = [b.label for b in metrics if isinstance(b.obj, Metric) and b.obj.needs_masks]
+    if needing and masks is None:
+        raise ExplanationShapeError(
+            f"metrics {needing} need ground-truth masks: pass masks=... (N, *positions), or drop them"
+        )
 
 
 def _label(m: Any) -> str:
@@ -226,23 +524,5 @@ def _unique(labels: list[str]) -> list[str]:
     return out
 
 
-def _check_type(entry: Any) -> None:
-    if not isinstance(entry, str | AttributionMethod | Metric):
-        raise ParameterError(
-            f"methods and metrics must be registered names or instances, got {type(entry).__name__}"
-        )
-
-
-def _uses_score_fn(methods: list[tuple[str, AttributionMethod]], metrics: list[Metric]) -> bool:
-    return any(getattr(o, "score_fn", None) is not None for o in [m for _, m in methods] + metrics)
-
-
-def _top1(inputs: Any, method: AttributionMethod, batch_size: int) -> Any:
-    """The model's top-1 classes, computed once so every method and metric uses the same."""
-    adapter = method.adapter
-    _, x = method._prepare(inputs)
-    with adapter.preserved():
-        outputs = batched_forward(adapter, x, batch_size)
-    if outputs.ndim != 2:
-        return None  # let each method/metric report the problem with its own message
-    return outputs.argmax(axis=1).numpy()
+def _uses_score_fn(built: list[_Built]) -> bool:
+    return any(getattr(b.obj, "score_fn", None) is not None for b in built)

@@ -425,23 +425,35 @@ def render_report(
         >>> page = render_report(images=x, maps={"gradcam": cam}, results=table)
     """
     rgb = display_images(images, channels_first=channels_first)
-    n = len(rgb)
-    for method, m in maps.items():
-        if int(np.shape(m)[0]) != n:
-            raise ParameterError(f"maps[{method!r}] has {np.shape(m)[0]} maps for {n} images")
-    for what, seq in (("names", names), ("labels", labels), ("predictions", predictions)):
-        if seq is not None and len(seq) != n:
-            raise ParameterError(f"got {len(seq)} {what} for {n} images")
+    _check_lengths(len(rgb), maps, names=names, labels=labels, predictions=predictions)
     scores = collect_scores(results)
     method_order = _order([*maps, *(s.method for s in scores)])
     colours = {m: _PALETTE[i % len(_PALETTE)] for i, m in enumerate(method_order)}
+    gallery = _Gallery(rgb, names, labels, predictions, class_names)
+    return "\n".join([
+        *_page_head(title),
+        *_header(title, len(rgb), len(maps), scores, notes),
+        "<main>",
+        *(_scores_section(scores, timings) + _curves_section(scores, colours) if scores else []),
+        *gallery.section(maps, max_images, alpha, cmap),
+        *_settings_section(settings),
+        "</main>",
+        "</body>",
+        "</html>",
+    ]) + "\n"
 
-    def class_label(index: int) -> str:
-        if class_names is not None and 0 <= int(index) < len(class_names):
-            return str(class_names[int(index)])
-        return str(int(index))
 
-    out: list[str] = [
+def _check_lengths(n: int, maps: Mapping[str, Any], **per_image: Sequence[Any] | None) -> None:
+    for method, m in maps.items():
+        if int(np.shape(m)[0]) != n:
+            raise ParameterError(f"maps[{method!r}] has {np.shape(m)[0]} maps for {n} images")
+    for what, seq in per_image.items():
+        if seq is not None and len(seq) != n:
+            raise ParameterError(f"got {len(seq)} {what} for {n} images")
+
+
+def _page_head(title: str) -> list[str]:
+    return [
         "<!DOCTYPE html>",
         '<html lang="en">',
         "<head>",
@@ -451,127 +463,162 @@ def render_report(
         f"<style>{_STYLE}</style>",
         "</head>",
         "<body>",
+    ]
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'s' if count != 1 else ''}"
+
+
+def _header(title: str, n: int, n_methods: int, scores: Sequence[Score], notes: Sequence[str]) -> list[str]:
+    """The title, what the report covers, and the notes."""
+    metrics = f", {len(_order(s.metric for s in scores))} metrics" if scores else ""
+    out = [
         "<header>",
         f"<h1>{esc(title)}</h1>",
         f'<p class="muted">Generated {esc(_dt.datetime.now().strftime("%Y-%m-%d %H:%M"))} by '
-        f"xai-toolbox: {n} image{'s' if n != 1 else ''}, {len(maps)} method{'s' if len(maps) != 1 else ''}"
-        f"{', ' + str(len(_order(s.metric for s in scores))) + ' metrics' if scores else ''}.</p>",
+        f"xai-toolbox: {_plural(n, 'image')}, {_plural(n_methods, 'method')}{metrics}.</p>",
     ]
     if notes:
         out.append('<ul class="notes">' + "".join(f"<li>{esc(t)}</li>" for t in notes) + "</ul>")
     out.append("</header>")
-    out.append("<main>")
+    return out
 
-    # 1. scores
-    if scores:
-        methods, metrics, cells = _table(scores)
-        ranked = rank_methods(scores)
-        best = {metric: _best(cells, methods, metric) for metric in metrics}
-        out.append('<section id="scores">')
-        out.append("<h2>Scores</h2>")
-        out.append(
-            '<p class="muted">Mean over the images; ↑ higher is better, ↓ lower is better; the best '
-            "value of each column is highlighted (★). Methods are ranked by their mean rank over the "
-            "metrics.</p>"
-        )
-        head = "".join(
-            f"<th>{esc(metric)} {'↑' if cells[next(m for m in methods if (m, metric) in cells), metric].higher_is_better else '↓'}</th>"
-            for metric in metrics
-        )
-        time_head = "<th>time (s)</th>" if timings else ""
-        out.append(
-            f'<table class="scores"><thead><tr><th>rank</th><th>method</th><th>mean rank</th>{head}{time_head}'
-            "</tr></thead><tbody>"
-        )
-        for i, (method, mean_rank) in enumerate(ranked, start=1):
-            row = [f"<td>{i}</td>", f"<td>{esc(method)}</td>", f"<td>{_fmt(mean_rank)}</td>"]
-            for metric in metrics:
-                cell = cells.get((method, metric))
-                if cell is None:
-                    row.append("<td>-</td>")
-                    continue
-                tip = f"mean {_fmt(cell.mean)}, std {_fmt(cell.std)}, n={cell.n}" if cell.n else ""
-                if method in best[metric]:
-                    row.append(f'<td class="best" title="{esc(tip)}">{_fmt(cell.mean)} ★</td>')
-                else:
-                    row.append(f'<td title="{esc(tip)}">{_fmt(cell.mean)}</td>')
-            if timings:
-                row.append(f"<td>{timings[method]:.1f}</td>" if method in timings else "<td>-</td>")
-            out.append("<tr>" + "".join(row) + "</tr>")
-        out.append("</tbody></table>")
-        out.append("</section>")
 
-        # 2. curves
-        curve_metrics = [
-            metric for metric in metrics
-            if any(cells.get((m, metric)) is not None and cells[(m, metric)].result is not None
-                   and cells[(m, metric)].result.curves is not None for m in methods)
-        ]
-        charts = []
-        for metric in curve_metrics:
-            per_method = {
-                m: cells[(m, metric)].result for m in methods
-                if (m, metric) in cells and cells[(m, metric)].result is not None
-                and cells[(m, metric)].result.curves is not None
-            }
-            chart = _svg_curves(metric, per_method, colours)  # type: ignore[arg-type]
-            if chart:
-                charts.append(chart)
-        if charts:
-            out.append('<section id="curves">')
-            out.append("<h2>Curves</h2>")
-            out.append(
-                '<p class="muted">Mean model score as pixels are removed (deletion: lower is better) or '
-                "revealed (insertion: higher is better) in the order of each method's map.</p>"
-            )
-            out.append('<div class="charts">' + "".join(charts) + "</div>")
-            out.append("</section>")
+def _scores_section(scores: Sequence[Score], timings: Mapping[str, float] | None) -> list[str]:
+    """1. The method × metric table, methods ranked, the best of each column starred."""
+    methods, metrics, cells = _table(scores)
+    best = {metric: _best(cells, methods, metric) for metric in metrics}
+    head = "".join(f"<th>{esc(metric)} {_arrow(cells, methods, metric)}</th>" for metric in metrics)
+    time_head = "<th>time (s)</th>" if timings else ""
+    out = [
+        '<section id="scores">',
+        "<h2>Scores</h2>",
+        '<p class="muted">Mean over the images; ↑ higher is better, ↓ lower is better; the best '
+        "value of each column is highlighted (★). Methods are ranked by their mean rank over the "
+        "metrics.</p>",
+        f'<table class="scores"><thead><tr><th>rank</th><th>method</th><th>mean rank</th>{head}{time_head}'
+        "</tr></thead><tbody>",
+    ]
+    for i, (method, mean_rank) in enumerate(rank_methods(scores), start=1):
+        row = [f"<td>{i}</td>", f"<td>{esc(method)}</td>", f"<td>{_fmt(mean_rank)}</td>"]
+        row += [_score_cell(cells.get((method, metric)), method in best[metric]) for metric in metrics]
+        if timings:
+            row.append(f"<td>{timings[method]:.1f}</td>" if method in timings else "<td>-</td>")
+        out.append("<tr>" + "".join(row) + "</tr>")
+    out += ["</tbody></table>", "</section>"]
+    return out
 
-    # 3. gallery
-    shown = min(n, int(max_images))
-    out.append('<section id="images">')
-    out.append("<h2>Explanations</h2>")
-    if shown < n:
-        out.append(f'<p class="muted">Showing the first {shown} of {n} images.</p>')
-    overlays = {
-        method: overlay(rgb[:shown], np.asarray(_as_numpy(m))[:shown], alpha=alpha, cmap=cmap, channels_first=False)
-        for method, m in maps.items()
-    }
-    height, width = rgb.shape[1:3]
-    out.append('<div class="gallery">')
-    for i in range(shown):
-        caption = [f"<strong>{esc(names[i])}</strong>" if names is not None else f"<strong>#{i}</strong>"]
-        if labels is not None:
-            caption.append(f"label: {esc(class_label(labels[i]))}")
-        if predictions is not None:
-            wrong = labels is not None and int(predictions[i]) != int(labels[i])
-            text = f"predicted: {esc(class_label(predictions[i]))}"
-            caption.append(f'<span class="wrong">{text}</span>' if wrong else text)
-        alt = names[i] if names is not None else f"image {i}"
-        cells_html = [
-            f'<figure class="input">{_img(png_data_uri(rgb[i]), str(alt), width, height)}'
-            f"<figcaption>{'<br>'.join(caption)}</figcaption></figure>"
+
+def _arrow(cells: dict[tuple[str, str], Score], methods: Sequence[str], metric: str) -> str:
+    first = next(m for m in methods if (m, metric) in cells)
+    return "↑" if cells[first, metric].higher_is_better else "↓"
+
+
+def _score_cell(cell: Score | None, best: bool) -> str:
+    if cell is None:
+        return "<td>-</td>"
+    tip = f"mean {_fmt(cell.mean)}, std {_fmt(cell.std)}, n={cell.n}" if cell.n else ""
+    if best:
+        return f'<td class="best" title="{esc(tip)}">{_fmt(cell.mean)} ★</td>'
+    return f'<td title="{esc(tip)}">{_fmt(cell.mean)}</td>'
+
+
+def _curves_section(scores: Sequence[Score], colours: Mapping[str, str]) -> list[str]:
+    """2. The mean curve per method of every curve metric (deletion, insertion)."""
+    methods, metrics, cells = _table(scores)
+    charts = []
+    for metric in metrics:
+        with_curves = {
+            m: cells[m, metric].result for m in methods
+            if (m, metric) in cells and _has_curves(cells[m, metric])
+        }
+        chart = _svg_curves(metric, with_curves, colours) if with_curves else ""  # type: ignore[arg-type]
+        if chart:
+            charts.append(chart)
+    if not charts:
+        return []
+    return [
+        '<section id="curves">',
+        "<h2>Curves</h2>",
+        '<p class="muted">Mean model score as pixels are removed (deletion: lower is better) or '
+        "revealed (insertion: higher is better) in the order of each method's map.</p>",
+        '<div class="charts">' + "".join(charts) + "</div>",
+        "</section>",
+    ]
+
+
+def _has_curves(cell: Score) -> bool:
+    return cell.result is not None and cell.result.curves is not None
+
+
+@dataclass(frozen=True)
+class _Gallery:
+    """3. Per image: the input with its caption, and one overlay per method."""
+
+    rgb: np.ndarray
+    names: Sequence[str] | None
+    labels: Sequence[int] | None
+    predictions: Sequence[int] | None
+    class_names: Sequence[str] | None
+
+    def section(self, maps: Mapping[str, Any], max_images: int, alpha: float, cmap: str) -> list[str]:
+        n = len(self.rgb)
+        shown = min(n, int(max_images))
+        out = ['<section id="images">', "<h2>Explanations</h2>"]
+        if shown < n:
+            out.append(f'<p class="muted">Showing the first {shown} of {n} images.</p>')
+        overlays = {
+            method: overlay(self.rgb[:shown], np.asarray(_as_numpy(m))[:shown], alpha=alpha, cmap=cmap,
+                            channels_first=False)
+            for method, m in maps.items()
+        }
+        out.append('<div class="gallery">')
+        out += [self._row(i, overlays) for i in range(shown)]
+        out += ["</div>", "</section>"]
+        return out
+
+    def _row(self, i: int, overlays: Mapping[str, np.ndarray]) -> str:
+        height, width = self.rgb.shape[1:3]
+        alt = self.names[i] if self.names is not None else f"image {i}"
+        figures = [
+            f'<figure class="input">{_img(png_data_uri(self.rgb[i]), str(alt), width, height)}'
+            f"<figcaption>{'<br>'.join(self._caption(i))}</figcaption></figure>"
         ]
         for method, ov in overlays.items():
-            cells_html.append(
+            figures.append(
                 f"<figure>{_img(png_data_uri(ov[i]), f'{method} on {alt}', width, height)}"
                 f"<figcaption>{esc(method)}</figcaption></figure>"
             )
-        out.append('<div class="row">' + "".join(cells_html) + "</div>")
-    out.append("</div>")
-    out.append("</section>")
+        return '<div class="row">' + "".join(figures) + "</div>"
 
-    # 4. settings and versions
-    out.append('<section id="settings">')
-    out.append("<h2>Settings</h2>")
-    out.append(_render_value(dict(settings)) if settings else '<p class="muted">none recorded</p>')
-    out.append("<h2>Software</h2>")
-    out.append(_render_value(software_versions()))
-    out.append("</section>")
-    out.append("</main>")
-    out.append("</body>")
-    out.append("</html>")
-    return "\n".join(out) + "\n"
+    def _caption(self, i: int) -> list[str]:
+        """The image's name, its label and the model's prediction (red when wrong)."""
+        caption = [f"<strong>{esc(self.names[i])}</strong>" if self.names is not None else f"<strong>#{i}</strong>"]
+        if self.labels is not None:
+            caption.append(f"label: {esc(self._class(self.labels[i]))}")
+        if self.predictions is not None:
+            wrong = self.labels is not None and int(self.predictions[i]) != int(self.labels[i])
+            text = f"predicted: {esc(self._class(self.predictions[i]))}"
+            caption.append(f'<span class="wrong">{text}</span>' if wrong else text)
+        return caption
+
+    def _class(self, index: int) -> str:
+        if self.class_names is not None and 0 <= int(index) < len(self.class_names):
+            return str(self.class_names[int(index)])
+        return str(int(index))
+
+
+def _settings_section(settings: Mapping[str, Any] | None) -> list[str]:
+    """4. The settings and the software versions."""
+    return [
+        '<section id="settings">',
+        "<h2>Settings</h2>",
+        _render_value(dict(settings)) if settings else '<p class="muted">none recorded</p>',
+        "<h2>Software</h2>",
+        _render_value(software_versions()),
+        "</section>",
+    ]
 
 
 def _as_numpy(x: Any) -> np.ndarray:
