@@ -34,16 +34,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    from . import harness
+    # Imported only now: the environment above must be set before any framework loads.
+    from .config import default_config
+    from .harness import run
+    from .memory import memory_child
+    from .report import markdown
 
-    if args.memory_child is not None:
-        print(json.dumps(harness.memory_child(json.loads(args.memory_child))), flush=True)
+    if args.memory_child is not None:  # a child process of the memory section
+        print(json.dumps(memory_child(json.loads(args.memory_child))), flush=True)
         return 0
     if args.render is not None:
         from pathlib import Path
 
         path = Path(args.render)
-        path.with_suffix(".md").write_text(harness.markdown(json.loads(path.read_text())))
+        path.with_suffix(".md").write_text(markdown(json.loads(path.read_text())))
         print(f"wrote {path.with_suffix('.md')}", file=sys.stderr)
         return 0
     sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
@@ -51,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown sections {unknown}; choose among {SECTIONS}", file=sys.stderr)
         return 2
-    cfg = harness.default_config(args.framework, args.device, quick=args.quick, out=args.out)
+    cfg = default_config(args.framework, args.device, quick=args.quick, out=args.out)
     if args.repeats is not None:
         cfg.repeats = args.repeats
     if args.threads is not None:
@@ -67,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.precision = [n for n in cfg.precision if n in keep]
     if args.device == "cuda":
         _check_cuda(args.framework)
-    harness.run(cfg, sections)
+    run(cfg, sections)
     return 0
 
 

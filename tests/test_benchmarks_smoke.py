@@ -53,8 +53,9 @@ class TinyPerturbation(AttributionMethod):
 
 
 def tiny_config(harness: Any, framework: str, out: Path) -> Any:
-    h = harness
-    cfg = h.Config(
+    from benchmarks.config import Case, Config, MemoryCase, PeerCase
+
+    cfg = Config(
         framework=framework,
         out=str(out),
         size=16,
@@ -69,14 +70,14 @@ def tiny_config(harness: Any, framework: str, out: Path) -> Any:
         model="cnn",  # the tiny test CNN: the harness is under test here, not the ResNet
     )
     cfg.overhead = [
-        h.Case("bench_tiny", cls=TinyPerturbation),
-        h.Case("no_such_method", params={"nb_samples": 4}),
-        h.Case("deletion", "metric", {"steps": 4}),
+        Case("bench_tiny", cls=TinyPerturbation),
+        Case("no_such_method", params={"nb_samples": 4}),
+        Case("deletion", "metric", {"steps": 4}),
     ]
-    cfg.gradients = [h.Case("saliency")]
-    cfg.peers = [h.PeerCase("saliency", {}, "saliency")] if framework == "torch" else []
+    cfg.gradients = [Case("saliency")]
+    cfg.peers = [PeerCase("saliency", {}, "saliency")] if framework == "torch" else []
     cfg.peer_images = 2
-    cfg.memory = [h.MemoryCase("saliency", "batch_size", (4, 8))]
+    cfg.memory = [MemoryCase("saliency", "batch_size", (4, 8))]
     cfg.precision = ["bench_tiny"] if framework == "torch" else []
     return cfg
 
@@ -100,12 +101,14 @@ def check_markdown_tables(text: str) -> int:
 
 
 def test_harness_writes_wellformed_results(harness: Any, framework: str, tmp_path: Path) -> None:
+    from benchmarks.report import _json_default
+
     cfg = tiny_config(harness, framework, tmp_path)
     results = harness.run(cfg)
 
     json_path = tmp_path / f"bench-{framework}-cpu.json"
     md_path = tmp_path / f"bench-{framework}-cpu.md"
-    assert json.loads(json_path.read_text()) == json.loads(json.dumps(results, default=harness._json_default))
+    assert json.loads(json_path.read_text()) == json.loads(json.dumps(results, default=_json_default))
     data = json.loads(json_path.read_text())
     assert data["environment"]["framework"] == framework
     steal = data["environment"]["cpu_steal_share"]
@@ -180,14 +183,19 @@ def test_benchmark_models_are_twins(harness: Any, both: None) -> None:
 
 
 def test_ratios_are_shown_with_their_quartiles(harness: Any) -> None:
-    assert harness._ratio({"ratio": 1.0123, "ratio_quartiles": [0.98, 1.041]}, 2) == "1.01 (0.98–1.04)"
-    assert harness._ratio({"ratio": 1.0123}, 3) == "1.012"  # results recorded before the quartiles
+    from benchmarks.report import _ratio
+
+    assert _ratio({"ratio": 1.0123, "ratio_quartiles": [0.98, 1.041]}, 2) == "1.01 (0.98–1.04)"
+    assert _ratio({"ratio": 1.0123}, 3) == "1.012"  # results recorded before the quartiles
 
 
 def test_stolen_cpu_time_is_the_steal_counters_share(harness: Any) -> None:
+    from benchmarks.machine import steal_share
+    from benchmarks.report import _steal
+
     start = [100, 0, 50, 800, 0, 0, 0, 50]  # user nice system idle iowait irq softirq steal
     end = [200, 0, 100, 900, 0, 0, 0, 100]  # 300 ticks later, 50 of them stolen
-    assert harness._steal_share(start, end) == pytest.approx(50 / 300)
-    assert harness._steal_share(None, end) is None and harness._steal_share(start, start) is None
-    assert "stolen by the hypervisor 17 %" in harness._steal({"cpu_steal_share": 50 / 300})
-    assert harness._steal({}) == ""
+    assert steal_share(start, end) == pytest.approx(50 / 300)
+    assert steal_share(None, end) is None and steal_share(start, start) is None
+    assert "stolen by the hypervisor 17 %" in _steal({"cpu_steal_share": 50 / 300})
+    assert _steal({}) == ""

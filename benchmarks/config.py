@@ -1,0 +1,167 @@
+"""Benchmark settings: the cases measured, the run's configuration and the published targets.
+
+:func:`default_config` holds the settings of ``python -m benchmarks`` (with ``--quick`` a
+smaller workload under the same protocol); the command line and the tests adjust its fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# What the published numbers are held to (shown in the Markdown tables).
+TARGET_OVERHEAD = 1.15
+TARGET_PEER = 1.0
+TARGET_MEMORY = 1.2
+
+#: glibc returns blocks of at least this size to the system as soon as they are freed, so the
+#: RSS follows the live tensors; its default threshold adapts upwards after the first large
+#: free, after which freed chunk buffers are kept in the heap (bounded, but it blurs growth).
+#: The memory children run with it as ``MALLOC_MMAP_THRESHOLD_`` (:mod:`benchmarks.memory`).
+MMAP_THRESHOLD = 1 << 20
+
+
+@dataclass
+class Case:
+    """One method or metric of the overhead table.
+
+    ``params`` keys may list alternative spellings, ``"nb_samples|nb_masks"``: the first one
+    the class accepts is used (plugins are written concurrently with this harness).
+    """
+
+    name: str
+    kind: str = "method"  # "method" | "metric"
+    params: dict[str, Any] = field(default_factory=dict)
+    cls: type | None = None  # an explicit class instead of the registry entry (tests)
+
+
+@dataclass
+class PeerCase:
+    """One of our methods against a Captum attribution with identical settings."""
+
+    name: str
+    params: dict[str, Any]
+    captum: str  # "saliency" | "integrated_gradients" | "occlusion" | "smoothgrad"
+
+
+@dataclass
+class MemoryCase:
+    """Peak memory of ``name`` as ``param`` goes from ``values[0]`` to ``values[1]``."""
+
+    name: str
+    param: str
+    values: tuple[int, int]
+    params: dict[str, Any] = field(default_factory=dict)
+    n_images: int = 1
+
+
+@dataclass
+class Config:
+    """Everything a run depends on; :func:`default_config` fills in the benchmark's cases."""
+
+    framework: str
+    device: str = "cpu"
+    quick: bool = False
+    out: str = "bench-out"
+    size: int = 112
+    width: int = 32
+    classes: int = 10
+    n_images: int = 4
+    batch_size: int = 64
+    warmup: int = 1
+    repeats: int = 3
+    #: Calls that take less than this get more repeats (up to ``max_repeats``): cheap calls are noisy.
+    short_call_s: float = 0.25
+    max_repeats: int = 21
+    #: Intra-op threads; ``None`` leaves the framework's setting alone (inside a test run).
+    threads: int | None = 2
+    seed: int = 0
+    #: ``"resnet"`` (the benchmark model, :mod:`benchmarks.models`) or ``"cnn"`` (the tiny test
+    #: CNN of :mod:`xai_toolbox.testing`, for smoke tests).
+    model: str = "resnet"
+    overhead: list[Case] = field(default_factory=list)
+    gradients: list[Case] = field(default_factory=list)
+    peers: list[PeerCase] = field(default_factory=list)
+    peer_images: int = 8
+    memory: list[MemoryCase] = field(default_factory=list)
+    #: Forward-only methods/metrics (names from ``overhead``) timed with and without
+    #: ``xt.autocast()`` (PyTorch only).
+    precision: list[str] = field(default_factory=list)
+    #: Run each memory setting in a fresh subprocess (the only meaningful way for RSS).
+    isolate_memory: bool = True
+
+    def public(self) -> dict[str, Any]:
+        """The settings as plain data for the results file (explicit classes left out)."""
+        d = dataclasses.asdict(self)
+        for key in ("overhead", "gradients", "peers", "memory"):
+            for item in d[key]:
+                item.pop("cls", None)
+        return d
+
+
+def default_config(framework: str, device: str = "cpu", *, quick: bool = False, out: str = "bench-out") -> Config:
+    """The settings of ``python -m benchmarks`` (``quick``: a smaller workload, same protocol)."""
+    if quick:
+        n, rise, sobol_design, hsic, steps, mu = 2, 128, 2, 128, 64, 128
+        ig_steps, sg_samples = 32, 32
+        memory = [
+            MemoryCase("rise", "nb_samples", (128, 1024), {"grid_size": 7, "seed": 0}),
+            MemoryCase("sobol", "nb_design", (2, 16), {"grid_size": 8, "seed": 0}),
+        ]
+        peer_images = 4
+    else:
+        n, rise, sobol_design, hsic, steps, mu = 4, 512, 8, 512, 128, 256
+        ig_steps, sg_samples = 64, 64
+        memory = [
+            MemoryCase("rise", "nb_samples", (256, 2048), {"grid_size": 7, "seed": 0}),
+            MemoryCase("sobol", "nb_design", (4, 32), {"grid_size": 8, "seed": 0}),
+        ]
+        peer_images = 8
+    overhead = [
+        Case("rise", params={"nb_samples|nb_masks": rise, "grid_size": 7, "seed": 0}),
+        Case("sobol", params={"grid_size": 8, "nb_design": sobol_design, "seed": 0}),
+        Case("hsic", params={"grid_size": 8, "nb_design|nb_samples": hsic, "seed": 0}),
+        Case(
+            "occlusion",
+            params={"patch_size|window|window_size|sliding_window": 16, "stride|patch_stride|strides": 8},
+        ),
+        Case("deletion", "metric", {"steps": steps}),
+        Case("insertion", "metric", {"steps": steps}),
+        Case("mufidelity", "metric", {"nb_samples": mu, "grid_size": 9, "subset_percent": 0.2, "seed": 0}),
+    ]
+    gradients = [
+        Case("saliency"),
+        Case("integrated_gradients", params={"steps": ig_steps, "rule": "gausslegendre"}),
+        Case("smoothgrad", params={"nb_samples": sg_samples, "noise": 0.15, "seed": 0}),
+    ]
+    peers: list[PeerCase] = []
+    if framework == "torch":
+        peers = [
+            PeerCase("saliency", {}, "saliency"),
+            PeerCase("integrated_gradients", {"steps": 32, "rule": "gausslegendre"}, "integrated_gradients"),
+            PeerCase(
+                "occlusion",
+                {"patch_size|window|window_size|sliding_window": 16, "stride|patch_stride|strides": 8},
+                "occlusion",
+            ),
+            PeerCase("smoothgrad", {"nb_samples": 16, "noise": 0.15, "seed": 0}, "smoothgrad"),
+            # Noise drawn on the device, as Captum does (not the same noise in both frameworks).
+            PeerCase(
+                "smoothgrad", {"nb_samples": 16, "noise": 0.15, "seed": 0, "noise_source": "device"}, "smoothgrad"
+            ),
+        ]
+    return Config(
+        framework=framework,
+        device=device,
+        quick=quick,
+        out=out,
+        n_images=n,
+        repeats=3 if quick else 5,
+        overhead=overhead,
+        gradients=gradients,
+        peers=peers,
+        peer_images=peer_images,
+        memory=memory,
+        precision=["rise", "occlusion", "deletion"] if framework == "torch" else [],
+    )
