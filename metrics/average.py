@@ -20,12 +20,9 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 
-from xai_toolbox._targets import Targets
-from xai_toolbox.base import Metric, MetricResult
-from xai_toolbox.ops import expand_to_inputs
-from xai_toolbox.registry import hookimpl
-
-from ._common import activate, check_activation, clean_scores
+import xai_toolbox as xt
+from xai_toolbox import extend as xe
+from xai_toolbox.extend import Targets, activate, expand_to_inputs
 
 #: Keeps the ratios finite where ``p`` is 0 or 1 (as Xplique's 1e-8).
 EPS = 1e-8
@@ -48,7 +45,7 @@ def saliency_mask(maps: ep.Tensor, absolute: bool = False) -> ep.Tensor:
     return ep.where(constant, fallback, scaled).reshape(maps.shape)
 
 
-class _AverageMetric(Metric):
+class _AverageMetric(xt.Metric):
     """Scores each input once masked by its normalised explanation."""
 
     def __init__(
@@ -58,21 +55,18 @@ class _AverageMetric(Metric):
         activation: str | None = "softmax",
         absolute: bool = False,
         percent: bool = False,
-        batch_size: int = 64,
-        score_fn: Any = None,
-        progress: bool | None = None,
-        framework: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(model, batch_size=batch_size, score_fn=score_fn, progress=progress, framework=framework)
-        self.activation = check_activation(activation)
-        self.absolute = bool(absolute)
-        self.percent = bool(percent)
+        super().__init__(model, **kwargs)
+        self.activation = xe.activation("activation", activation)
+        self.absolute = xe.flag("absolute", absolute)
+        self.percent = xe.flag("percent", percent)
 
     def probabilities(
         self, x: ep.Tensor, targets: Targets, maps: ep.Tensor
     ) -> tuple[np.ndarray, np.ndarray]:
         """``p`` (clean) and ``o`` (masked) target probabilities, ``(N,)`` each."""
-        p = clean_scores(self, x, targets, self.activation)
+        p = xe.batched_scores(self.adapter, targets, x, self.batch_size, self.activation)
         masks = saliency_mask(maps, self.absolute)
         parts = []
         for start in range(0, x.shape[0], self.batch_size):
@@ -83,13 +77,13 @@ class _AverageMetric(Metric):
         o = parts[0] if len(parts) == 1 else ep.concatenate(parts, axis=0)
         return p.numpy().astype(np.float64), o.numpy().astype(np.float64)
 
-    def _score(
+    def score_batch(
         self, x: ep.Tensor, targets: Targets, maps: ep.Tensor | None, masks: ep.Tensor | None
-    ) -> MetricResult:
+    ) -> xt.MetricResult:
         assert maps is not None
         p, o = self.probabilities(x, targets, maps)
         scores = self.per_input(p, o) * (100.0 if self.percent else 1.0)
-        return self._result(scores, clean=p, masked=o)
+        return self.make_result(scores, clean=p, masked=o)
 
     @staticmethod
     def per_input(p: np.ndarray, o: np.ndarray) -> np.ndarray:
@@ -170,7 +164,7 @@ class AverageGain(_AverageMetric):
         return np.maximum(0.0, o - p) / (1.0 - p + EPS)
 
 
-@hookimpl
+@xt.hookimpl
 def register_metrics(register: Callable[[str, type], None]) -> None:
     register(AverageDrop.name, AverageDrop)
     register(AverageIncrease.name, AverageIncrease)

@@ -19,14 +19,9 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 
-from xai_toolbox import _validation as v
-from xai_toolbox._streaming import Chunk, broadcast_rows
-from xai_toolbox._targets import Targets
-from xai_toolbox.base import Metric, MetricResult
-from xai_toolbox.ops import expand_to_inputs, gaussian_blur
-from xai_toolbox.registry import hookimpl
-
-from ._common import check_activation, check_number, index_column, streamed_scores
+import xai_toolbox as xt
+from xai_toolbox import extend as xe
+from xai_toolbox.extend import Chunk, Targets, expand_to_inputs, gaussian_blur
 
 
 def descending_ranks(maps: np.ndarray) -> np.ndarray:
@@ -48,7 +43,7 @@ def trapezoid_auc(curves: np.ndarray) -> np.ndarray:
     return 0.5 * (curves[:, :-1] + curves[:, 1:]).mean(axis=1)
 
 
-class _CausalMetric(Metric):
+class _CausalMetric(xt.Metric):
     """Shared machinery of :class:`Deletion` and :class:`Insertion`."""
 
     #: True: the path goes from the input to the substrate (deletion).
@@ -63,24 +58,21 @@ class _CausalMetric(Metric):
         max_percentage_perturbed: float = 1.0,
         baseline: float | str = 0.0,
         activation: str | None = None,
-        batch_size: int = 64,
-        score_fn: Any = None,
-        progress: bool | None = None,
-        framework: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(model, batch_size=batch_size, score_fn=score_fn, progress=progress, framework=framework)
-        self.steps = v.positive_int("steps", steps)
-        self.step_pixels = None if step_pixels is None else v.positive_int("step_pixels", step_pixels)
-        self.max_percentage_perturbed = v.in_range(
+        super().__init__(model, **kwargs)
+        self.steps = xe.positive_int("steps", steps)
+        self.step_pixels = None if step_pixels is None else xe.positive_int("step_pixels", step_pixels)
+        self.max_percentage_perturbed = xe.in_range(
             "max_percentage_perturbed", max_percentage_perturbed, 0.0, 1.0, inclusive=True
         )
         if self.max_percentage_perturbed == 0.0:
-            raise v.ParameterError("max_percentage_perturbed must lie in (0, 1], got 0")
+            raise xt.ParameterError("max_percentage_perturbed must lie in (0, 1], got 0")
         if isinstance(baseline, str):
-            self.baseline: float | str = v.one_of("baseline", baseline, ("blur",))
+            self.baseline: float | str = xe.one_of("baseline", baseline, ("blur",))
         else:
-            self.baseline = check_number("baseline", baseline)
-        self.activation = check_activation(activation)
+            self.baseline = xe.number("baseline", baseline)
+        self.activation = xe.activation("activation", activation)
 
     def perturbed_counts(self, n_positions: int) -> np.ndarray:
         """Number of positions replaced at each point of the curve (starts at 0)."""
@@ -95,27 +87,28 @@ class _CausalMetric(Metric):
         if not isinstance(self.baseline, str):
             return self.baseline
         if x.ndim != 4:
-            raise v.ParameterError(
+            raise xt.ParameterError(
                 f"baseline='blur' needs images (rank 4); got inputs of shape {tuple(x.shape)}; "
                 "use a number"
             )
         # RISE's insertion substrate: Gaussian kernel 11, sigma 5, zero padding.
         return gaussian_blur(x, self.adapter.channel_axis, 11, 5.0)
 
-    def _score(
+    def score_batch(
         self, x: ep.Tensor, targets: Targets, maps: ep.Tensor | None, masks: ep.Tensor | None
-    ) -> MetricResult:
+    ) -> xt.MetricResult:
         assert maps is not None
         n = x.shape[0]
         ranks_np = descending_ranks(maps.numpy())
         counts = self.perturbed_counts(int(np.prod(ranks_np.shape[1:])))
-        ranks = ep.from_numpy(x, ranks_np.astype(np.float32))  # exact below 2**24 positions
+        ranks = self.adapter.from_numpy(x, ranks_np.astype(np.float32))  # exact below 2**24 positions
         substrate = self._substrate(x)
         build = self._builder(x, ranks, counts, substrate)
-        curves, _ = streamed_scores(
-            self, targets, n, len(counts), build, self.activation, desc=self._plugin_name()
+        curves, _ = xe.stream_scores(
+            self.adapter, targets, n, len(counts), build, batch_size=self.batch_size,
+            activation=self.activation, progress_bar=self.progress, desc=self.name,
         )
-        return self._result(
+        return self.make_result(
             trapezoid_auc(curves),
             curves=curves,
             perturbed=counts,
@@ -125,13 +118,14 @@ class _CausalMetric(Metric):
     def _builder(
         self, x: ep.Tensor, ranks: ep.Tensor, counts: np.ndarray, substrate: ep.Tensor | float
     ) -> Callable[[Chunk], ep.Tensor]:
-        channel_axis = self.adapter.channel_axis
+        adapter = self.adapter
+        channel_axis = adapter.channel_axis
 
         def build(chunk: Chunk) -> ep.Tensor:
             items = chunk.items
-            rows = broadcast_rows(x, items)
-            k = index_column(x, counts[chunk.samples], ranks.ndim)
-            r = broadcast_rows(ranks, items)
+            rows = adapter.broadcast_rows(x, items)
+            k = xe.index_column(adapter, x, counts[chunk.samples], ranks.ndim)
+            r = adapter.broadcast_rows(ranks, items)
             # Deletion keeps the positions ranked at or after k; insertion (what is not yet
             # inserted is substrate) those before k.
             keep = ((r >= k) if self._deleting else (r < k)).astype(rows.dtype)
@@ -143,7 +137,7 @@ class _CausalMetric(Metric):
                 if substrate == 0.0:
                     return rows * keep
                 return rows * keep + (1.0 - keep) * substrate
-            return rows * keep + broadcast_rows(substrate, items) * (1.0 - keep)
+            return rows * keep + adapter.broadcast_rows(substrate, items) * (1.0 - keep)
 
         return build
 
@@ -192,7 +186,7 @@ class Insertion(_CausalMetric):
     _deleting = False
 
 
-@hookimpl
+@xt.hookimpl
 def register_metrics(register: Callable[[str, type], None]) -> None:
     register(Deletion.name, Deletion)
     register(Insertion.name, Insertion)

@@ -21,14 +21,17 @@ import eagerpy as ep
 import numpy as np
 from scipy.stats import rankdata
 
-from xai_toolbox import _validation as v
-from xai_toolbox._streaming import Chunk, broadcast_rows, take_rows
-from xai_toolbox._targets import Targets
-from xai_toolbox.base import Metric, MetricResult
-from xai_toolbox.ops import expand_to_inputs, interpolation_matrix, matmul, on_device, resize
-from xai_toolbox.registry import hookimpl
-
-from ._common import check_activation, check_number, clean_scores, positions_shape, streamed_scores
+import xai_toolbox as xt
+from xai_toolbox import extend as xe
+from xai_toolbox.extend import (
+    Chunk,
+    Targets,
+    expand_to_inputs,
+    interpolation_matrix,
+    matmul,
+    on_device,
+    resize,
+)
 
 
 def rowwise_correlation(a: np.ndarray, b: np.ndarray, kind: str = "pearson") -> np.ndarray:
@@ -50,7 +53,7 @@ def rowwise_correlation(a: np.ndarray, b: np.ndarray, kind: str = "pearson") -> 
     return np.where(np.isfinite(corr), np.clip(corr, -1.0, 1.0), 0.0)
 
 
-class MuFidelity(Metric):
+class MuFidelity(xt.Metric):
     """MuFidelity (Bhatt et al., 2020): correlation between the attribution of random subsets
     and the score drop when they are removed — higher is better, in ``[-1, 1]``.
 
@@ -87,22 +90,17 @@ class MuFidelity(Metric):
         correlation: str = "pearson",
         activation: str | None = None,
         seed: int | None = 0,
-        batch_size: int = 64,
-        score_fn: Any = None,
-        progress: bool | None = None,
-        framework: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(model, batch_size=batch_size, score_fn=score_fn, progress=progress, framework=framework)
-        self.grid_size = None if grid_size is None else v.positive_int("grid_size", grid_size)
-        self.subset_percent = v.in_range("subset_percent", subset_percent, 0.0, 1.0)
-        self.nb_samples = v.positive_int("nb_samples", nb_samples)
+        super().__init__(model, **kwargs)
+        self.grid_size = None if grid_size is None else xe.positive_int("grid_size", grid_size)
+        self.subset_percent = xe.in_range("subset_percent", subset_percent, 0.0, 1.0)
+        self.nb_samples = xe.positive_int("nb_samples", nb_samples)
         if self.nb_samples < 2:
-            raise v.ParameterError("nb_samples must be at least 2 to compute a correlation")
-        self.baseline = check_number("baseline", baseline)
-        self.correlation = v.one_of("correlation", correlation, ("pearson", "spearman"))
-        self.activation = check_activation(activation)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer)):
-            raise v.ParameterError(f"seed must be an int or None, got {seed!r}")
+            raise xt.ParameterError("nb_samples must be at least 2 to compute a correlation")
+        self.baseline = xe.number("baseline", baseline)
+        self.correlation = xe.one_of("correlation", correlation, ("pearson", "spearman"))
+        self.activation = xe.activation("activation", activation)
         self.seed = seed
 
     def draw_keep(self, positions: tuple[int, ...], tabular: bool) -> np.ndarray:
@@ -114,16 +112,18 @@ class MuFidelity(Metric):
         u = np.random.default_rng(self.seed).random((self.nb_samples, *grid))
         return (u > self.subset_percent).astype(np.float32)
 
-    def _score(
+    def score_batch(
         self, x: ep.Tensor, targets: Targets, maps: ep.Tensor | None, masks: ep.Tensor | None
-    ) -> MetricResult:
+    ) -> xt.MetricResult:
         assert maps is not None
-        channel_axis = self.adapter.channel_axis
-        positions = positions_shape(x, channel_axis)
+        adapter = self.adapter
+        channel_axis = adapter.channel_axis
+        positions = self.explanation_shape(x)[1:]
         keep_grid = self.draw_keep(positions, tabular=x.ndim == 2)
-        cells = ep.from_numpy(x, keep_grid)
+        cells = adapter.from_numpy(x, keep_grid)
         upsample = _upsampler(cells, positions)
-        base = clean_scores(self, x, targets, self.activation).numpy().astype(np.float64)
+        clean = xe.batched_scores(adapter, targets, x, self.batch_size, self.activation)
+        base = clean.numpy().astype(np.float64)
 
         last: dict[int, ep.Tensor] = {}
 
@@ -131,11 +131,11 @@ class MuFidelity(Metric):
             # build() and attribution() ask for the same chunk in turn: upsample it once.
             if chunk.start not in last:
                 last.clear()
-                last[chunk.start] = upsample(take_rows(cells, chunk.samples))
+                last[chunk.start] = upsample(adapter.take_rows(cells, chunk.samples))
             return last[chunk.start]
 
         def build(chunk: Chunk) -> ep.Tensor:
-            rows = broadcast_rows(x, chunk.items)
+            rows = adapter.broadcast_rows(x, chunk.items)
             keep = expand_to_inputs(keep_of(chunk), rows.ndim, channel_axis)
             if self.baseline == 0.0:  # one full-size operation instead of three
                 return rows * keep
@@ -143,16 +143,16 @@ class MuFidelity(Metric):
 
         def attribution(chunk: Chunk) -> ep.Tensor:
             removed = 1.0 - keep_of(chunk)
-            weighted = broadcast_rows(maps, chunk.items) * removed
+            weighted = adapter.broadcast_rows(maps, chunk.items) * removed
             return weighted.reshape((weighted.shape[0], -1)).sum(axis=1)
 
-        scores, attrs = streamed_scores(
-            self, targets, x.shape[0], self.nb_samples, build, self.activation,
-            desc=self.name, extra=attribution,
+        scores, attrs = xe.stream_scores(
+            adapter, targets, x.shape[0], self.nb_samples, build, batch_size=self.batch_size,
+            activation=self.activation, progress_bar=self.progress, desc=self.name, extra=attribution,
         )
         assert attrs is not None
         drops = base[:, None] - scores
-        return self._result(
+        return self.make_result(
             rowwise_correlation(attrs, drops, self.correlation), attributions=attrs, drops=drops
         )
 
@@ -169,6 +169,6 @@ def _upsampler(cells: ep.Tensor, positions: tuple[int, ...]) -> Callable[[ep.Ten
     return lambda c: matmul(c, m)
 
 
-@hookimpl
+@xt.hookimpl
 def register_metrics(register: Callable[[str, type], None]) -> None:
     register(MuFidelity.name, MuFidelity)

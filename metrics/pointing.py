@@ -13,12 +13,9 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 
-from xai_toolbox._targets import Targets
-from xai_toolbox.base import Metric, MetricResult
-from xai_toolbox.errors import ParameterError
-from xai_toolbox.registry import hookimpl
-
-from ._common import check_number
+import xai_toolbox as xt
+from xai_toolbox import extend as xe
+from xai_toolbox.extend import Targets
 
 
 def first_argmax(maps: np.ndarray) -> np.ndarray:
@@ -47,7 +44,7 @@ def pointing_hits(maps: np.ndarray, masks: np.ndarray, tolerance: float) -> tupl
     return hits, points
 
 
-class _MaskMetric(Metric):
+class _MaskMetric(xt.Metric):
     needs_masks = True
     needs_explanations = True
 
@@ -78,20 +75,17 @@ class PointingGame(_MaskMetric):
         model: Any,
         *,
         tolerance: float = 15,
-        batch_size: int = 64,
-        score_fn: Any = None,
-        progress: bool | None = None,
-        framework: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(model, batch_size=batch_size, score_fn=score_fn, progress=progress, framework=framework)
-        tolerance = check_number("tolerance", tolerance)
+        super().__init__(model, **kwargs)
+        tolerance = xe.number("tolerance", tolerance)
         if tolerance < 0:
-            raise ParameterError(f"tolerance must be >= 0, got {tolerance!r}")
+            raise xt.ParameterError(f"tolerance must be >= 0, got {tolerance!r}")
         self.tolerance = tolerance
 
-    def _score(
+    def score_batch(
         self, x: ep.Tensor, targets: Targets, maps: ep.Tensor | None, masks: ep.Tensor | None
-    ) -> MetricResult:
+    ) -> xt.MetricResult:
         assert maps is not None and masks is not None
         hits, points = pointing_hits(maps.numpy(), masks.numpy(), self.tolerance)
         details: dict[str, Any] = {"points": points}
@@ -101,7 +95,7 @@ class PointingGame(_MaskMetric):
                 for c in np.unique(targets.labels)
                 if np.isfinite(hits[targets.labels == c]).any()
             }
-        return self._result(hits, **details)
+        return self.make_result(hits, **details)
 
 
 class EnergyPointingGame(_MaskMetric):
@@ -118,18 +112,18 @@ class EnergyPointingGame(_MaskMetric):
     name = "energy_pointing_game"
     higher_is_better = True
 
-    def _score(
+    def score_batch(
         self, x: ep.Tensor, targets: Targets, maps: ep.Tensor | None, masks: ep.Tensor | None
-    ) -> MetricResult:
+    ) -> xt.MetricResult:
         assert maps is not None and masks is not None
         positive = maps.maximum(0.0).reshape((maps.shape[0], -1))
         inside = (positive * (masks.reshape((masks.shape[0], -1)) > 0.5).astype(positive.dtype)).sum(axis=1)
         total = positive.sum(axis=1)
         share = ep.where(total > 0, inside / ep.where(total > 0, total, ep.ones_like(total)), ep.zeros_like(total))
-        return self._result(share)
+        return self.make_result(share)
 
 
-@hookimpl
+@xt.hookimpl
 def register_metrics(register: Callable[[str, type], None]) -> None:
     register(PointingGame.name, PointingGame)
     register(EnergyPointingGame.name, EnergyPointingGame)

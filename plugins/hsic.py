@@ -24,22 +24,9 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 
-from xai_toolbox import _validation as v
-from xai_toolbox._streaming import PairScores, broadcast_rows, chunks, progress, upload
-from xai_toolbox._targets import Targets
-from xai_toolbox.ops import matmul, resize
-from xai_toolbox.registry import hookimpl
-
-from ._masks import (
-    PerturbationMethod,
-    check_grid,
-    image_size,
-    perturb,
-    perturbation_params,
-    reference_images,
-    seed_value,
-    upsample_nearest,
-)
+import xai_toolbox as xt
+from xai_toolbox import extend as xe
+from xai_toolbox.extend import PerturbationMethod, Targets, matmul, resize
 
 SAMPLERS = ("lhs", "sobol", "random")
 BANDWIDTHS = ("median_heuristic", "median_output")
@@ -64,9 +51,9 @@ def hsic_design(nb_design: int, dim: int, sampler: str = "lhs", seed: int | None
     """
     from scipy.stats import qmc
 
-    v.positive_int("nb_design", nb_design)
-    v.positive_int("dim", dim)
-    v.one_of("sampler", sampler, SAMPLERS)
+    xe.positive_int("nb_design", nb_design)
+    xe.positive_int("dim", dim)
+    xe.one_of("sampler", sampler, SAMPLERS)
     if sampler == "sobol":
         engine = qmc.Sobol(d=dim, scramble=False)
         with warnings.catch_warnings():  # balance warnings: nb_design need not be a power of 2
@@ -215,49 +202,47 @@ class HsicAttribution(PerturbationMethod):
         blur_size: int = 10,
         amplitude_sigma: float = 1.0,
         seed: int | None = 0,
-        batch_size: int = 64,
-        score_fn: Any = None,
-        progress: bool | None = None,
-        framework: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(model, batch_size=batch_size, score_fn=score_fn, progress=progress, framework=framework)
-        self.grid_size = v.positive_int("grid_size", grid_size)
-        self.nb_design = v.positive_int("nb_design", nb_design)
+        super().__init__(model, **kwargs)
+        self.grid_size = xe.positive_int("grid_size", grid_size)
+        self.nb_design = xe.positive_int("nb_design", nb_design)
         if self.nb_design < 4:
-            raise v.ParameterError(f"nb_design must be at least 4 for an HSIC estimate, got {nb_design}")
-        self.sampler = v.one_of("sampler", sampler, SAMPLERS)
+            raise xt.ParameterError(f"nb_design must be at least 4 for an HSIC estimate, got {nb_design}")
+        self.sampler = xe.one_of("sampler", sampler, SAMPLERS)
         if isinstance(bandwidth, str):
-            self.bandwidth: str | float = v.one_of("bandwidth", bandwidth, BANDWIDTHS)
+            self.bandwidth: str | float = xe.one_of("bandwidth", bandwidth, BANDWIDTHS)
         else:
-            self.bandwidth = v.in_range("bandwidth", bandwidth, 0.0, float("inf"))
-        self.perturbation, self.blur_size, self.amplitude_sigma, self.baseline = perturbation_params(
+            self.bandwidth = xe.in_range("bandwidth", bandwidth, 0.0, float("inf"))
+        self.perturbation, self.blur_size, self.amplitude_sigma, self.baseline = xe.perturbation_params(
             perturbation, blur_size, amplitude_sigma, baseline
         )
-        self.seed = seed_value(seed)
+        self.seed = seed
 
-    def _check_call(self, x: ep.Tensor) -> None:
-        check_grid(self.grid_size, image_size(x, self.adapter.channel_axis, self.name), self.name)
+    def check_call(self, x: ep.Tensor) -> None:
+        xe.check_grid(self.grid_size, xe.image_size(x, self.adapter.channel_axis, self.name), self.name)
 
-    def _explain(self, x: ep.Tensor, targets: Targets) -> ep.Tensor:
+    def explain_batch(self, x: ep.Tensor, targets: Targets) -> ep.Tensor:
         adapter = self.adapter
-        size = image_size(x, adapter.channel_axis, self.name)
+        size = xe.image_size(x, adapter.channel_axis, self.name)
         g, n = self.grid_size, self.nb_design
         seed = self.seed if self.seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
         design = hsic_design(n, g * g, self.sampler, seed)                      # (n, d) low-res
-        reference = reference_images(x, adapter.channel_axis, self.perturbation, self.baseline, self.blur_size)
-        scores = PairScores(x.shape[0], n)
-        todo = chunks(x.shape[0], n, self.batch_size)
-        for chunk in progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
+        reference = xe.reference_images(x, adapter.channel_axis, self.perturbation, self.baseline, self.blur_size)
+        scores = xe.PairScores(x.shape[0], n, adapter)
+        todo = xe.chunks(x.shape[0], n, self.batch_size)
+        for chunk in xe.progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
             items = chunk.items
             low = design[chunk.samples].reshape((-1, g, g))
-            masks = upsample_nearest(upload(x, low), size)  # no GPU sync per chunk
-            ref = broadcast_rows(reference, items) if isinstance(reference, ep.Tensor) else reference
-            perturbed = perturb(
-                broadcast_rows(x, items), masks, adapter.channel_axis, self.perturbation, ref, self.amplitude_sigma
+            masks = xe.upsample_nearest(adapter.from_numpy(x, low), size)  # no GPU sync per chunk
+            ref = adapter.broadcast_rows(reference, items) if isinstance(reference, ep.Tensor) else reference
+            perturbed = xe.perturb(
+                adapter.broadcast_rows(x, items), masks, adapter.channel_axis, self.perturbation, ref,
+                self.amplitude_sigma,
             )
             scores.put(chunk, targets.take(items).score(adapter.forward(perturbed)))
         y = scores.result()
-        z = ep.from_numpy(x, (design - design.mean(axis=0, keepdims=True, dtype=np.float64)).astype(np.float32))
+        z = adapter.from_numpy(x, (design - design.mean(axis=0, keepdims=True, dtype=np.float64)).astype(np.float32))
         y_host = y.numpy()  # one small transfer per call: n scores per image, for the bandwidth
         maps = [hsic_scores(z, y[i], output_bandwidth(y_host[i], self.bandwidth)) for i in range(x.shape[0])]
         return resize(ep.stack(maps, axis=0).reshape((x.shape[0], g, g)), size, "bicubic")
@@ -266,6 +251,6 @@ class HsicAttribution(PerturbationMethod):
 Register = Callable[[str, type], None]
 
 
-@hookimpl
+@xt.hookimpl
 def register_methods(register: Register) -> None:
     register(HsicAttribution.name, HsicAttribution)

@@ -20,31 +20,18 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 
-from xai_toolbox import _validation as v
-from xai_toolbox._streaming import (
-    ItemSums,
-    batched_forward,
-    broadcast_rows,
-    chunks,
-    progress,
-    take_rows,
-    upload,
-)
-from xai_toolbox._targets import Targets
-from xai_toolbox.errors import ParameterError
-from xai_toolbox.ops import on_device
-from xai_toolbox.registry import hookimpl
-
-from ._masks import PerturbationMethod, number, perturb
+import xai_toolbox as xt
+from xai_toolbox import extend as xe
+from xai_toolbox.extend import ModelAdapter, PerturbationMethod, Targets, on_device
 
 
 def _sizes(name: str, value: Any) -> tuple[int, ...]:
     """An int or a tuple of positive ints."""
     if isinstance(value, int | np.integer) and not isinstance(value, bool):
-        return (v.positive_int(name, value),)
+        return (xe.positive_int(name, value),)
     if isinstance(value, tuple | list) and 1 <= len(value) <= 2:
-        return tuple(v.positive_int(name, item) for item in value)
-    raise ParameterError(f"{name} must be a positive int or a tuple of one or two positive ints, got {value!r}")
+        return tuple(xe.positive_int(name, item) for item in value)
+    raise xt.ParameterError(f"{name} must be a positive int or a tuple of one or two positive ints, got {value!r}")
 
 
 def window_table(n: int, patch: int, stride: int) -> np.ndarray:
@@ -82,21 +69,18 @@ class Occlusion(PerturbationMethod):
         patch_size: int | tuple[int, ...] = 3,
         stride: int | tuple[int, ...] = 3,
         baseline: float = 0.0,
-        batch_size: int = 64,
-        score_fn: Any = None,
-        progress: bool | None = None,
-        framework: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(model, batch_size=batch_size, score_fn=score_fn, progress=progress, framework=framework)
+        super().__init__(model, **kwargs)
         _sizes("patch_size", patch_size)
         _sizes("stride", stride)
         self.patch_size = patch_size
         self.stride = stride
-        self.baseline = number("baseline", baseline)
+        self.baseline = xe.number("baseline", baseline)
 
     def _geometry(self, x: ep.Tensor) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """``(positions, patch, stride)`` per axis for the inputs ``x``, validated."""
-        positions = v.explanation_shape(tuple(x.shape), self.adapter.channel_axis)[1:]
+        positions = xe.explanation_shape(tuple(x.shape), self.adapter.channel_axis)[1:]
         k = len(positions)
         patch, stride = _sizes("patch_size", self.patch_size), _sizes("stride", self.stride)
         if len(patch) == 1:
@@ -104,26 +88,26 @@ class Occlusion(PerturbationMethod):
         if len(stride) == 1:
             stride = stride * k
         if len(patch) != k or len(stride) != k:
-            raise ParameterError(
+            raise xt.ParameterError(
                 f"patch_size={self.patch_size!r} and stride={self.stride!r} must have one value per "
                 f"axis of the positions {positions} (or be ints)"
             )
         for n, p, s in zip(positions, patch, stride, strict=True):
             if p > n:
-                raise ParameterError(
+                raise xt.ParameterError(
                     f"occlusion: patch_size {patch} is larger than the input positions {positions}"
                 )
             if s > p and p < n:
-                raise ParameterError(
+                raise xt.ParameterError(
                     f"occlusion: stride {stride} is larger than patch_size {patch}, which would leave "
                     "positions never occluded; use stride <= patch_size"
                 )
         return positions, patch, stride
 
-    def _check_call(self, x: ep.Tensor) -> None:
+    def check_call(self, x: ep.Tensor) -> None:
         self._geometry(x)
 
-    def _explain(self, x: ep.Tensor, targets: Targets) -> ep.Tensor:
+    def explain_batch(self, x: ep.Tensor, targets: Targets) -> ep.Tensor:
         adapter = self.adapter
         positions, patch, stride = self._geometry(x)
         tables = [window_table(n, p, s) for n, p, s in zip(positions, patch, stride, strict=True)]
@@ -135,32 +119,35 @@ class Occlusion(PerturbationMethod):
         coverage = tables[0].sum(axis=0)
         if len(tables) == 2:
             coverage = np.outer(coverage, tables[1].sum(axis=0))
-        base = targets.score(batched_forward(adapter, x, self.batch_size))       # f(x), (N,)
-        sums = ItemSums(x.shape[0])
-        todo = chunks(x.shape[0], per_item, self.batch_size)
-        for chunk in progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
+        base = targets.score(xe.batched_forward(adapter, x, self.batch_size))    # f(x), (N,)
+        sums = xe.ItemSums(x.shape[0], adapter)
+        todo = xe.chunks(x.shape[0], per_item, self.batch_size)
+        for chunk in xe.progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
             items = chunk.items
-            window = self._windows(x, device_tables, counts, chunk.samples)     # (B, *positions)
-            occluded = perturb(broadcast_rows(x, items), 1.0 - window, adapter.channel_axis, "inpainting", self.baseline)
+            window = _windows(adapter, x, device_tables, counts, chunk.samples)   # (B, *positions)
+            rows = adapter.broadcast_rows(x, items)
+            occluded = xe.perturb(rows, 1.0 - window, adapter.channel_axis, "inpainting", self.baseline)
             scores = targets.take(items).score(adapter.forward(occluded))
-            drop = take_rows(base, items) - scores
+            drop = adapter.take_rows(base, items) - scores
             sums.add(chunk, drop.reshape((-1,) + (1,) * len(positions)) * window)
-        return sums.result() / ep.from_numpy(x, coverage.astype(np.float32))
+        return sums.result() / adapter.from_numpy(x, coverage.astype(np.float32))
 
-    @staticmethod
-    def _windows(x: ep.Tensor, tables: list[ep.Tensor], counts: list[int], samples: np.ndarray) -> ep.Tensor:
-        """0/1 windows ``(B, *positions)`` of the window indices ``samples`` (row-major order)."""
-        if len(tables) == 1:
-            return tables[0][upload(x, samples.astype(np.int64))]  # no GPU sync per chunk
-        rows, cols = np.divmod(samples.astype(np.int64), counts[1])
-        r = tables[0][upload(x, rows)]                                            # (B, H)
-        c = tables[1][upload(x, cols)]                                            # (B, W)
-        return r.expand_dims(2) * c.expand_dims(1)
+
+def _windows(
+    adapter: ModelAdapter, x: ep.Tensor, tables: list[ep.Tensor], counts: list[int], samples: np.ndarray
+) -> ep.Tensor:
+    """0/1 windows ``(B, *positions)`` of the window indices ``samples`` (row-major order)."""
+    if len(tables) == 1:
+        return tables[0][adapter.from_numpy(x, samples.astype(np.int64))]  # no GPU sync per chunk
+    rows, cols = np.divmod(samples.astype(np.int64), counts[1])
+    r = tables[0][adapter.from_numpy(x, rows)]                                # (B, H)
+    c = tables[1][adapter.from_numpy(x, cols)]                                # (B, W)
+    return r.expand_dims(2) * c.expand_dims(1)
 
 
 Register = Callable[[str, type], None]
 
 
-@hookimpl
+@xt.hookimpl
 def register_methods(register: Register) -> None:
     register(Occlusion.name, Occlusion)

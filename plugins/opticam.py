@@ -21,31 +21,19 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 
-from xai_toolbox import _validation as v
-from xai_toolbox._streaming import progress, take_rows
-from xai_toolbox._targets import Targets
-from xai_toolbox.backends._base import rows as batch_rows
-from xai_toolbox.base import AttributionMethod
-from xai_toolbox.errors import LayerError
-from xai_toolbox.ops import expand_to_inputs, normalize_per_item, resize
-from xai_toolbox.registry import hookimpl
-
-from .cams import input_size, spatial_activations
+import xai_toolbox as xt
+from xai_toolbox import extend as xe
+from xai_toolbox.extend import (
+    CAMMethod,
+    Explanation,
+    ModelAdapter,
+    Targets,
+    expand_to_inputs,
+    resize,
+)
 
 # torch.optim.Adam's defaults, which the official code uses.
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
-
-
-def _non_negative_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-        raise v.ParameterError(f"{name} must be a non-negative integer, got {value!r}")
-    return int(value)
-
-
-def _flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool | np.bool_):
-        raise v.ParameterError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
 
 
 def adam_step(
@@ -83,18 +71,19 @@ class _Running:
     best_loss: np.ndarray  # loss there
     best_step: np.ndarray  # Adam updates behind best_u
 
-    def keep(self, mask: np.ndarray) -> _Running:
+    def keep(self, adapter: ModelAdapter, mask: np.ndarray) -> _Running:
         idx = np.flatnonzero(mask)
-        base = None if self.base is None else take_rows(self.base, idx)
+        take = adapter.take_rows
+        base = None if self.base is None else take(self.base, idx)
         return _Running(
-            self.rows[idx], take_rows(self.x, idx), take_rows(self.acts, idx),
-            self.targets.take(idx), base, take_rows(self.u, idx), take_rows(self.m, idx),
-            take_rows(self.s, idx), take_rows(self.best_u, idx), self.best_loss[idx],
+            self.rows[idx], take(self.x, idx), take(self.acts, idx),
+            self.targets.take(idx), base, take(self.u, idx), take(self.m, idx),
+            take(self.s, idx), take(self.best_u, idx), self.best_loss[idx],
             self.best_step[idx],
         )
 
 
-class OptiCAM(AttributionMethod):
+class OptiCAM(CAMMethod):
     """Opti-CAM (Zhang et al., CVIU 2024): feature-map weights optimised on the masked score.
 
     ``S(u) = normalize(upsample(Σ_k softmax(u)_k ReLU(A_k)))`` with ``A`` the activations of
@@ -122,9 +111,12 @@ class OptiCAM(AttributionMethod):
         return_scores: calls return ``(maps, scores)``: the final masked scores ``(N,)`` of
             the returned maps, in the inputs' type.
 
-    After a call, ``history_`` holds the masked score of ``S(u_t)`` for ``t = 0..max_iter``
-    (NumPy ``(N, max_iter + 1)``, NaN after an image stopped) and ``n_iter_`` the number of
-    Adam updates behind each returned map.
+    :meth:`~xai_toolbox.AttributionMethod.explain_with_extras` returns, beside the maps,
+    ``extras["scores"]`` (the final masked scores), ``extras["history"]`` (the masked score of
+    ``S(u_t)`` for ``t = 0..max_iter``, NumPy ``(N, max_iter + 1)``, NaN after an image
+    stopped), ``extras["n_iter"]`` (Adam updates behind each returned map) and
+    ``extras["layer"]``. For convenience a call also sets ``history_`` and ``n_iter_`` on the
+    method (the last call's; use the extras when threads share an instance).
 
     Example:
         >>> maps = xt.OptiCAM(model, layer="layer4")(images, labels)
@@ -132,42 +124,32 @@ class OptiCAM(AttributionMethod):
     """
 
     name = "opticam"
-    needs_gradients = True
 
     def __init__(
         self,
         model: Any,
         *,
-        layer: str | None = None,
         max_iter: int = 100,
         lr: float = 0.1,
         loss: str = "plain",
         normalization: str = "max_min",
         early_stop: bool = True,
         return_scores: bool = False,
-        batch_size: int = 64,
-        score_fn: Any = None,
-        progress: bool | None = None,
-        framework: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(model, batch_size=batch_size, score_fn=score_fn, progress=progress, framework=framework)
-        if layer is not None and not isinstance(layer, str):
-            raise LayerError(f"layer must be a layer name (str) or None, got {type(layer).__name__}")
-        self.layer = layer
-        self.max_iter = _non_negative_int("max_iter", max_iter)
-        self.lr = v.in_range("lr", lr, 0.0, math.inf)
-        self.loss = v.one_of("loss", loss, ("plain", "norm"))
-        self.normalization = v.one_of("normalization", normalization, ("max_min", "sigmoid", "max"))
-        self.early_stop = _flag("early_stop", early_stop)
-        self.return_scores = _flag("return_scores", return_scores)
+        super().__init__(model, **kwargs)
+        self.max_iter = xe.non_negative_int("max_iter", max_iter)
+        self.lr = xe.in_range("lr", lr, 0.0, math.inf)
+        self.loss = xe.one_of("loss", loss, ("plain", "norm"))
+        self.normalization = xe.one_of("normalization", normalization, ("max_min", "sigmoid", "max"))
+        self.early_stop = xe.flag("early_stop", early_stop)
+        self.return_scores = xe.flag("return_scores", return_scores)
 
     def __call__(self, inputs: Any, targets: Any = None) -> Any:
         """Explain ``inputs``; ``(maps, scores)`` when ``return_scores=True``."""
-        maps = super().__call__(inputs, targets)
-        if not self.return_scores:
-            return maps
-        scores = self.__dict__.pop("_scores")
-        return maps, self.adapter.restore(scores.float32(), v.as_array_like(inputs))
+        maps, extras = self.explain_with_extras(inputs, targets)
+        self.history_, self.n_iter_ = extras["history"], extras["n_iter"]
+        return (maps, extras["scores"]) if self.return_scores else maps
 
     explain = __call__
 
@@ -180,7 +162,7 @@ class OptiCAM(AttributionMethod):
 
     def _normalize(self, cam: ep.Tensor) -> ep.Tensor:
         if self.normalization == "max_min":
-            return normalize_per_item(cam)
+            return xe.normalize_per_item(cam)
         if self.normalization == "sigmoid":
             return 0.5 * (ep.tanh(cam / 2) + 1.0)
         top = cam.reshape((cam.shape[0], -1)).max(axis=1)[:, None, None]
@@ -195,7 +177,7 @@ class OptiCAM(AttributionMethod):
 
         def score(w: ep.Tensor) -> ep.Tensor:
             # rows(): after an out-of-memory error the adapter differentiates parts of the batch.
-            xs, features = batch_rows(x), batch_rows(acts)
+            xs, features = xe.rows(x), xe.rows(acts)
             masked = xs * expand_to_inputs(self.saliency(w, features, size), xs.ndim, adapter.channel_axis)
             out = adapter.differentiable_forward(masked) if grad else adapter.forward(masked)
             return targets.score(out)
@@ -208,34 +190,32 @@ class OptiCAM(AttributionMethod):
         return -scores if base is None else (base - scores).abs()
 
     # -- optimisation --------------------------------------------------------------------
-    def _explain(self, x: ep.Tensor, targets: Targets) -> ep.Tensor:
-        size = input_size(x, self.adapter.channel_axis)
-        layer = self.layer or self.adapter.default_layer(x)
+    def explain_batch(self, x: ep.Tensor, targets: Targets) -> Explanation:
+        size = xe.input_size(x, self.adapter.channel_axis, self.name)
+        layer = self.layer_for(x)
         n = x.shape[0]
         history = np.full((n, self.max_iter + 1), np.nan)
         n_iter = np.zeros(n, dtype=np.int64)
-        maps, scores = [], []
+        maps = []
         for start in range(0, n, self.batch_size):
             stop = min(start + self.batch_size, n)
-            chunk_maps, chunk_scores = self._explain_chunk(
+            maps.append(self._explain_chunk(
                 x[start:stop], targets.take(slice(start, stop)), layer, size,
                 history[start:stop], n_iter[start:stop],
-            )
-            maps.append(chunk_maps)
-            scores.append(chunk_scores)
-        self.history_ = history
-        self.n_iter_ = n_iter
-        if self.return_scores:
-            self.__dict__["_scores"] = scores[0] if len(scores) == 1 else ep.concatenate(scores, axis=0)
-        return maps[0] if len(maps) == 1 else ep.concatenate(maps, axis=0)
+            ))
+        # The score of each returned map was recorded when its iterate was scored.
+        scores = history[np.arange(n), n_iter].astype(np.float32)
+        return Explanation(
+            maps[0] if len(maps) == 1 else ep.concatenate(maps, axis=0),
+            {"scores": self.adapter.from_numpy(x, scores), "history": history, "n_iter": n_iter, "layer": layer},
+        )
 
     def _explain_chunk(
         self, x: ep.Tensor, targets: Targets, layer: str, size: tuple[int, int],
         history: np.ndarray, n_iter: np.ndarray,
-    ) -> tuple[ep.Tensor, ep.Tensor | None]:
+    ) -> ep.Tensor:
         n = x.shape[0]
-        acts, _ = spatial_activations(self, x, targets, layer, with_grad=False)
-        acts = acts.maximum(0.0)
+        acts = self._activations(x, targets, layer).maximum(0.0)
         base = targets.score(self.adapter.forward(x)) if self.loss == "norm" else None
         u = ep.full(acts, (n, acts.shape[1]), 0.5)  # softmax(u) uniform: the mean feature map
         zeros = ep.zeros_like(u)
@@ -246,7 +226,7 @@ class OptiCAM(AttributionMethod):
         done: list[tuple[np.ndarray, ep.Tensor]] = []  # (rows, final u) of stopped images
         recorded: list[tuple[int, np.ndarray, ep.Tensor]] = []
         every = max(1, self.max_iter // 10)  # the official check interval (guarded for < 10)
-        steps = progress(range(self.max_iter), enabled=self.progress, total=self.max_iter, desc=self.name)
+        steps = xe.progress(range(self.max_iter), enabled=self.progress, total=self.max_iter, desc=self.name)
         for step in steps:
             scores, grad = self._masked_scores(run.x, run.acts, run.targets, run.u, size, grad=True)
             recorded.append((step, run.rows, scores))
@@ -259,11 +239,11 @@ class OptiCAM(AttributionMethod):
                 worse = value > run.best_loss
                 if worse.any():
                     idx = np.flatnonzero(worse)
-                    done.append((run.rows[idx], take_rows(run.best_u, idx)))
+                    done.append((run.rows[idx], self.adapter.take_rows(run.best_u, idx)))
                     n_iter[run.rows[idx]] = run.best_step[idx]
                     keep = ~worse
-                    run = run.keep(keep)
-                    grad, value = take_rows(grad, np.flatnonzero(keep)), value[keep]
+                    run = run.keep(self.adapter, keep)
+                    grad, value = self.adapter.take_rows(grad, np.flatnonzero(keep)), value[keep]
                     if not len(run.rows):
                         break
                 run.best_u, run.best_loss = run.u, value
@@ -274,12 +254,21 @@ class OptiCAM(AttributionMethod):
 
         for step, rows, values in recorded:
             history[rows, step] = values.numpy()
-        final_u = _assemble(done, n)
-        maps = self.saliency(final_u, acts, size)
-        final_scores = None
-        if self.return_scores:
-            final_scores = self._masked_scores(x, acts, targets, final_u, size, grad=False)
-        return maps, final_scores
+        return self.saliency(_assemble(self.adapter, done, n), acts, size)
+
+    def _activations(self, x: ep.Tensor, targets: Targets, layer: str) -> ep.Tensor:
+        """The layer's activations ``(B, K, h, w)`` (no gradients: they are not used)."""
+        acts = []
+        for start in range(0, x.shape[0], self.batch_size):
+            rows = slice(start, start + self.batch_size)
+            a, _, _ = self.adapter.layer_activations(x[rows], layer)
+            if a.ndim != 4:
+                raise xt.LayerError(
+                    f"layer {layer!r} has output shape {tuple(a.shape)}; {self.name} needs a spatial "
+                    "layer with a 4-D output (N, C, H, W) / (N, H, W, C)"
+                )
+            acts.append(xe.channels_first(a, self.adapter.channel_axis))
+        return acts[0] if len(acts) == 1 else ep.concatenate(acts, axis=0)
 
     def _finish(
         self, run: _Running, size: tuple[int, int], done: list[tuple[np.ndarray, ep.Tensor]],
@@ -298,15 +287,15 @@ class OptiCAM(AttributionMethod):
         done.append((run.rows, u))
 
 
-def _assemble(parts: list[tuple[np.ndarray, ep.Tensor]], n: int) -> ep.Tensor:
+def _assemble(adapter: ModelAdapter, parts: list[tuple[np.ndarray, ep.Tensor]], n: int) -> ep.Tensor:
     """Rows given in pieces, ``(rows, values)``, put back in order ``0..n-1``."""
     rows = np.concatenate([r for r, _ in parts])
     values = parts[0][1] if len(parts) == 1 else ep.concatenate([t for _, t in parts], axis=0)
     order = np.argsort(rows, kind="stable")
     assert np.array_equal(rows[order], np.arange(n))
-    return values if np.array_equal(order, np.arange(n)) else take_rows(values, order)
+    return values if np.array_equal(order, np.arange(n)) else adapter.take_rows(values, order)
 
 
-@hookimpl
+@xt.hookimpl
 def register_methods(register: Callable[[str, type], None]) -> None:
     register(OptiCAM.name, OptiCAM)

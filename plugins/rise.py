@@ -20,20 +20,16 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 
-from xai_toolbox import _validation as v
-from xai_toolbox._streaming import ItemSums, broadcast_rows, chunks, progress, upload
-from xai_toolbox._targets import Targets
-from xai_toolbox.ops import interpolation_matrix, matmul, on_device
-from xai_toolbox.registry import hookimpl
-
-from ._masks import (
+import xai_toolbox as xt
+from xai_toolbox import extend as xe
+from xai_toolbox.extend import (
     BlockSampler,
+    ModelAdapter,
     PerturbationMethod,
-    check_grid,
-    image_size,
-    number,
-    perturb,
-    seed_value,
+    Targets,
+    interpolation_matrix,
+    matmul,
+    on_device,
 )
 
 #: Added to the per-pixel mask sum in the ``"mask_sum"`` normalisation (Xplique's variant).
@@ -84,16 +80,16 @@ class RiseMasks:
         grids, dy, dx = self.sampler.take(samples)
         return grids, dy, dx
 
-    def full(self, like: ep.Tensor, samples: np.ndarray) -> ep.Tensor:
+    def full(self, adapter: ModelAdapter, like: ep.Tensor, samples: np.ndarray) -> ep.Tensor:
         """Masks ``(B, H, W)`` of the given samples, built on ``like``'s device."""
         grids, dy, dx = self.low_res(samples)
         key = ("rise-crops", self.grid_size, *self.size)
         rows = on_device(like, (*key, "h"), self._tables[0])
         cols = on_device(like, (*key, "w"), self._tables[1])
-        # upload: no stream synchronisation per chunk on a GPU
-        g = upload(like, grids)
-        r = rows[upload(like, dy.astype(np.int64))]
-        c = cols[upload(like, dx.astype(np.int64))]
+        # adapter.from_numpy: no stream synchronisation per chunk on a GPU
+        g = adapter.from_numpy(like, grids)
+        r = rows[adapter.from_numpy(like, dy.astype(np.int64))]
+        c = cols[adapter.from_numpy(like, dx.astype(np.int64))]
         return matmul(matmul(r, g), c)
 
 
@@ -128,35 +124,33 @@ class Rise(PerturbationMethod):
         baseline: float = 0.0,
         normalization: str = "expectation",
         seed: int | None = 0,
-        batch_size: int = 64,
-        score_fn: Any = None,
-        progress: bool | None = None,
-        framework: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(model, batch_size=batch_size, score_fn=score_fn, progress=progress, framework=framework)
-        self.nb_samples = v.positive_int("nb_samples", nb_samples)
-        self.grid_size = v.positive_int("grid_size", grid_size)
-        self.preservation_probability = v.in_range(
+        super().__init__(model, **kwargs)
+        self.nb_samples = xe.positive_int("nb_samples", nb_samples)
+        self.grid_size = xe.positive_int("grid_size", grid_size)
+        self.preservation_probability = xe.in_range(
             "preservation_probability", preservation_probability, 0.0, 1.0
         )
-        self.baseline = number("baseline", baseline)
-        self.normalization = v.one_of("normalization", normalization, ("expectation", "mask_sum"))
-        self.seed = seed_value(seed)
+        self.baseline = xe.number("baseline", baseline)
+        self.normalization = xe.one_of("normalization", normalization, ("expectation", "mask_sum"))
+        self.seed = seed
 
-    def _check_call(self, x: ep.Tensor) -> None:
-        check_grid(self.grid_size, image_size(x, self.adapter.channel_axis, self.name), self.name)
+    def check_call(self, x: ep.Tensor) -> None:
+        xe.check_grid(self.grid_size, xe.image_size(x, self.adapter.channel_axis, self.name), self.name)
 
-    def _explain(self, x: ep.Tensor, targets: Targets) -> ep.Tensor:
+    def explain_batch(self, x: ep.Tensor, targets: Targets) -> ep.Tensor:
         adapter = self.adapter
-        size = image_size(x, adapter.channel_axis, self.name)
+        size = xe.image_size(x, adapter.channel_axis, self.name)
         masks = RiseMasks(self.seed, self.grid_size, self.preservation_probability, size)
-        sums = ItemSums(x.shape[0])
-        mask_sums = ItemSums(x.shape[0]) if self.normalization == "mask_sum" else None
-        todo = chunks(x.shape[0], self.nb_samples, self.batch_size)
-        for chunk in progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
+        sums = xe.ItemSums(x.shape[0], adapter)
+        mask_sums = xe.ItemSums(x.shape[0], adapter) if self.normalization == "mask_sum" else None
+        todo = xe.chunks(x.shape[0], self.nb_samples, self.batch_size)
+        for chunk in xe.progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
             items = chunk.items
-            m = masks.full(x, chunk.samples)                                   # (B, H, W)
-            perturbed = perturb(broadcast_rows(x, items), m, adapter.channel_axis, "inpainting", self.baseline)
+            m = masks.full(adapter, x, chunk.samples)                          # (B, H, W)
+            rows = adapter.broadcast_rows(x, items)
+            perturbed = xe.perturb(rows, m, adapter.channel_axis, "inpainting", self.baseline)
             scores = targets.take(items).score(adapter.forward(perturbed))      # (B,)
             sums.add(chunk, scores.reshape((-1, 1, 1)) * m)
             if mask_sums is not None:
@@ -169,6 +163,6 @@ class Rise(PerturbationMethod):
 Register = Callable[[str, type], None]
 
 
-@hookimpl
+@xt.hookimpl
 def register_methods(register: Register) -> None:
     register(Rise.name, Rise)

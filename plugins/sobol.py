@@ -22,21 +22,9 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 
-from xai_toolbox import _validation as v
-from xai_toolbox._streaming import PairScores, broadcast_rows, chunks, progress, upload
-from xai_toolbox._targets import Targets
-from xai_toolbox.ops import resize
-from xai_toolbox.registry import hookimpl
-
-from ._masks import (
-    PerturbationMethod,
-    check_grid,
-    image_size,
-    perturb,
-    perturbation_params,
-    reference_images,
-    upsample_nearest,
-)
+import xai_toolbox as xt
+from xai_toolbox import extend as xe
+from xai_toolbox.extend import PerturbationMethod, Targets, resize
 
 #: Lower bound of the output variance in the Jansen estimator (as Xplique), so a constant
 #: output gives indices 0 instead of 0 / 0.
@@ -54,8 +42,8 @@ def sobol_design(nb_design: int, dim: int) -> np.ndarray:
     """
     from scipy.stats import qmc
 
-    v.power_of_two("nb_design", nb_design)
-    v.positive_int("dim", dim)
+    xe.power_of_two("nb_design", nb_design)
+    xe.positive_int("dim", dim)
     return qmc.Sobol(d=dim, scramble=False).random(nb_design)
 
 
@@ -88,7 +76,7 @@ def replicated_design(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape or a.ndim != 2:
-        raise v.ParameterError(f"A and B must be two (N, d) arrays of one shape, got {a.shape} and {b.shape}")
+        raise xt.ParameterError(f"A and B must be two (N, d) arrays of one shape, got {a.shape} and {b.shape}")
     n, d = a.shape
     return replicated_rows(a, b, np.arange(n * (d + 2)))
 
@@ -149,41 +137,39 @@ class SobolAttribution(PerturbationMethod):
         baseline: float = 0.0,
         blur_size: int = 10,
         amplitude_sigma: float = 1.0,
-        batch_size: int = 64,
-        score_fn: Any = None,
-        progress: bool | None = None,
-        framework: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(model, batch_size=batch_size, score_fn=score_fn, progress=progress, framework=framework)
-        self.grid_size = v.positive_int("grid_size", grid_size)
-        self.nb_design = v.power_of_two("nb_design", nb_design)
+        super().__init__(model, **kwargs)
+        self.grid_size = xe.positive_int("grid_size", grid_size)
+        self.nb_design = xe.power_of_two("nb_design", nb_design)
         if self.nb_design < 2:
-            raise v.ParameterError("nb_design must be at least 2 (the estimator needs a variance)")
-        self.perturbation, self.blur_size, self.amplitude_sigma, self.baseline = perturbation_params(
+            raise xt.ParameterError("nb_design must be at least 2 (the estimator needs a variance)")
+        self.perturbation, self.blur_size, self.amplitude_sigma, self.baseline = xe.perturbation_params(
             perturbation, blur_size, amplitude_sigma, baseline
         )
 
-    def _check_call(self, x: ep.Tensor) -> None:
-        check_grid(self.grid_size, image_size(x, self.adapter.channel_axis, self.name), self.name)
+    def check_call(self, x: ep.Tensor) -> None:
+        xe.check_grid(self.grid_size, xe.image_size(x, self.adapter.channel_axis, self.name), self.name)
 
-    def _explain(self, x: ep.Tensor, targets: Targets) -> ep.Tensor:
+    def explain_batch(self, x: ep.Tensor, targets: Targets) -> ep.Tensor:
         adapter = self.adapter
-        size = image_size(x, adapter.channel_axis, self.name)
+        size = xe.image_size(x, adapter.channel_axis, self.name)
         g, n = self.grid_size, self.nb_design
         d = g * g
         ab = sobol_design(n, 2 * d).astype(np.float32)
         a, b = ab[:, :d], ab[:, d:]
         per_item = n * (d + 2)
-        reference = reference_images(x, adapter.channel_axis, self.perturbation, self.baseline, self.blur_size)
-        scores = PairScores(x.shape[0], per_item)
-        todo = chunks(x.shape[0], per_item, self.batch_size)
-        for chunk in progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
+        reference = xe.reference_images(x, adapter.channel_axis, self.perturbation, self.baseline, self.blur_size)
+        scores = xe.PairScores(x.shape[0], per_item, adapter)
+        todo = xe.chunks(x.shape[0], per_item, self.batch_size)
+        for chunk in xe.progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
             items = chunk.items
             low = replicated_rows(a, b, chunk.samples).reshape((-1, g, g))
-            masks = upsample_nearest(upload(x, low), size)  # no GPU sync per chunk
-            ref = broadcast_rows(reference, items) if isinstance(reference, ep.Tensor) else reference
-            perturbed = perturb(
-                broadcast_rows(x, items), masks, adapter.channel_axis, self.perturbation, ref, self.amplitude_sigma
+            masks = xe.upsample_nearest(adapter.from_numpy(x, low), size)  # no GPU sync per chunk
+            ref = adapter.broadcast_rows(reference, items) if isinstance(reference, ep.Tensor) else reference
+            perturbed = xe.perturb(
+                adapter.broadcast_rows(x, items), masks, adapter.channel_axis, self.perturbation, ref,
+                self.amplitude_sigma,
             )
             scores.put(chunk, targets.take(items).score(adapter.forward(perturbed)))
         y = scores.result()
@@ -194,6 +180,6 @@ class SobolAttribution(PerturbationMethod):
 Register = Callable[[str, type], None]
 
 
-@hookimpl
+@xt.hookimpl
 def register_methods(register: Register) -> None:
     register(SobolAttribution.name, SobolAttribution)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,3 +60,13 @@ def outputs_of(model: Any, framework: str, batch_nchw: np.ndarray) -> np.ndarray
         with torch.no_grad():
             return model(torch.from_numpy(batch)).numpy().astype(np.float64)
     return np.asarray(model(batch.transpose(0, 2, 3, 1), training=False), dtype=np.float64)
+
+
+def install_dist(root: Path, dist: str, entry_points: str, modules: dict[str, str]) -> None:
+    """Make ``dist`` importable and discoverable: a dist-info with entry points on sys.path."""
+    info = root / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[xai_toolbox]\n" + textwrap.dedent(entry_points))
+    for name, source in modules.items():
+        (root / f"{name}.py").write_text(textwrap.dedent(source))

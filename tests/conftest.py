@@ -80,3 +80,34 @@ def both(pytestconfig: pytest.Config) -> None:
     """Cross-framework tests run only when both frameworks are under test."""
     _require(pytestconfig, "torch")
     _require(pytestconfig, "tf")
+
+
+@pytest.fixture
+def plugin_path(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A folder on sys.path for fake distributions; the registry is reloaded afterwards."""
+    import sys
+
+    import xai_toolbox as xt
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    monkeypatch.undo()
+    prefixes = ("xai_toolbox_example", "broken_plugin", "dup_plugin")
+    for name in [m for m in sys.modules if m.startswith(prefixes)]:
+        del sys.modules[name]
+    xt.reload_plugins()
+
+
+@pytest.fixture
+def example_plugin(plugin_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The real example package in tests/example_plugin, discovered through its entry point."""
+    from pathlib import Path
+
+    from _shared import install_dist
+
+    import xai_toolbox as xt
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "example_plugin"))
+    install_dist(plugin_path, "xai-toolbox-example", "example = xai_toolbox_example\n", {})
+    xt.reload_plugins()
+    return plugin_path

@@ -18,8 +18,7 @@ import eagerpy as ep
 import numpy as np
 import pytest
 
-from xai_toolbox._streaming import ItemSums, chunks, take_rows
-from xai_toolbox.base import AttributionMethod
+from xai_toolbox.extend import AttributionMethod, ItemSums, chunks
 
 ROOT = Path(__file__).resolve().parents[1]
 PER_ITEM = 5  # model inputs the tiny method makes per image
@@ -40,15 +39,15 @@ class TinyPerturbation(AttributionMethod):
 
     name = "bench_tiny"
 
-    def _explain(self, x: ep.Tensor, targets: Any) -> ep.Tensor:
-        sums = ItemSums(x.shape[0])
+    def explain_batch(self, x: ep.Tensor, targets: Any) -> ep.Tensor:
+        sums = ItemSums(x.shape[0], self.adapter)
         for chunk in chunks(x.shape[0], PER_ITEM, self.batch_size):
             scale = self.adapter.from_numpy(x, (1.0 + chunk.samples / PER_ITEM).astype(np.float32))
-            rows = take_rows(x, chunk.items) * scale.reshape((-1,) + (1,) * (x.ndim - 1))
+            rows = self.adapter.take_rows(x, chunk.items) * scale.reshape((-1,) + (1,) * (x.ndim - 1))
             scores = targets.take(chunk.items).score(self.adapter.forward(rows))
             sums.add(chunk, scores)
         per_item = sums.result()
-        shape = self._explanation_shape(x)
+        shape = self.explanation_shape(x)
         return ep.zeros(x, shape) + per_item.reshape((-1,) + (1,) * (len(shape) - 1))
 
 

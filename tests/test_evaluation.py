@@ -28,9 +28,9 @@ class CountingSaliency(xt.Saliency):
 
     calls = 0
 
-    def _explain(self, x, targets):  # type: ignore[no-untyped-def]
+    def explain_batch(self, x, targets):  # type: ignore[no-untyped-def]
         type(self).calls += 1
-        return super()._explain(x, targets)
+        return super().explain_batch(x, targets)
 
 
 def test_table_records_and_views(framework: str) -> None:

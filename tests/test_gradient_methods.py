@@ -104,7 +104,7 @@ def test_smoothgrad_seed_and_noise(framework: str) -> None:
 
 
 def test_host_noise_is_standard_normal() -> None:
-    from xai_toolbox.plugins.gradients import _standard_normal
+    from xai_toolbox.extend import standard_normal as _standard_normal
 
     drawn = _standard_normal(np.random.default_rng(0), (1000, 1001))
     assert drawn.dtype == np.float32 and drawn.shape == (1000, 1001) and np.isfinite(drawn).all()

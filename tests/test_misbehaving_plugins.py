@@ -30,7 +30,7 @@ def method_returning(make: Callable[[ep.Tensor], Any], name: str = "rogue") -> t
     """A method plugin whose ``_explain`` returns ``make(x)``."""
 
     class Rogue(xt.AttributionMethod):
-        def _explain(self, x: ep.Tensor, targets: Any) -> Any:
+        def explain_batch(self, x: ep.Tensor, targets: Any) -> Any:
             return make(x)
 
     Rogue.name = name
@@ -123,7 +123,7 @@ def test_toolbox_errors_of_plugins_pass_unchanged(framework: str) -> None:
 # -- metrics -----------------------------------------------------------------------------------
 def metric_returning(make: Callable[[Any, ep.Tensor], Any], name: str = "rogue_metric") -> type:
     class RogueMetric(xt.Metric):
-        def _score(self, x: ep.Tensor, targets: Any, maps: Any, masks: Any) -> Any:
+        def score_batch(self, x: ep.Tensor, targets: Any, maps: Any, masks: Any) -> Any:
             return make(self, maps)
 
     RogueMetric.name = name
@@ -135,9 +135,9 @@ def _row_means(maps: ep.Tensor) -> ep.Tensor:
 
 
 BAD_METRIC_RESULTS: dict[str, tuple[Callable[[Any, ep.Tensor], Any], str]] = {
-    "one score short": (lambda m, maps: m._result(_row_means(maps)[:1]), r"scores of shape \(1,\) for 2 inputs"),
-    "one score per pixel": (lambda m, maps: m._result(maps), r"scores of shape \(512,\) for 2 inputs"),
-    "a single mean": (lambda m, maps: m._result(_row_means(maps).mean()), r"scores of shape \(1,\) for 2 inputs"),
+    "one score short": (lambda m, maps: m.make_result(_row_means(maps)[:1]), r"scores of shape \(1,\) for 2 inputs"),
+    "one score per pixel": (lambda m, maps: m.make_result(maps), r"scores of shape \(512,\) for 2 inputs"),
+    "a single mean": (lambda m, maps: m.make_result(_row_means(maps).mean()), r"scores of shape \(1,\) for 2 inputs"),
     "a dict": (lambda m, maps: {"score": 1.0}, "returned dict; expected a MetricResult"),
     "NumPy scores": (lambda m, maps: _row_means(maps).numpy(), "returned ndarray; expected a MetricResult"),
     "string scores": (
@@ -145,11 +145,11 @@ BAD_METRIC_RESULTS: dict[str, tuple[Callable[[Any, ep.Tensor], Any], str]] = {
         "non-numeric scores",
     ),
     "curves of the wrong length": (
-        lambda m, maps: m._result(_row_means(maps), curves=np.zeros((3, 5))),
+        lambda m, maps: m.make_result(_row_means(maps), curves=np.zeros((3, 5))),
         r"curves of shape \(3, 5\) for 2 inputs",
     ),
     "flat curves": (
-        lambda m, maps: m._result(_row_means(maps), curves=np.zeros(5)),
+        lambda m, maps: m.make_result(_row_means(maps), curves=np.zeros(5)),
         r"curves of shape \(5,\)",
     ),
 }
@@ -167,7 +167,7 @@ def test_bad_metric_results_raise_plugin_errors_naming_the_plugin(framework: str
 
 def test_nan_scores_are_allowed_for_metrics(framework: str) -> None:
     """A score can be undefined for an input (e.g. an empty mask): NaN is reported, not refused."""
-    metric = metric_returning(lambda m, maps: m._result(_row_means(maps) * float("nan")))(cnn(framework))
+    metric = metric_returning(lambda m, maps: m.make_result(_row_means(maps) * float("nan")))(cnn(framework))
     result = metric(_images(framework), [0, 1], np.ones((2, 16, 16), np.float32))
     assert np.isnan(result.scores).all() and np.isnan(result.mean)
 
@@ -189,8 +189,8 @@ def test_registered_plugins_pass_the_same_checks(framework: str) -> None:
     cls = xt.registry.get_registry().method("saliency").cls
 
     class Broken(cls):  # type: ignore[misc,valid-type]
-        def _explain(self, x: ep.Tensor, targets: Any) -> ep.Tensor:
-            return super()._explain(x, targets)[:, :4]
+        def explain_batch(self, x: ep.Tensor, targets: Any) -> ep.Tensor:
+            return super().explain_batch(x, targets)[:, :4]
 
     with pytest.raises(PluginError, match="method 'saliency' returned explanations of shape"):
         Broken(cnn(framework))(_images(framework), [0, 1])

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 import xai_toolbox as xt
-from xai_toolbox.metrics.randomization import ModelRandomization, weight_layers
+from xai_toolbox.metrics.randomization import ModelRandomization
 from xai_toolbox.testing import as_numpy, check_metric, cnn, to_framework, twin_cnn
 
 
@@ -78,7 +78,7 @@ def test_user_model_is_untouched(framework: str) -> None:
 
 def test_layer_selection(framework: str) -> None:
     model = cnn(framework, seed=0)
-    assert [n for n, _ in weight_layers(model, framework)] == ["conv1", "conv2", "fc"]
+    assert xt.adapt(model).weight_layers() == ["conv1", "conv2", "fc"]
     assert ModelRandomization(model).selected_layers() == ["fc"]  # ceil(0.25 × 3)
     assert ModelRandomization(model, fraction=0.34).selected_layers() == ["fc", "conv2"]
     assert ModelRandomization(model, layers=["conv1", "fc"]).selected_layers() == ["fc", "conv1"]
@@ -136,7 +136,7 @@ def test_keras_nested_model(keras: Any) -> None:
     inputs = keras.Input((8, 8, 3))
     h = keras.layers.GlobalAveragePooling2D()(inner(inputs))
     model = keras.Model(inputs, keras.layers.Dense(3, name="head")(h))
-    assert [n for n, _ in weight_layers(model, "tf")] == ["backbone/c1", "backbone/bn", "head"]
+    assert xt.adapt(model).weight_layers() == ["backbone/c1", "backbone/bn", "head"]
     before = _weights(model, "tf")
     x = np.random.default_rng(0).random((2, 8, 8, 3)).astype(np.float32)
     result = ModelRandomization(model, layers=["bn", "head"])(x, [0, 1])  # inner names work when unique

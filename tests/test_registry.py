@@ -4,48 +4,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
+import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from _shared import install_dist as _install_dist
 
 import xai_toolbox as xt
 from xai_toolbox.errors import PluginError, UnknownNameError
 from xai_toolbox.registry import PluginWarning
 
-EXAMPLE = Path(__file__).parent / "example_plugin"
 BUILTIN_METHODS = {"saliency", "gradient_input", "integrated_gradients", "smoothgrad", "gradcam", "gradcampp"}
-
-
-def _install_dist(root: Path, dist: str, entry_points: str, modules: dict[str, str]) -> None:
-    """Make ``dist`` importable and discoverable: a dist-info with entry points on sys.path."""
-    info = root / f"{dist.replace('-', '_')}-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[xai_toolbox]\n" + textwrap.dedent(entry_points))
-    for name, source in modules.items():
-        (root / f"{name}.py").write_text(textwrap.dedent(source))
-
-
-@pytest.fixture
-def plugin_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A folder on sys.path for fake distributions; the registry is reloaded afterwards."""
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield tmp_path
-    monkeypatch.undo()
-    for name in [m for m in sys.modules if m.startswith(("xai_toolbox_example", "broken_plugin", "dup_plugin"))]:
-        del sys.modules[name]
-    xt.reload_plugins()
-
-
-@pytest.fixture
-def example_plugin(plugin_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The real example package in tests/example_plugin, discovered through its entry point."""
-    monkeypatch.syspath_prepend(str(EXAMPLE))
-    _install_dist(plugin_path, "xai-toolbox-example", "example = xai_toolbox_example\n", {})
-    return plugin_path
 
 
 def test_builtins_are_found_through_entry_points() -> None:
@@ -70,11 +42,6 @@ def test_third_party_plugin_adds_a_method(example_plugin: Path, framework: str) 
     assert xt.CenterPrior is entry.cls
 
 
-def test_example_plugin_passes_the_contract(example_plugin: Path) -> None:
-    xt.reload_plugins()
-    xt.testing.check_method(xt.api.get_registry().method("center_prior").cls, {"sigma": 0.3})
-
-
 def test_broken_plugin_warns_with_its_name_and_others_still_load(plugin_path: Path) -> None:
     _install_dist(
         plugin_path, "broken-dist", "broken = broken_plugin\n",
@@ -94,21 +61,81 @@ def test_broken_plugin_is_an_error_in_strict_mode(plugin_path: Path, monkeypatch
         xt.reload_plugins()
 
 
-def test_two_plugins_claiming_one_name_is_an_error_naming_both(plugin_path: Path) -> None:
+DUPLICATE_SALIENCY = """
+    import xai_toolbox as xt
+    from xai_toolbox.plugins.gradients import Saliency
+
+    class MySaliency(Saliency):
+        pass
+
+    @xt.hookimpl
+    def register_methods(register):
+        register("saliency", MySaliency)
+"""
+
+
+def test_two_plugins_claiming_one_name_are_both_disabled_and_the_rest_works(plugin_path: Path) -> None:
+    _install_dist(plugin_path, "dup-dist", "dup = dup_plugin\n", {"dup_plugin": DUPLICATE_SALIENCY})
+    with pytest.warns(PluginWarning, match=r"'saliency'.*'gradients'.*xai-toolbox.*'dup'.*dup-dist.*both are disabled"):
+        registry = xt.reload_plugins()
+    assert set(registry.disabled) == {"dup", "gradients"}
+    methods = xt.list_methods()
+    assert "saliency" not in methods and "integrated_gradients" not in methods  # the whole plugin
+    assert {"gradcam", "rise", "sobol"} <= set(methods)  # every other plugin still works
+    with pytest.raises(UnknownNameError, match="disabled because they claim the same names: dup, gradients"):
+        xt.method("saliency", None)
+
+
+def test_a_name_clash_is_an_error_in_strict_mode(plugin_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _install_dist(plugin_path, "dup-dist", "dup = dup_plugin\n", {"dup_plugin": DUPLICATE_SALIENCY})
+    monkeypatch.setenv("XAI_TOOLBOX_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginError, match=r"'saliency'.*'gradients'.*'dup'"):
+        xt.reload_plugins()
+
+
+def test_a_plugin_may_use_builtin_classes_at_import_time(plugin_path: Path) -> None:
+    """``xt.SmoothGrad`` inside a plugin module resolves while the registry loads (it used to
+    re-enter the registry's lock and hang forever)."""
     source = """
         import xai_toolbox as xt
-        from xai_toolbox.plugins.gradients import Saliency
 
-        class MySaliency(Saliency):
-            pass
+        class Noisier(xt.SmoothGrad):      # a lookup through the registry, at import time
+            name = "noisier"
 
         @xt.hookimpl
         def register_methods(register):
-            register("saliency", MySaliency)
+            register(Noisier.name, Noisier)
     """
-    _install_dist(plugin_path, "dup-dist", "dup = dup_plugin\n", {"dup_plugin": source})
-    with pytest.raises(PluginError, match=r"'saliency'.*'gradients'.*xai-toolbox.*'dup'.*dup-dist"):
-        xt.reload_plugins()
+    _install_dist(plugin_path, "subclass-dist", "sub = broken_plugin_sub\n", {"broken_plugin_sub": source})
+    done: list[Any] = []
+    worker = threading.Thread(target=lambda: done.append(xt.reload_plugins()), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "loading a plugin that uses xt.SmoothGrad at import deadlocked"
+    entry = done[0].method("noisier")
+    assert issubclass(entry.cls, xt.SmoothGrad) and entry.package == "subclass-dist"
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            "import xai_toolbox as xt\n@xt.hookimpl\ndef register_method(register):\n    pass\n",
+            r"'typo'.*register_method.*did you mean register_methods",
+        ),
+        (
+            "def register_methods(register):\n    register('forgotten', object)\n",
+            r"'typo'.*register_methods\(\) is not marked as a hook.*@xai_toolbox.hookimpl",
+        ),
+    ],
+    ids=["misspelled hook", "missing @hookimpl"],
+)
+def test_hook_mistakes_are_reported_not_ignored(plugin_path: Path, source: str, message: str) -> None:
+    _install_dist(plugin_path, "typo-dist", "typo = broken_plugin_typo\n", {"broken_plugin_typo": source})
+    with pytest.warns(PluginWarning, match=message):
+        registry = xt.reload_plugins()
+    assert "typo" in registry.failed
+    assert set(xt.list_methods()) >= BUILTIN_METHODS
 
 
 def test_disable_plugins_by_name_and_all_third_party(

@@ -187,7 +187,7 @@ def test_parameters_of_a_misbehaving_plugin_are_restored(torch) -> None:
     class Careless(xt.AttributionMethod):
         name = "careless"
 
-        def _explain(self, x: ep.Tensor, targets: Any) -> ep.Tensor:
+        def explain_batch(self, x: ep.Tensor, targets: Any) -> ep.Tensor:
             model = self.adapter.model
             model.fc.weight.requires_grad_(False)
             model.conv1.weight.requires_grad_(True)

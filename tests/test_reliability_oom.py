@@ -248,7 +248,7 @@ def test_adapter_retry_outside_a_method_call(torch) -> None:
 
 def test_value_and_grad_fn_closing_over_rows(torch) -> None:
     """A function closing over per-input data uses rows(); one that does not is reported."""
-    from xai_toolbox.backends._base import rows
+    from xai_toolbox.extend import rows
 
     adapter = xt.adapt(torch_limited(LIMIT, in_backward=True))
     x = adapter.to_model(_images())

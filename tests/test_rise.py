@@ -10,6 +10,7 @@ import xai_toolbox as xt
 from xai_toolbox.plugins.rise import RiseMasks
 
 HOST = ep.astensor(np.zeros(1, np.float32))  # builds masks with the NumPy backend
+HOST_ADAPTER = xt.adapt(xt.NumpyModel(lambda a: a))
 
 
 def bilinear(n_in: int, n_out: int) -> np.ndarray:
@@ -30,7 +31,7 @@ def test_masks_are_cropped_bilinear_upsamplings_of_bernoulli_grids(size: tuple[i
     masks = RiseMasks(seed=5, grid_size=s, probability=p, size=size)
     samples = np.arange(600)
     grids, dy, dx = masks.low_res(samples)
-    full = masks.full(HOST, samples).numpy()
+    full = masks.full(HOST_ADAPTER, HOST, samples).numpy()
     cell_h, cell_w = -(-size[0] // s), -(-size[1] // s)
     up_h, up_w = bilinear(s, (s + 1) * cell_h), bilinear(s, (s + 1) * cell_w)
     for n in range(0, 600, 37):
@@ -46,7 +47,8 @@ def test_mask_of_a_sample_depends_only_on_seed_and_index() -> None:
     a = RiseMasks(seed=3, grid_size=4, probability=0.5, size=(9, 9))
     b = RiseMasks(seed=3, grid_size=4, probability=0.5, size=(9, 9))
     picked = np.array([700, 3, 255, 256, 1999, 0])
-    np.testing.assert_array_equal(a.full(HOST, picked).numpy(), b.full(HOST, np.arange(2000)).numpy()[picked])
+    every = b.full(HOST_ADAPTER, HOST, np.arange(2000)).numpy()
+    np.testing.assert_array_equal(a.full(HOST_ADAPTER, HOST, picked).numpy(), every[picked])
     other = RiseMasks(seed=4, grid_size=4, probability=0.5, size=(9, 9))
     assert not np.array_equal(other.low_res(picked)[0], a.low_res(picked)[0])
 
@@ -67,7 +69,7 @@ def test_saliency_is_the_score_weighted_mask_sum(normalization: str, baseline: f
         xt.NumpyModel(model, channel_axis=1), nb_samples=n, grid_size=3, preservation_probability=p,
         baseline=baseline, normalization=normalization, seed=11, batch_size=64,
     )(x, [0, 1])
-    m = RiseMasks(11, 3, p, (8, 8)).full(HOST, np.arange(n)).numpy().astype(np.float64)
+    m = RiseMasks(11, 3, p, (8, 8)).full(HOST_ADAPTER, HOST, np.arange(n)).numpy().astype(np.float64)
     for i, target in enumerate([0, 1]):
         perturbed = x[i][None] * m[:, None] + baseline * (1 - m[:, None])
         scores = model(perturbed)[:, target]
@@ -108,7 +110,7 @@ def test_linear_model_converges_to_the_exact_expectation(normalization: str) -> 
     f_x, f_beta = float((w * x[0]).sum() + bias), float(w.sum() * beta + bias)
     expected = p * f_x + (1 - p) * (f_beta + c @ u)
 
-    m = RiseMasks(0, s, p, (size, size)).full(HOST, np.arange(n)).numpy().reshape(n, -1).astype(np.float64)
+    m = RiseMasks(0, s, p, (size, size)).full(HOST_ADAPTER, HOST, np.arange(n)).numpy().reshape(n, -1).astype(np.float64)
     terms = (m @ u + f_beta)[:, None] * m / p
     if normalization == "mask_sum":  # ratio estimator: linearise around its value
         terms = terms - maps[None] * m / p

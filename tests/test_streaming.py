@@ -8,7 +8,16 @@ import eagerpy as ep
 import numpy as np
 import pytest
 
-from xai_toolbox._streaming import ItemSums, PairScores, broadcast_rows, chunks
+import xai_toolbox as xt
+from xai_toolbox.extend import ItemSums, ModelAdapter, PairScores, chunks
+from xai_toolbox.testing import cnn
+
+
+def _adapter(kind: str) -> ModelAdapter:
+    """An adapter of the kind whose tensors the accumulators hold."""
+    if kind == "numpy":
+        return xt.adapt(xt.NumpyModel(lambda x: x))
+    return xt.adapt(cnn(kind))
 
 
 def _tensor(framework: str, values: np.ndarray) -> ep.Tensor:
@@ -40,7 +49,7 @@ def test_pair_scores_reassemble_per_item_rows(framework: str, backend: str, requ
     n_items, n_per_item = 3, 5
     expected = np.arange(n_items * n_per_item * 2, dtype=np.float32).reshape(n_items, n_per_item, 2)
     flat = expected.reshape(-1, 2)
-    scores = PairScores(n_items, n_per_item)
+    scores = PairScores(n_items, n_per_item, _adapter(kind))
     for chunk in chunks(n_items, n_per_item, batch_size=4):
         scores.put(chunk, _tensor(kind, flat[chunk.start : chunk.stop]))
     result = scores.result()
@@ -50,14 +59,14 @@ def test_pair_scores_reassemble_per_item_rows(framework: str, backend: str, requ
 
 def test_pair_scores_buffer_is_detached_from_autograd(torch: Any) -> None:
     weight = torch.ones(1, requires_grad=True)
-    scores = PairScores(1, 2)
+    scores = PairScores(1, 2, _adapter("torch"))
     scores.put(chunks(1, 2, 2)[0], ep.astensor(torch.arange(2.0) * weight))
     assert not scores.result().raw.requires_grad
 
 
 def test_pair_scores_reject_misuse() -> None:
     todo = chunks(2, 2, batch_size=2)
-    scores = PairScores(2, 2)
+    scores = PairScores(2, 2, _adapter("numpy"))
     with pytest.raises(ValueError, match="chunks must come in order"):
         scores.put(todo[1], ep.astensor(np.zeros(2)))
     with pytest.raises(ValueError, match="3 values for a chunk of 2"):
@@ -72,7 +81,7 @@ def test_item_sums_add_up_each_items_pairs(framework: str, backend: str, request
     request.getfixturevalue("torch" if framework == "torch" else "tf")
     kind = "numpy" if backend == "numpy" else framework
     values = np.random.default_rng(0).normal(size=(3 * 5, 2, 2)).astype(np.float32)
-    sums = ItemSums(3)
+    sums = ItemSums(3, _adapter(kind))
     for chunk in chunks(3, 5, batch_size=4):
         sums.add(chunk, _tensor(kind, values[chunk.start : chunk.stop]))
     result = sums.result()
@@ -81,7 +90,7 @@ def test_item_sums_add_up_each_items_pairs(framework: str, backend: str, request
 
 
 def test_item_sums_say_which_items_got_nothing() -> None:
-    sums = ItemSums(3)
+    sums = ItemSums(3, _adapter("numpy"))
     sums.add(chunks(3, 2, batch_size=2)[0], ep.astensor(np.ones((2, 4), np.float32)))
     with pytest.raises(RuntimeError, match=r"items \[1, 2\]"):
         sums.result()
@@ -91,9 +100,10 @@ def test_broadcast_rows_gives_one_row_for_a_single_item_chunk(framework: str, re
     request.getfixturevalue("torch" if framework == "torch" else "tf")
     x = _tensor(framework, np.arange(3 * 2 * 2, dtype=np.float32).reshape(3, 2, 2))
     masks = _tensor(framework, np.random.default_rng(0).uniform(size=(4, 2, 2)).astype(np.float32))
-    one = broadcast_rows(x, np.array([1, 1, 1, 1]))
+    adapter = _adapter(framework)
+    one = adapter.broadcast_rows(x, np.array([1, 1, 1, 1]))
     assert tuple(one.shape) == (1, 2, 2)  # no copy per pair: it broadcasts in the product
-    mixed = broadcast_rows(x, np.array([0, 1, 1, 2]))
+    mixed = adapter.broadcast_rows(x, np.array([0, 1, 1, 2]))
     assert tuple(mixed.shape) == (4, 2, 2)
     for items, rows in ((np.array([1, 1, 1, 1]), one), (np.array([0, 1, 1, 2]), mixed)):
         np.testing.assert_array_equal((rows * masks).numpy(), x.numpy()[items] * masks.numpy())

@@ -163,12 +163,12 @@ class MeanOfMaps(xt.Metric):
 
     name = "mean_of_maps"
 
-    def _score(self, x: ep.Tensor, targets: Any, maps: ep.Tensor | None, masks: ep.Tensor | None) -> Any:
+    def score_batch(self, x: ep.Tensor, targets: Any, maps: ep.Tensor | None, masks: ep.Tensor | None) -> Any:
         assert maps is not None
         scores = maps.reshape((maps.shape[0], -1)).mean(axis=1)
         if masks is not None:
             scores = scores + masks.reshape((masks.shape[0], -1)).mean(axis=1)
-        return self._result(scores)
+        return self.make_result(scores)
 
 
 def test_random_explanations_and_masks_for_a_metric(framework: str) -> None:
@@ -202,7 +202,7 @@ def _array(shape: tuple[int, ...], dtype: str, special: float | None) -> np.ndar
 
 
 def _keyword_params(cls: type) -> list[str]:
-    return [p for p in cls._param_names() if p not in ("progress", "framework")]  # type: ignore[attr-defined]
+    return [p for p in cls.param_names() if p not in ("progress", "framework")]  # type: ignore[attr-defined]
 
 
 def _defaults(cls: type) -> dict[str, Any]:

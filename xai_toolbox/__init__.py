@@ -10,7 +10,8 @@ Example:
     >>> xt.metric("deletion", model)(images, labels, maps).mean
 
 Method and metric classes are also attributes of the package (``xt.Saliency``,
-``xt.GradCAM``, ``xt.Deletion``, ...), resolved through the registry.
+``xt.GradCAM``, ``xt.Deletion``, ...), resolved through the registry. Plugin authors build on
+:mod:`xai_toolbox.extend`, the versioned extension API.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from . import _compat
 
 _compat.apply()
 
+from . import extend  # noqa: E402
 from ._precision import autocast  # noqa: E402
 from .api import explain, list_methods, list_metrics, method, metric  # noqa: E402
 from .backends import ModelAdapter, adapt  # noqa: E402
@@ -42,6 +44,7 @@ __all__ = [
     "OutOfMemoryWarning",
     "adapt",
     "autocast",
+    "extend",
     "explain",
     "hookimpl",
     "list_methods",

@@ -10,21 +10,30 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import eagerpy as ep
 import numpy as np
 
 from .backends import ModelAdapter
 
+if TYPE_CHECKING:
+    from ._targets import Targets
+
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """A contiguous range ``[start, stop)`` of (item, sample) pairs."""
+    """A contiguous range ``[start, stop)`` of (item, sample) pairs.
+
+    Example:
+        >>> chunk = Chunk(start=3, stop=7, n_per_item=4)
+        >>> chunk.items, chunk.samples
+        (array([0, 1, 1, 1]), array([3, 0, 1, 2]))
+    """
 
     start: int
     stop: int
@@ -55,6 +64,13 @@ class Chunk:
 
 
 def chunks(n_items: int, n_per_item: int, batch_size: int) -> list[Chunk]:
+    """The ``n_items × n_per_item`` (item, sample) pairs cut into chunks of ``batch_size``,
+    across item boundaries (every forward pass is full).
+
+    Example:
+        >>> [(c.start, c.stop) for c in chunks(2, 3, batch_size=4)]
+        [(0, 4), (4, 6)]
+    """
     total = n_items * n_per_item
     return [
         Chunk(start, min(start + batch_size, total), n_per_item)
@@ -62,39 +78,43 @@ def chunks(n_items: int, n_per_item: int, batch_size: int) -> list[Chunk]:
     ]
 
 
-def _writable(t: ep.Tensor) -> bool:
-    """Whether ``t``'s framework has mutable arrays to accumulate into (PyTorch, NumPy)."""
-    return type(t).__name__ in ("PyTorchTensor", "NumPyTensor")
-
-
 class ItemSums:
     """Per-item sums of per-pair values, accumulated chunk by chunk on the device.
 
-    PyTorch and NumPy sums are added in place into one ``(n_items, ...)`` buffer: a fresh sum
-    tensor per item and chunk would leave small live blocks between the large ones each chunk
-    frees, which glibc cannot reuse (see :class:`PairScores`). Other frameworks' tensors are
-    immutable and are summed functionally.
+    Where the adapter's tensors are mutable (PyTorch, NumPy), sums are added in place into one
+    ``(n_items, ...)`` buffer: a fresh sum tensor per item and chunk would leave small live
+    blocks between the large ones each chunk frees, which glibc cannot reuse (see
+    :class:`PairScores`). Immutable tensors (TensorFlow, JAX) are summed functionally.
+
+    Example:
+        >>> sums = ItemSums(n_items=2, adapter=adapter)
+        >>> for chunk in chunks(2, 3, batch_size=4):
+        ...     sums.add(chunk, values_of(chunk))          # (chunk.size, ...)
+        >>> sums.result().shape                             # (2, ...)
     """
 
-    def __init__(self, n_items: int) -> None:
+    def __init__(self, n_items: int, adapter: ModelAdapter) -> None:
+        self.adapter = adapter
         self._sums: list[ep.Tensor | None] = [None] * n_items
         self._buffer: Any = None
         self._added = np.zeros(n_items, dtype=bool)
 
     def add(self, chunk: Chunk, values: ep.Tensor) -> None:
-        writable = _writable(values)
+        """Add the chunk's per-pair ``values`` ``(chunk.size, ...)`` to their items' sums."""
+        in_place = self.adapter.mutable_tensors
         for item, lo, hi in chunk.runs():
             part = values[lo:hi].sum(axis=0)
-            if writable:
+            if in_place:
                 if self._buffer is None:
                     self._buffer = ep.zeros(part, (len(self._sums), *part.shape)).raw
-                self._buffer[item] += part.raw
+                self.adapter.write_rows(self._buffer, item, part.raw, add=True)
             else:
                 current = self._sums[item]
                 self._sums[item] = part if current is None else current + part
             self._added[item] = True
 
     def result(self) -> ep.Tensor:
+        """The sums, ``(n_items, ...)``."""
         missing = np.flatnonzero(~self._added).tolist()
         if missing:
             raise RuntimeError(f"no values were added for items {missing}")
@@ -110,36 +130,36 @@ class PairScores:
     perturbed inputs and activations, and a small tensor kept alive from every chunk lands in
     those holes. glibc then cannot reuse them for the next chunk's large blocks, and the
     process grows by about one chunk of inputs per chunk (2 GB of RSS for Sobol on 8 images of
-    64x64 instead of 0.35 GB). PyTorch and NumPy values are written in place into one buffer on
-    the values' device (no host synchronisation); other tensors (TensorFlow's have their own
-    allocator) are gathered and concatenated.
+    64x64 instead of 0.35 GB). Mutable tensors (PyTorch, NumPy) are written in place into one
+    buffer on the values' device (no host synchronisation); immutable ones (TensorFlow has its
+    own allocator) are gathered and concatenated.
 
     Example:
-        >>> scores = PairScores(n_items=2, n_per_item=3)
+        >>> scores = PairScores(n_items=2, n_per_item=3, adapter=adapter)
         >>> for chunk in chunks(2, 3, batch_size=4):
         ...     scores.put(chunk, values_of(chunk))   # (chunk.size,) or (chunk.size, ...)
         >>> scores.result().shape                      # (2, 3)
     """
 
-    def __init__(self, n_items: int, n_per_item: int) -> None:
-        self.n_items, self.n_per_item = n_items, n_per_item
+    def __init__(self, n_items: int, n_per_item: int, adapter: ModelAdapter) -> None:
+        self.n_items, self.n_per_item, self.adapter = n_items, n_per_item, adapter
         self._buffer: Any = None
         self._parts: list[ep.Tensor] = []
         self._filled = 0
 
     def put(self, chunk: Chunk, values: ep.Tensor) -> None:
+        """Store the chunk's values ``(chunk.size, ...)``; chunks come in order."""
         if values.shape[0] != chunk.size:
             raise ValueError(f"{values.shape[0]} values for a chunk of {chunk.size} pairs")
         if chunk.start != self._filled:
             raise ValueError(f"chunks must come in order: expected start {self._filled}, got {chunk.start}")
         self._filled = chunk.stop
-        if not _writable(values):
+        if not self.adapter.mutable_tensors:
             self._parts.append(values)
             return
         if self._buffer is None:
             self._buffer = ep.zeros(values, (self.n_items * self.n_per_item, *values.shape[1:])).raw
-        raw = values.raw
-        self._buffer[chunk.start : chunk.stop] = raw.detach() if hasattr(raw, "detach") else raw
+        self.adapter.write_rows(self._buffer, slice(chunk.start, chunk.stop), values.raw)
 
     def result(self) -> ep.Tensor:
         """The values, shaped ``(n_items, n_per_item, ...)``."""
@@ -153,83 +173,39 @@ class PairScores:
         return joined.reshape((self.n_items, self.n_per_item, *joined.shape[1:]))
 
 
-def upload(like: ep.Tensor, array: np.ndarray) -> ep.Tensor:
-    """A small host array (indices, low-resolution masks) as a tensor beside ``like``.
-
-    On a CUDA device, ``ep.from_numpy`` makes a blocking copy, and a blocking host-to-device
-    copy in PyTorch synchronises the stream: inside a chunk loop the host would wait for the
-    previous chunk's forward pass before queueing the next one. Here the array is staged in
-    pinned memory and copied asynchronously instead (PyTorch's caching host allocator keeps
-    the staging buffer until the copy has run). Everywhere else this is ``ep.from_numpy``.
+def batched_forward(adapter: ModelAdapter, x: ep.Tensor, batch_size: int) -> ep.Tensor:
+    """Model outputs for all of ``x``, ``batch_size`` inputs per forward pass.
 
     Example:
-        >>> idx = upload(x, np.array([0, 0, 1]))        # int64 tensor on x's device
+        >>> outputs = batched_forward(self.adapter, x, self.batch_size)     # (N, K)
     """
-    array = np.ascontiguousarray(array)
-    device = getattr(like.raw, "device", None)
-    if getattr(device, "type", None) == "cuda" and type(like).__name__ == "PyTorchTensor":
-        import torch
-
-        if not array.flags.writeable:  # torch.from_numpy warns on read-only arrays
-            array = array.copy()
-        staged = torch.from_numpy(array).pin_memory()
-        return ep.astensor(staged.to(device, non_blocking=True))
-    return ep.from_numpy(like, array)
-
-
-def take_rows(x: ep.Tensor, items: np.ndarray) -> ep.Tensor:
-    """``x[items]`` with a NumPy index (repeats allowed), on ``x``'s device.
-
-    The result is for reading (EagerPy operations never write in place): a chunk of
-    perturbations repeats each image many times, and for PyTorch those repeats are broadcast
-    views of the image rather than a gathered copy, which saves a full-size copy and an index
-    upload per chunk.
-    """
-    step = np.diff(items)
-    if len(items) and np.all(step == 1):
-        return x[int(items[0]) : int(items[-1]) + 1]
-    if len(items) and type(x).__name__ == "PyTorchTensor" and np.all(step >= 0):
-        starts = np.flatnonzero(np.r_[True, step != 0])
-        if len(starts) <= _MAX_VIEW_RUNS:
-            stops = np.r_[starts[1:], len(items)]
-            parts = [_repeated_row(x, int(items[a]), int(b - a)) for a, b in zip(starts, stops, strict=True)]
-            return parts[0] if len(parts) == 1 else ep.concatenate(parts, axis=0)
-    return x[upload(x, items.astype(np.int64))]
-
-
-def broadcast_rows(x: ep.Tensor, items: np.ndarray) -> ep.Tensor:
-    """``x[items]`` for an element-wise product with per-pair tensors of ``len(items)`` rows.
-
-    When every pair belongs to one item (most chunks of a method with many samples per image),
-    that item's row alone, ``(1, ...)``, which broadcasts in the product: frameworks without
-    broadcast views (TensorFlow) then skip a full-size gather per chunk. Otherwise
-    :func:`take_rows`.
-    """
-    if len(items) and items[0] == items[-1] and np.all(items == items[0]):
-        return x[int(items[0]) : int(items[0]) + 1]
-    return take_rows(x, items)
-
-
-#: Above this many runs of equal items a gather is cheaper than concatenating views.
-_MAX_VIEW_RUNS = 8
-
-
-def _repeated_row(x: ep.Tensor, item: int, count: int) -> ep.Tensor:
-    """Row ``item`` of a PyTorch tensor repeated ``count`` times, as a broadcast view."""
-    row = x.raw[item : item + 1]
-    return ep.astensor(row.expand(count, *row.shape[1:]))
-
-
-def batched_forward(adapter: ModelAdapter, x: ep.Tensor, batch_size: int) -> ep.Tensor:
-    """Model outputs for all of ``x``, ``batch_size`` inputs per forward pass."""
     if x.shape[0] <= batch_size:
         return adapter.forward(x)
     parts = [adapter.forward(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
     return ep.concatenate(parts, axis=0)
 
 
+def batched_scores(
+    adapter: ModelAdapter, targets: Targets, x: ep.Tensor, batch_size: int, activation: str | None = None
+) -> ep.Tensor:
+    """``(N,)`` target scores of the inputs ``x`` themselves, ``batch_size`` per forward pass,
+    after the output ``activation`` (``None``, ``"softmax"``, ``"sigmoid"``).
+
+    Example:
+        >>> p = batched_scores(self.adapter, targets, x, self.batch_size, "softmax")
+    """
+    from .ops import activate
+
+    return targets.score(activate(batched_forward(adapter, x, batch_size), activation))
+
+
 def progress(iterable: Iterable[T], *, enabled: bool | None, total: int, desc: str) -> Iterable[T]:
-    """Wrap ``iterable`` in a tqdm bar. ``enabled=None``: only on an interactive terminal."""
+    """Wrap ``iterable`` in a tqdm bar. ``enabled=None``: only on an interactive terminal.
+
+    Example:
+        >>> for chunk in progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
+        ...     ...
+    """
     if enabled is None:
         enabled = sys.stderr.isatty() and not os.environ.get("CI") and total > 1
     if not enabled:
@@ -239,12 +215,52 @@ def progress(iterable: Iterable[T], *, enabled: bool | None, total: int, desc: s
     return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
-def to_numpy(t: Any) -> np.ndarray:
-    """A tensor (EagerPy or native) as a NumPy array (a host copy)."""
-    if isinstance(t, ep.Tensor):
-        return t.numpy()
-    if hasattr(t, "detach"):
-        return t.detach().cpu().numpy()
-    if hasattr(t, "numpy"):
-        return np.asarray(t.numpy())
-    return np.asarray(t)
+def stream_scores(
+    adapter: ModelAdapter,
+    targets: Targets,
+    n_items: int,
+    n_per_item: int,
+    build: Callable[[Chunk], ep.Tensor],
+    *,
+    batch_size: int,
+    activation: str | None = None,
+    progress_bar: bool | None = None,
+    desc: str = "",
+    extra: Callable[[Chunk], ep.Tensor] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Scores ``(n_items, n_per_item)`` (NumPy float64) of the perturbed inputs ``build(chunk)``
+    returns, streamed ``batch_size`` model inputs at a time across items.
+
+    ``activation`` (``None``, ``"softmax"``, ``"sigmoid"``) is applied to the outputs before the
+    target score. ``extra(chunk)`` optionally computes one more per-pair value on the device
+    (MuFidelity's attribution sums); it comes back with the same shape. Scores stay on the
+    device until the end: one host copy per call, not one per chunk.
+
+    Example:
+        >>> def build(chunk):                   # perturbed inputs (chunk.size, *x.shape[1:])
+        ...     return adapter.broadcast_rows(x, chunk.items) * masks_of(chunk)
+        >>> scores, _ = stream_scores(adapter, targets, len(x), 16, build, batch_size=64)
+    """
+    from .ops import activate
+
+    scores = PairScores(n_items, n_per_item, adapter)
+    extras = PairScores(n_items, n_per_item, adapter)
+    todo = chunks(n_items, n_per_item, batch_size)
+    for chunk in progress(todo, enabled=progress_bar, total=len(todo), desc=desc):
+        outputs = adapter.forward(build(chunk))
+        scores.put(chunk, targets.take(chunk.items).score(activate(outputs, activation)))
+        if extra is not None:
+            extras.put(chunk, extra(chunk))
+    values = scores.result().numpy().astype(np.float64)
+    return values, (extras.result().numpy().astype(np.float64) if extra is not None else None)
+
+
+def index_column(adapter: ModelAdapter, like: ep.Tensor, values: np.ndarray, ndim: int) -> ep.Tensor:
+    """``values`` ``(B,)`` beside ``like`` as float32, shaped ``(B, 1, ..., 1)`` to broadcast
+    over ``ndim`` axes (uploaded without a device synchronisation).
+
+    Example:
+        >>> k = index_column(adapter, x, counts[chunk.samples], ranks.ndim)   # (B, 1, 1)
+    """
+    t = adapter.from_numpy(like, np.asarray(values, dtype=np.float32))
+    return t.reshape((len(values),) + (1,) * (ndim - 1))

@@ -12,7 +12,7 @@ import numpy as np
 from ._streaming import batched_forward
 from ._validation import dtype_name, is_floating
 from .backends import ModelAdapter
-from .backends._base import current_rows, weighted_score
+from .backends.adapter import current_rows, to_numpy, weighted_score
 from .errors import ScoreFunctionError, TargetError
 
 ScoreFn = Callable[[Any, Any], Any]
@@ -20,11 +20,18 @@ ScoreFn = Callable[[Any, Any], Any]
 
 @dataclass(frozen=True)
 class Targets:
-    """Resolved targets for a batch of ``n`` inputs.
+    """Resolved targets for a batch of ``n`` inputs: what a method or metric explains.
 
     Exactly one representation is used: ``weights`` ``(n, K)`` for the built-in score
     ``sum(outputs * weights, axis=1)``, or ``raw`` (the user's targets, native, possibly
     ``None``) passed to ``score_fn``. ``labels`` holds class indices where they are known.
+    The base classes resolve them before :meth:`~xai_toolbox.AttributionMethod.explain_batch`
+    runs; plugins score outputs and take gradients through them, so a ``score_fn`` works in
+    every method without the method knowing.
+
+    Example:
+        >>> scores = targets.take(chunk.items).score(adapter.forward(perturbed))     # (B,)
+        >>> grads = targets.take(slice(0, 8)).input_gradient(adapter, x[:8])         # like x[:8]
     """
 
     n: int
@@ -32,6 +39,17 @@ class Targets:
     labels: np.ndarray | None = None
     raw: Any = None
     score_fn: ScoreFn | None = None
+
+    def native(self) -> Any:
+        """The targets in a form every method and metric accepts again: the user's targets for
+        a ``score_fn``, else class indices, else the weights as NumPy (e.g. to re-run a method
+        on a modified model with the same targets)."""
+        if self.score_fn is not None:
+            return self.raw
+        if self.labels is not None:
+            return self.labels
+        assert self.weights is not None
+        return self.weights.numpy()
 
     def take(self, items: np.ndarray | slice) -> Targets:
         """The targets of a subset (a slice or item indices, repeats allowed)."""
@@ -47,7 +65,7 @@ class Targets:
         """One score per row of ``outputs``.
 
         When an adapter retries a part of the batch after running out of memory, ``outputs``
-        holds only those rows, and so do the targets used (see ``backends._base.rows``).
+        holds only those rows, and so do the targets used (see :func:`xai_toolbox.extend.rows`).
         """
         part = self._rows_being_computed(outputs.shape[0] if outputs.ndim else -1)
         if part is not None:
@@ -72,7 +90,15 @@ class Targets:
     # The passes below take the adapter's tensor-only entry points for the built-in score, which
     # an adapter may compile (Keras does); a score_fn is any Python function, taped as it is.
     def input_gradient(self, adapter: ModelAdapter, x: ep.Tensor) -> ep.Tensor:
-        """The gradient of each row's score with respect to that row of ``x``."""
+        """The gradient of each row's score with respect to that row of ``x``.
+
+        The built-in score takes the adapter's compilable entry point
+        (:meth:`~xai_toolbox.extend.ModelAdapter.weighted_value_and_grad`); a ``score_fn`` is
+        taped as it is. Parameters never receive gradients.
+
+        Example:
+            >>> grads = targets.take(rows).input_gradient(self.adapter, x[rows])
+        """
         if self.score_fn is None:
             assert self.weights is not None
             return adapter.weighted_value_and_grad(x, self.weights)[1]
@@ -82,7 +108,11 @@ class Targets:
         self, adapter: ModelAdapter, x: ep.Tensor, layer: str
     ) -> tuple[ep.Tensor, ep.Tensor | None, ep.Tensor]:
         """``layer``'s activations for ``x``, the scores' gradient with respect to them, and
-        the model outputs."""
+        the model outputs (activations in the framework's layout).
+
+        Example:
+            >>> acts, grads, outputs = targets.layer_gradient(self.adapter, x, "layer4")
+        """
         if self.score_fn is None:
             assert self.weights is not None
             return adapter.weighted_layer_activations(x, layer, self.weights)
@@ -113,12 +143,8 @@ def _take_native(raw: Any, items: np.ndarray | slice) -> Any:
 
 
 def _to_numpy(targets: Any) -> np.ndarray:
-    if hasattr(targets, "detach"):
-        return targets.detach().cpu().numpy()
-    if hasattr(targets, "numpy") and not isinstance(targets, np.ndarray):
-        return np.asarray(targets.numpy())
     try:
-        return np.asarray(targets)
+        return to_numpy(targets)
     except (ValueError, TypeError) as exc:  # ragged nested lists
         raise TargetError(
             f"targets could not be read as an array ({exc}); pass None, an int, class indices "

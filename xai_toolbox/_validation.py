@@ -13,6 +13,7 @@ from .errors import (
     ExplanationShapeError,
     InputDtypeError,
     InputError,
+    LayerError,
     LayoutError,
     NonFiniteInputError,
     ParameterError,
@@ -104,7 +105,12 @@ def _check_layout(
 
 
 def has_non_finite(x: ep.Tensor) -> bool:
-    """Whether ``x`` (floating point) holds a NaN or an infinity."""
+    """Whether ``x`` (floating point) holds a NaN or an infinity (one reduction, one host read).
+
+    Example:
+        >>> has_non_finite(ep.astensor(np.array([1.0, np.inf])))
+        True
+    """
     # A finite sum proves every value finite (a NaN or an infinity would propagate): one
     # reduction and one host sync in the usual case. Only a non-finite sum (which a sum of
     # huge finite values can also give, by overflow) needs the exact check: 0 * v is NaN
@@ -133,7 +139,12 @@ def check_explanations(inputs_shape: tuple[int, ...], maps_shape: tuple[int, ...
 
 
 def explanation_shape(inputs_shape: tuple[int, ...], channel_axis: int) -> tuple[int, ...]:
-    """The shape of an explanation for inputs of ``inputs_shape``: channels removed."""
+    """The shape of an explanation for inputs of ``inputs_shape``: channels removed.
+
+    Example:
+        >>> explanation_shape((8, 3, 32, 32), channel_axis=1)
+        (8, 32, 32)
+    """
     shape = tuple(int(d) for d in inputs_shape)
     if len(shape) <= 2:
         return shape
@@ -142,13 +153,88 @@ def explanation_shape(inputs_shape: tuple[int, ...], channel_axis: int) -> tuple
 
 
 # -- parameters ----------------------------------------------------------------------------
+# Each validator returns the value normalised (Python int/float/bool) or raises
+# ParameterError naming the parameter: constructors call them before storing anything.
 def positive_int(name: str, value: Any) -> int:
+    """An integer ≥ 1 (booleans refused).
+
+    Example:
+        >>> positive_int("steps", 10)
+        10
+    """
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise ParameterError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
 
+def non_negative_int(name: str, value: Any) -> int:
+    """An integer ≥ 0 (booleans refused).
+
+    Example:
+        >>> non_negative_int("max_iter", 0)
+        0
+    """
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise ParameterError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def flag(name: str, value: Any) -> bool:
+    """``True`` or ``False`` (not a truthy object).
+
+    Example:
+        >>> flag("absolute", True)
+        True
+    """
+    if not isinstance(value, bool | np.bool_):
+        raise ParameterError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def number(name: str, value: Any) -> float:
+    """A finite real number (a baseline, a strength).
+
+    Example:
+        >>> number("baseline", 0)
+        0.0
+    """
+    ok = isinstance(value, int | float | np.number) and not isinstance(value, bool)
+    if not ok or not np.isfinite(float(value)):
+        raise ParameterError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def activation(name: str, value: Any) -> str | None:
+    """An output activation: ``None`` (scores as given), ``"softmax"`` or ``"sigmoid"``.
+
+    Example:
+        >>> activation("activation", "softmax")
+        'softmax'
+    """
+    return one_of(name, value, (None, "softmax", "sigmoid"))
+
+
+def layer_name(name: str, value: Any) -> str | None:
+    """``None`` (the method's default layer) or a layer name.
+
+    Raises :class:`~xai_toolbox.errors.LayerError` for anything else.
+
+    Example:
+        >>> layer_name("layer", "layer4")
+        'layer4'
+    """
+    if value is not None and (not isinstance(value, str) or not value):
+        raise LayerError(f"{name} must be a layer name (str) or None, got {value!r}")
+    return value
+
+
 def in_range(name: str, value: Any, low: float, high: float, *, inclusive: bool = False) -> float:
+    """A real number in ``(low, high)`` (``[low, high]`` with ``inclusive``).
+
+    Example:
+        >>> in_range("noise", 0.2, 0.0, 1.0)
+        0.2
+    """
     ok = isinstance(value, int | float | np.number) and not isinstance(value, bool)
     if ok:
         ok = (low <= value <= high) if inclusive else (low < value < high)
@@ -159,12 +245,24 @@ def in_range(name: str, value: Any, low: float, high: float, *, inclusive: bool 
 
 
 def one_of(name: str, value: Any, choices: tuple[Any, ...]) -> Any:
+    """One of ``choices``.
+
+    Example:
+        >>> one_of("rule", "trapezoid", ("trapezoid", "riemann_middle"))
+        'trapezoid'
+    """
     if value not in choices:
         raise ParameterError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
 
 
 def power_of_two(name: str, value: Any) -> int:
+    """A power of two (the message suggests the two nearest).
+
+    Example:
+        >>> power_of_two("nb_design", 32)
+        32
+    """
     value = positive_int(name, value)
     if value & (value - 1):
         lower = 1 << (value.bit_length() - 1)
@@ -176,7 +274,12 @@ def power_of_two(name: str, value: Any) -> int:
 
 
 def seed(name: str, value: Any) -> int | None:
-    """``None`` (fresh randomness) or a non-negative integer, as NumPy's generators take."""
+    """``None`` (fresh randomness) or a non-negative integer, as NumPy's generators take.
+
+    Example:
+        >>> seed("seed", 0)
+        0
+    """
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:

@@ -1,13 +1,16 @@
 """Base classes of every attribution method and metric.
 
-A subclass implements one method on EagerPy tensors (``_explain`` or ``_score``); the base
-class does the rest: input conversion and validation, target resolution, restoring the
-caller's tensor type and device, and catching plugins that return malformed results.
-Constructors only store their keyword parameters (scikit-learn style) after checking them.
+A subclass declares its own hyper-parameters and implements one method on EagerPy tensors
+(:meth:`AttributionMethod.explain_batch` or :meth:`Metric.score_batch`); the base class does the
+rest: the standard keyword arguments, input conversion and validation, target resolution, the
+memory scope of the call, restoring the caller's tensor type and device, and catching plugins
+that return malformed results. Constructors only store their keyword parameters
+(scikit-learn style) after checking them.
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -20,14 +23,52 @@ from . import _precision
 from . import _validation as v
 from ._targets import ScoreFn, Targets, resolve_targets
 from .backends import ModelAdapter, adapt
-from .backends._base import memory_scope
-from .errors import PluginError, UnsupportedModelError, XaiToolboxError
+from .backends.adapter import memory_scope, to_numpy
+from .errors import ParameterError, PluginError, UnsupportedModelError, XaiToolboxError
+
+#: The keyword arguments every method and metric takes (declared once, in the base classes).
+STANDARD_PARAMS = ("batch_size", "score_fn", "progress", "framework")
 
 
 class _Configurable:
     """Stores constructor parameters as attributes and shows them in ``repr``."""
 
     model: Any
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        batch_size: int = 64,
+        score_fn: ScoreFn | None = None,
+        progress: bool | None = None,
+        framework: str | None = None,
+        **unknown: Any,
+    ) -> None:
+        if unknown:
+            raise self._unknown_params(unknown)
+        self.model = model
+        self.batch_size = v.positive_int("batch_size", batch_size)
+        if score_fn is not None and not callable(score_fn):
+            raise ParameterError(f"score_fn must be callable, got {type(score_fn).__name__}")
+        self.score_fn = score_fn
+        if progress is not None:
+            progress = v.flag("progress", progress)
+        self.progress = progress
+        if framework is not None and not isinstance(framework, str):
+            raise ParameterError(f"framework must be a framework name (str) or None, got {framework!r}")
+        self.framework = framework
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # help(cls) and inspect.signature(cls) show every parameter the class takes: its own
+        # and the standard ones, though a subclass passes the latter on as **kwargs.
+        params = [inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        params += [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+            for name, default in cls._param_defaults().items()
+        ]
+        cls.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Conventions shared by every plugin, checked whichever plugin stores them: a ``seed``
@@ -37,19 +78,42 @@ class _Configurable:
         object.__setattr__(self, name, value)
 
     @classmethod
-    def _param_names(cls) -> list[str]:
-        names: list[str] = []
+    def _param_defaults(cls) -> dict[str, Any]:
+        defaults: dict[str, Any] = {}
         for klass in cls.__mro__:
-            if "__init__" not in vars(klass) or klass in (_Configurable, object):
+            init = vars(klass).get("__init__")
+            if init is None or klass is object:
                 continue
-            for p in inspect.signature(vars(klass)["__init__"]).parameters.values():
-                if p.name not in ("self", "model") and p.kind is p.KEYWORD_ONLY and p.name not in names:
-                    names.append(p.name)
-        return names
+            for p in inspect.signature(init).parameters.values():
+                if p.kind is p.KEYWORD_ONLY and p.name not in defaults:
+                    defaults[p.name] = p.default
+        return defaults
+
+    @classmethod
+    def param_names(cls) -> list[str]:
+        """Every hyper-parameter the class takes, its own first, then the standard ones.
+
+        Example:
+            >>> xt.Rise.param_names()[:2]
+            ['nb_samples', 'grid_size']
+        """
+        return list(cls._param_defaults())
 
     def get_params(self) -> dict[str, Any]:
         """The hyper-parameters given to the constructor (defaults included)."""
-        return {name: getattr(self, name) for name in self._param_names()}
+        return {name: getattr(self, name) for name in self.param_names()}
+
+    @classmethod
+    def _unknown_params(cls, unknown: dict[str, Any]) -> ParameterError:
+        valid = cls.param_names()
+        parts = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, valid, n=1)
+            parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        return ParameterError(
+            f"{cls.__name__} got unknown parameter{'s' if len(parts) > 1 else ''} "
+            f"{', '.join(parts)}; valid parameters: {', '.join(valid)}"
+        )
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -85,6 +149,15 @@ class _Configurable:
             )
             raise
 
+    def check_call(self, x: ep.Tensor) -> None:
+        """Reject a call this object's parameters do not fit, before any model call.
+
+        Runs after the inputs are validated and converted (``x`` is on the model's device),
+        before targets are resolved. Override it to raise
+        :class:`~xai_toolbox.errors.ParameterError`/:class:`~xai_toolbox.errors.InputError`
+        (a grid larger than the image, an unknown layer name). The default accepts every call.
+        """
+
     def _prepare(self, inputs: Any) -> tuple[Any, ep.Tensor]:
         if _precision.requested() is not None and not self.adapter.supports_autocast:
             raise UnsupportedModelError(
@@ -96,75 +169,114 @@ class _Configurable:
         v.check_inputs(self.adapter, inputs)
         x = self.adapter.to_model(inputs)
         v.check_finite(x)
+        self.check_call(x)  # nothing has called the model yet
         return inputs, x
+
+    def explanation_shape(self, x: ep.Tensor) -> tuple[int, ...]:
+        """The shape of the explanations of ``x``: ``(N, H, W)`` for images whatever the
+        layout, ``(N, T)`` for series, ``(N, F)`` for tabular rows."""
+        return v.explanation_shape(tuple(x.shape), self.adapter.channel_axis)
+
+
+@dataclass
+class Explanation:
+    """What :meth:`AttributionMethod.explain_batch` may return instead of bare maps: the maps
+    and auxiliary outputs of the same call (e.g. Opti-CAM's final scores), so nothing has to
+    travel through instance state (unsafe when threads share an instance).
+
+    ``extras`` hold EagerPy tensors with one row per input (given back in the caller's type,
+    like the maps) or NumPy arrays.
+
+    Example:
+        >>> return Explanation(maps, {"scores": scores, "history": history})
+    """
+
+    maps: ep.Tensor
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class AttributionMethod(_Configurable, ABC):
     """Base class of attribution methods.
 
-    Subclasses set :attr:`name`, declare their hyper-parameters as keyword-only constructor
-    arguments stored under the same attribute names, and implement :meth:`_explain`.
+    A subclass sets :attr:`name`, declares its own hyper-parameters as keyword-only constructor
+    arguments stored under the same attribute names (passing ``**kwargs`` on to this class,
+    which takes the standard ones below), and implements :meth:`explain_batch`.
 
     Args:
-        model: a ``torch.nn.Module``, a ``keras.Model`` or a callable over NumPy arrays.
+        model: a model of any registered framework (``torch.nn.Module``, ``keras.Model``, a
+            callable over NumPy arrays, ...).
         batch_size: model inputs per forward pass, for every method.
         score_fn: ``score_fn(outputs, targets) -> (N,)`` native tensors; replaces the default
             score ``sum(outputs * one_hot(targets))`` (regression, multi-label, ...).
         progress: show a progress bar (``None``: only on an interactive terminal).
-        framework: force an adapter (``"torch"``, ``"tf"``, ``"numpy"``) instead of detecting it.
+        framework: force an adapter (``"torch"``, ``"tf"``, ``"numpy"``, ...) instead of
+            detecting it.
 
     Calling the method, ``method(inputs, targets=None)``, returns one explanation per input,
     ``(N, H, W)`` for images (channels reduced), in the inputs' type and on their device.
+
+    Example:
+        >>> class Ones(xt.AttributionMethod):
+        ...     name = "ones"
+        ...     def __init__(self, model, *, value=1.0, **kwargs):
+        ...         super().__init__(model, **kwargs)
+        ...         self.value = xt.extend.number("value", value)
+        ...     def explain_batch(self, x, targets):
+        ...         return ep.ones(x, self.explanation_shape(x)) * self.value
     """
 
     #: Registry name, e.g. ``"saliency"``.
     name: ClassVar[str] = ""
     #: Whether the method differentiates the model (NumPy callables cannot be).
     needs_gradients: ClassVar[bool] = False
-    #: Whether the result depends on a ``seed``.
+    #: Whether the method captures inner layers (CAM methods).
+    needs_layers: ClassVar[bool] = False
+    #: Whether the result depends on a ``seed`` parameter (shown by ``xai-toolbox list``;
+    #: the contract checks that one seed gives one map).
     stochastic: ClassVar[bool] = False
-
-    def __init__(
-        self,
-        model: Any,
-        *,
-        batch_size: int = 64,
-        score_fn: ScoreFn | None = None,
-        progress: bool | None = None,
-        framework: str | None = None,
-    ) -> None:
-        self.model = model
-        self.batch_size = v.positive_int("batch_size", batch_size)
-        if score_fn is not None and not callable(score_fn):
-            raise v.ParameterError(f"score_fn must be callable, got {type(score_fn).__name__}")
-        self.score_fn = score_fn
-        self.progress = progress
-        self.framework = framework
 
     def __call__(self, inputs: Any, targets: Any = None) -> Any:
         """Explain ``inputs`` for ``targets`` (see the class docs)."""
+        maps, _ = self.explain_with_extras(inputs, targets)
+        return maps
+
+    explain = __call__
+
+    def explain_with_extras(self, inputs: Any, targets: Any = None) -> tuple[Any, dict[str, Any]]:
+        """Like calling the method, plus the auxiliary outputs it returns (see
+        :class:`Explanation`): ``(maps, extras)``, both in the inputs' type.
+
+        Example:
+            >>> maps, extras = xt.OptiCAM(model).explain_with_extras(images, labels)
+            >>> extras["scores"]                               # (N,) masked scores
+        """
         adapter = self.adapter
+        self._check_capabilities(adapter)
+        inputs, x = self._prepare(inputs)
+        with adapter.preserved(), memory_scope():
+            resolved = resolve_targets(adapter, x, targets, self.score_fn, self.batch_size)
+            out = self._run_plugin("method", self.explain_batch, x, resolved)
+        explanation = out if isinstance(out, Explanation) else Explanation(out)
+        self._check_result(explanation.maps, x)
+        extras = {
+            key: adapter.restore(value, inputs) if isinstance(value, ep.Tensor) else value
+            for key, value in explanation.extras.items()
+        }
+        return adapter.restore(explanation.maps.float32(), inputs), extras
+
+    def _check_capabilities(self, adapter: ModelAdapter) -> None:
         if self.needs_gradients and not adapter.supports_gradients:
             raise UnsupportedModelError(
                 f"{self._plugin_name()} needs gradients, which a {adapter.display_name} cannot "
                 "give; use a black-box method (rise, sobol, hsic, occlusion)"
             )
-        inputs, x = self._prepare(inputs)
-        with adapter.preserved(), memory_scope():
-            resolved = resolve_targets(adapter, x, targets, self.score_fn, self.batch_size)
-            maps = self._run_plugin("method", self._explain, x, resolved)
-        self._check_result(maps, x)
-        return adapter.restore(maps.float32(), inputs)
-
-    explain = __call__
+        if self.needs_layers and not adapter.supports_layers:
+            raise UnsupportedModelError(f"{self._plugin_name()}: {adapter.no_layers_message()}")
 
     @abstractmethod
-    def _explain(self, x: ep.Tensor, targets: Targets) -> ep.Tensor:
-        """Explanations ``(N, *positions)`` for the validated batch ``x`` on the model's device."""
-
-    # -- helpers for subclasses ----------------------------------------------------------
-    def _explanation_shape(self, x: ep.Tensor) -> tuple[int, ...]:
-        return v.explanation_shape(tuple(x.shape), self.adapter.channel_axis)
+    def explain_batch(self, x: ep.Tensor, targets: Targets) -> ep.Tensor | Explanation:
+        """Explanations ``(N, *positions)`` for the validated batch ``x`` on the model's device
+        (or an :class:`Explanation` with auxiliary outputs)."""
 
     def _check_result(self, maps: Any, x: ep.Tensor) -> None:
         name = self._plugin_name()
@@ -173,7 +285,7 @@ class AttributionMethod(_Configurable, ABC):
                 f"method {name!r} returned {type(maps).__name__}; expected an EagerPy tensor of "
                 f"the model's framework ({type(x).__name__})"
             )
-        expected = self._explanation_shape(x)
+        expected = self.explanation_shape(x)
         if tuple(maps.shape) != expected:
             raise PluginError(
                 f"method {name!r} returned explanations of shape {tuple(maps.shape)}; expected {expected}"
@@ -197,6 +309,11 @@ class MetricResult:
         curves: ``(N, steps + 1)`` per-input curves for curve metrics, else ``None``.
         higher_is_better: how to read the score.
         details: extra arrays a metric reports (e.g. the x-axis of the curves).
+
+    Example:
+        >>> result = xt.metric("deletion", model)(images, labels, maps)
+        >>> result.mean, result.scores.shape, result.curves.shape
+        (0.21, (8,), (8, 11))
     """
 
     name: str
@@ -223,12 +340,22 @@ class Metric(_Configurable, ABC):
     ``metric(inputs, targets, explanations)`` (plus ``masks`` for localisation metrics) returns
     a :class:`MetricResult`. ``metric.evaluate(method, inputs, targets)`` explains first.
 
+    A subclass sets :attr:`name` and :attr:`higher_is_better`, declares its own
+    hyper-parameters (passing ``**kwargs`` on to this class) and implements
+    :meth:`score_batch`.
+
     Args:
         model: the model whose explanations are scored.
         batch_size: model inputs per forward pass.
         score_fn: as for methods: ``score_fn(outputs, targets) -> (N,)``.
         progress: show a progress bar (``None``: only on an interactive terminal).
-        framework: force an adapter (``"torch"``, ``"tf"``, ``"numpy"``).
+        framework: force an adapter (``"torch"``, ``"tf"``, ``"numpy"``, ...).
+
+    Example:
+        >>> class MeanAttribution(xt.Metric):
+        ...     name = "mean_attribution"
+        ...     def score_batch(self, x, targets, maps, masks):
+        ...         return self.make_result(maps.reshape((maps.shape[0], -1)).mean(axis=1))
     """
 
     name: ClassVar[str] = ""
@@ -238,33 +365,17 @@ class Metric(_Configurable, ABC):
     #: Whether the metric needs explanations at all (a model sanity check may not).
     needs_explanations: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        model: Any,
-        *,
-        batch_size: int = 64,
-        score_fn: ScoreFn | None = None,
-        progress: bool | None = None,
-        framework: str | None = None,
-    ) -> None:
-        self.model = model
-        self.batch_size = v.positive_int("batch_size", batch_size)
-        if score_fn is not None and not callable(score_fn):
-            raise v.ParameterError(f"score_fn must be callable, got {type(score_fn).__name__}")
-        self.score_fn = score_fn
-        self.progress = progress
-        self.framework = framework
-
     def __call__(
         self, inputs: Any, targets: Any = None, explanations: Any = None, masks: Any = None
     ) -> MetricResult:
         adapter = self.adapter
         inputs, x = self._prepare(inputs)
-        maps = self._prepare_explanations(x, explanations) if self.needs_explanations else None
+        given = self.needs_explanations or explanations is not None
+        maps = self._prepare_explanations(x, explanations) if given else None
         mask_t = self._prepare_masks(x, masks)
         with adapter.preserved(), memory_scope():
             resolved = resolve_targets(adapter, x, targets, self.score_fn, self.batch_size)
-            result = self._run_plugin("metric", self._score, x, resolved, maps, mask_t)
+            result = self._run_plugin("metric", self.score_batch, x, resolved, maps, mask_t)
         self._check_result(result, x.shape[0])
         return result
 
@@ -273,7 +384,7 @@ class Metric(_Configurable, ABC):
         if not isinstance(result, MetricResult):
             raise PluginError(
                 f"metric {name!r} returned {type(result).__name__}; expected a MetricResult "
-                "(build it with self._result(scores, curves, ...))"
+                "(build it with self.make_result(scores, curves, ...))"
             )
         scores = np.asarray(result.scores)
         if scores.shape != (n,):
@@ -297,22 +408,31 @@ class Metric(_Configurable, ABC):
         Example:
             >>> result = xt.metric("deletion", model).evaluate("saliency", images, labels)
         """
-        if isinstance(method, str):
-            from .api import method as make_method
-
-            method = make_method(method, self.model, batch_size=self.batch_size)
-        if not isinstance(method, AttributionMethod):
-            raise v.ParameterError(
-                f"method must be an AttributionMethod or a registered name, got {type(method).__name__}"
-            )
+        method = _method_object(method, self.model, {"batch_size": self.batch_size})
         explanations = method(inputs, targets) if self.needs_explanations else None
         return self(inputs, targets, explanations, masks)
 
     @abstractmethod
-    def _score(
+    def score_batch(
         self, x: ep.Tensor, targets: Targets, maps: ep.Tensor | None, masks: ep.Tensor | None
     ) -> MetricResult:
-        """Score the validated batch; ``maps`` are ``(N, *positions)`` on the model's device."""
+        """Score the validated batch; ``maps`` are ``(N, *positions)`` on the model's device
+        (``None`` for metrics that need no explanations), ``masks`` likewise where given."""
+
+    def make_result(self, scores: Any, curves: Any = None, **details: Any) -> MetricResult:
+        """The :class:`MetricResult` of this metric from per-input ``scores`` ``(N,)`` (any
+        tensor or array), optional ``curves`` ``(N, points)`` and named ``details``.
+
+        Example:
+            >>> return self.make_result(aucs, curves=curves, fractions=fractions)
+        """
+        return MetricResult(
+            name=self._plugin_name(),
+            scores=to_numpy(scores).astype(np.float64).reshape(-1),
+            higher_is_better=self.higher_is_better,
+            curves=None if curves is None else to_numpy(curves).astype(np.float64),
+            details=details,
+        )
 
     def _prepare_explanations(self, x: ep.Tensor, explanations: Any) -> ep.Tensor:
         if explanations is None:
@@ -352,28 +472,105 @@ class Metric(_Configurable, ABC):
             raise v.ExplanationShapeError(
                 f"masks must be booleans or numbers 0/1, got dtype {v.dtype_name(masks)}"
             )
-        mask_t = self.adapter.to_model(np.asarray(_host(masks), dtype=np.float32))
+        mask_t = self.adapter.to_model(np.asarray(to_numpy(masks), dtype=np.float32))
         v.check_finite(mask_t, "masks")
         return mask_t
 
-    def _result(
-        self, scores: Any, curves: Any = None, **details: Any
+
+class MethodMetric(Metric):
+    """Base class of metrics that re-run an attribution method: model randomisation,
+    stability, sensitivity.
+
+    The method is given as a registered name, an :class:`AttributionMethod` class, or an
+    instance (its parameters are reused); :meth:`explain` runs it on a model — the metric's
+    own or a modified copy — with the targets already resolved for the call. The call keeps
+    the template of every metric (validation before any model call, memory scope, result
+    checks); explanations passed to the metric are this method's maps on the metric's model
+    (computed when not given).
+
+    Args:
+        method: the attribution method (default ``"saliency"``).
+        method_params: keyword parameters for the method (with a name or a class).
+
+    Example:
+        >>> class Repeatability(MethodMetric):
+        ...     name = "repeatability"
+        ...     def score_batch(self, x, targets, maps, masks):
+        ...         again = self.explain(self.adapter, x, targets)
+        ...         return self.make_result(((maps - again) ** 2).mean(axis=(1, 2)))
+    """
+
+    needs_explanations = False
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        method: str | type | AttributionMethod = "saliency",
+        method_params: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, **kwargs)
+        is_class = isinstance(method, type) and issubclass(method, AttributionMethod)
+        if isinstance(method, str):
+            from .registry import get_registry
+
+            get_registry().method(method)  # an unknown name fails now, listing the known ones
+        elif not (is_class or isinstance(method, AttributionMethod)):
+            raise ParameterError(
+                "method must be a registered method name, an AttributionMethod class or an "
+                f"instance; got {type(method).__name__}"
+            )
+        self.method = method
+        if method_params is not None and not isinstance(method_params, dict):
+            raise ParameterError(f"method_params must be a dict, got {type(method_params).__name__}")
+        self.method_params = dict(method_params or {})
+
+    def make_method(self, model: Any) -> AttributionMethod:
+        """The configured attribution method, built for ``model`` (a model or an adapter)."""
+        method = self.method
+        if isinstance(method, AttributionMethod):
+            return type(method)(model, **{**method.get_params(), **self.method_params})
+        defaults: dict[str, Any] = {"batch_size": self.batch_size}
+        if self.score_fn is not None:
+            defaults["score_fn"] = self.score_fn
+        if self.framework is not None:
+            defaults["framework"] = self.framework
+        return _method_object(method, model, {**defaults, **self.method_params})
+
+    def explain(self, model: Any, x: ep.Tensor, targets: Targets) -> ep.Tensor:
+        """The configured method's explanations of ``x`` on ``model`` (the metric's adapter, or
+        the adapter of a modified copy), for the resolved ``targets``, beside ``x``."""
+        maps = self.make_method(model)(x.raw, targets.native())
+        return maps if isinstance(maps, ep.Tensor) else ep.astensor(maps)
+
+    def evaluate(
+        self, method: Any, inputs: Any, targets: Any = None, masks: Any = None, explanations: Any = None
     ) -> MetricResult:
-        from ._streaming import to_numpy
+        """Run the check for ``method`` (a name, class or instance) instead of the configured one.
 
-        return MetricResult(
-            name=self._plugin_name(),
-            scores=to_numpy(scores).astype(np.float64).reshape(-1),
-            higher_is_better=self.higher_is_better,
-            curves=None if curves is None else to_numpy(curves).astype(np.float64),
-            details=details,
-        )
+        ``explanations``, when given, are ``method``'s maps on this model (reused).
+
+        Example:
+            >>> xt.ModelRandomization(model).evaluate("gradcam", images, labels)
+        """
+        same = method == self.method if isinstance(method, str) else method is self.method
+        params = {**self.get_params(), "method": method}
+        if not same:
+            params["method_params"] = None
+        return type(self)(self.model, **params)(inputs, targets, explanations, masks)
 
 
-def _host(a: Any) -> Any:
-    if hasattr(a, "detach"):
-        return a.detach().cpu().numpy()
-    if hasattr(a, "numpy") and not isinstance(a, np.ndarray):
-        return a.numpy()
-    return a
+def _method_object(method: Any, model: Any, params: dict[str, Any]) -> AttributionMethod:
+    """``method`` as an instance: a registered name or a class is built for ``model``."""
+    if isinstance(method, AttributionMethod):
+        return method
+    if isinstance(method, str):
+        from .registry import get_registry
 
+        method = get_registry().method(method).cls
+    if isinstance(method, type) and issubclass(method, AttributionMethod):
+        return method(model, **params)
+    raise ParameterError(
+        f"method must be an AttributionMethod, a class of one or a registered name, got {type(method).__name__}"
+    )

@@ -46,6 +46,8 @@ class _Parser(argparse.ArgumentParser):
 
 # -- list ---------------------------------------------------------------------------------------
 def _cmd_list(args: argparse.Namespace) -> int:
+    """Every kind of plugin and the package providing it: methods, metrics, frameworks (with
+    whether each is installed here), the adapter plugins, and plugins not loaded (and why)."""
     registry = get_registry()
     for title, table in (("methods", registry.methods), ("metrics", registry.metrics)):
         print(f"{title}:")
@@ -54,10 +56,19 @@ def _cmd_list(args: argparse.Namespace) -> int:
         for name in sorted(table):
             entry = table[name]
             print(f"  {name:<24} {entry.cls.__name__:<24} {entry.package} ({entry.plugin})")
-    if registry.failed:
-        print("plugins that failed to load:")
-        for name, why in sorted(registry.failed.items()):
-            print(f"  {name}: {why}")
+    print("frameworks:")
+    for name in sorted(registry.frameworks):
+        entry = registry.frameworks[name]
+        installed = "installed" if entry.obj.available() else "not installed"
+        print(f"  {name:<24} {entry.obj.display_name + ', ' + installed:<40} {entry.package} ({entry.plugin})")
+    print("adapter plugins (asked in this order):")
+    for plugin, package in registry.adapter_plugins():
+        print(f"  {plugin:<24} {package}")
+    for title, problems in (("failed to load", registry.failed), ("disabled", registry.disabled)):
+        if problems:
+            print(f"plugins {title}:")
+            for name, why in sorted(problems.items()):
+                print(f"  {name}: {why}")
     return 0
 
 

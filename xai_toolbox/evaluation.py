@@ -27,8 +27,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _validation as v
-from ._streaming import batched_forward, to_numpy
+from ._streaming import batched_forward
 from .backends import adapt
+from .backends.adapter import to_numpy
 from .base import AttributionMethod, Metric, MetricResult
 from .errors import ExplanationShapeError, ParameterError, ScoreFunctionError
 

@@ -34,11 +34,23 @@ def register_metrics(register: Callable[[str, type], None]) -> None:
     """Call ``register(name, cls)`` for each metric the plugin provides."""
 
 
+@hookspec
+def register_frameworks(register: Callable[[Any], None]) -> None:
+    """Call ``register(Framework(...))`` for each framework the plugin's adapters serve.
+
+    The :class:`~xai_toolbox.backends.frameworks.Framework` tells the toolbox the framework's
+    names and aliases, whether it is installed, its image layout, and how to build the test
+    models :mod:`xai_toolbox.testing` runs the plugin contract on. A plugin that adds an
+    adapter (``adapt_model``) registers its framework here.
+    """
+
+
 @hookspec(firstresult=True)
 def adapt_model(model: Any, framework: str | None) -> Any:
     """Return a :class:`~xai_toolbox.backends.ModelAdapter` for ``model``, or ``None``.
 
-    ``framework`` is ``None`` or the user's explicit choice (``"torch"``, ``"tf"``, ``"numpy"``).
+    ``framework`` is ``None`` or the user's explicit choice, as a canonical framework name
+    (``"torch"``, ``"tf"``, ``"numpy"``, or one a plugin registered).
     The first non-``None`` result wins; plugins registered later are asked first, so a
     third-party adapter can take over a model type from the built-ins.
     """

@@ -31,7 +31,15 @@ def _cubic(t: np.ndarray, a: float = -0.5) -> np.ndarray:
 
 @functools.lru_cache(maxsize=256)
 def interpolation_matrix(n_in: int, n_out: int, mode: ResizeMode) -> np.ndarray:
-    """``(n_out, n_in)`` float32 matrix that resamples a 1-D signal of length ``n_in``."""
+    """``(n_out, n_in)`` float32 matrix that resamples a 1-D signal of length ``n_in``.
+
+    Example:
+        >>> interpolation_matrix(2, 4, "nearest")
+        array([[1., 0.],
+               [1., 0.],
+               [0., 1.],
+               [0., 1.]], dtype=float32)
+    """
     if mode not in _MODES:
         raise ValueError(f"resize mode must be one of {_MODES}, got {mode!r}")
     centre = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5  # source coordinate of each output
@@ -79,7 +87,13 @@ _cache_lock = threading.Lock()
 
 
 def on_device(like: ep.Tensor, key: tuple[object, ...], array: np.ndarray) -> ep.Tensor:
-    """``array`` as a tensor beside ``like``, cached so hot loops never copy it again."""
+    """``array`` as a tensor beside ``like``, cached so hot loops never copy it again.
+
+    ``key`` must identify ``array``'s content (it is not hashed).
+
+    Example:
+        >>> table = on_device(x, ("my-method-table", h, w), build_table(h, w))
+    """
     device = getattr(like.raw, "device", None)
     full = (type(like).__name__, str(device), *key)
     cached = _device_cache.get(full)
@@ -93,12 +107,22 @@ def on_device(like: ep.Tensor, key: tuple[object, ...], array: np.ndarray) -> ep
 
 
 def matmul(a: ep.Tensor, b: ep.Tensor) -> ep.Tensor:
-    """Batched, broadcasting matrix product (EagerPy's ``@`` accepts 2-D operands only)."""
+    """Batched, broadcasting matrix product (EagerPy's ``@`` accepts 2-D operands only).
+
+    Example:
+        >>> matmul(ep.astensor(np.ones((5, 2, 3))), ep.astensor(np.ones((3, 4)))).shape
+        (5, 2, 4)
+    """
     return type(a)(a.raw @ b.raw)
 
 
 def resize(x: ep.Tensor, size: tuple[int, int], mode: ResizeMode = "bilinear") -> ep.Tensor:
-    """Resize the last two axes of ``x`` (``(..., h, w)``) to ``size`` = ``(H, W)``."""
+    """Resize the last two axes of ``x`` (``(..., h, w)``) to ``size`` = ``(H, W)``: the same
+    numbers in every framework (half-pixel centres, replicated edges, bicubic ``a = -0.5``).
+
+    Example:
+        >>> resize(cams, (224, 224), "bilinear")         # (N, 7, 7) -> (N, 224, 224)
+    """
     h, w = x.shape[-2:]
     if (h, w) == tuple(size):
         return x
@@ -108,7 +132,12 @@ def resize(x: ep.Tensor, size: tuple[int, int], mode: ResizeMode = "bilinear") -
 
 
 def spatial_filter(x: ep.Tensor, mh: ep.Tensor, mw: ep.Tensor, channel_axis: int) -> ep.Tensor:
-    """Apply ``mh`` to rows and ``mw`` to columns of images ``(N, C, H, W)`` or ``(N, H, W, C)``."""
+    """Apply ``mh`` to rows and ``mw`` to columns of images ``(N, C, H, W)`` or ``(N, H, W, C)``.
+
+    Example:
+        >>> mh = on_device(x, ("box", h, 5), box_matrix(h, 5))
+        >>> blurred = spatial_filter(x, mh, mw, adapter.channel_axis)
+    """
     if channel_axis in (-1, x.ndim - 1):
         x = x.transpose((0, 3, 1, 2))
         return matmul(matmul(mh, x), mw.T).transpose((0, 2, 3, 1))
@@ -116,7 +145,11 @@ def spatial_filter(x: ep.Tensor, mh: ep.Tensor, mw: ep.Tensor, channel_axis: int
 
 
 def gaussian_blur(x: ep.Tensor, channel_axis: int, ksize: int = 11, sigma: float = 5.0) -> ep.Tensor:
-    """Gaussian blur of a batch of images (zero padding), RISE's insertion substrate."""
+    """Gaussian blur of a batch of images (zero padding), RISE's insertion substrate.
+
+    Example:
+        >>> substrate = gaussian_blur(x, adapter.channel_axis, ksize=11, sigma=5.0)
+    """
     h, w = _spatial_shape(x, channel_axis)
     mh = on_device(x, ("gauss", h, ksize, sigma), gaussian_matrix(h, ksize, sigma))
     mw = on_device(x, ("gauss", w, ksize, sigma), gaussian_matrix(w, ksize, sigma))
@@ -124,7 +157,11 @@ def gaussian_blur(x: ep.Tensor, channel_axis: int, ksize: int = 11, sigma: float
 
 
 def box_blur(x: ep.Tensor, channel_axis: int, size: int = 10) -> ep.Tensor:
-    """Box (mean) blur of a batch of images with replicated edges (Sobol's ``blurring``)."""
+    """Box (mean) blur of a batch of images with replicated edges (Sobol's ``blurring``).
+
+    Example:
+        >>> reference = box_blur(x, adapter.channel_axis, size=10)
+    """
     h, w = _spatial_shape(x, channel_axis)
     mh = on_device(x, ("box", h, size), box_matrix(h, size))
     mw = on_device(x, ("box", w, size), box_matrix(w, size))
@@ -138,14 +175,23 @@ def _spatial_shape(x: ep.Tensor, channel_axis: int) -> tuple[int, int]:
 
 
 def expand_to_inputs(maps: ep.Tensor, inputs_ndim: int, channel_axis: int) -> ep.Tensor:
-    """Insert the channel axis into per-position maps so they broadcast against the inputs."""
+    """Insert the channel axis into per-position maps so they broadcast against the inputs.
+
+    Example:
+        >>> masked = x * expand_to_inputs(masks, x.ndim, adapter.channel_axis)   # masks (N, H, W)
+    """
     if maps.ndim == inputs_ndim:
         return maps
     return maps.expand_dims(1 if channel_axis == 1 else maps.ndim)
 
 
 def reduce_channels(x: ep.Tensor, channel_axis: int, how: str = "sum") -> ep.Tensor:
-    """Reduce the channel axis of rank-3/4 inputs; rank-2 (tabular) inputs are returned as is."""
+    """Reduce the channel axis of rank-3/4 inputs (``"sum"``, ``"mean"``, ``"max"``); rank-2
+    (tabular) inputs are returned as they are.
+
+    Example:
+        >>> saliency = reduce_channels(grads.abs(), adapter.channel_axis, "max")   # (N, H, W)
+    """
     if x.ndim <= 2:
         return x
     axis = 1 if channel_axis == 1 else x.ndim - 1
@@ -159,8 +205,43 @@ def reduce_channels(x: ep.Tensor, channel_axis: int, how: str = "sum") -> ep.Ten
 
 
 def normalize_per_item(x: ep.Tensor, eps: float = 1e-12) -> ep.Tensor:
-    """Min-max normalise each item of a batch to [0, 1] (constant items become 0)."""
+    """Min-max normalise each item of a batch to [0, 1] (constant items become 0).
+
+    Example:
+        >>> normalize_per_item(ep.astensor(np.array([[1.0, 3.0]]))).numpy()
+        array([[0., 1.]])
+    """
     flat = x.reshape((x.shape[0], -1))
     lo = flat.min(axis=1, keepdims=True)
     hi = flat.max(axis=1, keepdims=True)
     return ((flat - lo) / (hi - lo + eps)).reshape(x.shape)
+
+
+#: Accepted output activations of metrics: scores as the model gives them, or probabilities.
+ACTIVATIONS = (None, "softmax", "sigmoid")
+
+
+def activate(outputs: ep.Tensor, activation: str | None) -> ep.Tensor:
+    """Apply an output activation (``None``, ``"softmax"``, ``"sigmoid"``) before a score.
+
+    Example:
+        >>> activate(ep.astensor(np.zeros((1, 2))), "softmax").numpy()
+        array([[0.5, 0.5]])
+    """
+    if activation is None:
+        return outputs
+    if activation == "softmax":
+        return ep.softmax(outputs, axis=-1)
+    if activation != "sigmoid":
+        raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+    # EagerPy has no sigmoid; 1 / (1 + e^-z) saturates to exactly 0 or 1 without NaN.
+    return 1.0 / (1.0 + ep.exp(-outputs))
+
+
+def channels_first(a: ep.Tensor, channel_axis: int) -> ep.Tensor:
+    """Activations or images ``(N, K, h, w)`` whatever the framework's layout.
+
+    Example:
+        >>> channels_first(acts, adapter.channel_axis)      # (N, h, w, K) -> (N, K, h, w)
+    """
+    return a if channel_axis == 1 else a.transpose((0, 3, 1, 2))

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .backends import native_framework
+from .backends.adapter import to_numpy
 from .errors import InputError, ParameterError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,26 +37,11 @@ _CHANNEL_SIZES = (1, 3, 4)
 
 
 # -- conversion --------------------------------------------------------------------------------
-def to_numpy(x: Any) -> np.ndarray:
-    """A native tensor (PyTorch, TensorFlow, EagerPy) or array-like as a NumPy array."""
-    raw = getattr(x, "raw", None)  # EagerPy tensor
-    if raw is not None and type(x).__module__.startswith("eagerpy"):
-        x = raw
-    if hasattr(x, "detach"):
-        return x.detach().cpu().numpy()
-    if hasattr(x, "numpy") and not isinstance(x, np.ndarray):
-        return np.asarray(x.numpy())
-    return np.asarray(x)
-
-
 def _framework_channels_first(x: Any) -> bool | None:
-    """``True`` for a PyTorch tensor, ``False`` for a TensorFlow one, ``None`` otherwise."""
-    module = type(x).__module__
-    if module.startswith("torch"):
-        return True
-    if module.startswith(("tensorflow", "keras")):
-        return False
-    return None
+    """Whether ``x``'s framework puts channels first (PyTorch), last (Keras), or ``None`` for
+    NumPy arrays and other objects (then the layout is guessed from the shape)."""
+    framework = native_framework(x)
+    return None if framework is None else framework.channel_axis == 1
 
 
 def _single_image(a: np.ndarray, channels_first: bool | None) -> np.ndarray:

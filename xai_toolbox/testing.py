@@ -10,42 +10,56 @@ Example:
 
 from __future__ import annotations
 
-import copy
-import importlib.util
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-FRAMEWORKS = ("torch", "tf")
+from .backends import adapt, framework_info, frameworks
+from .backends.adapter import to_numpy
+from .backends.test_models import keras_layout
+
+__all__ = [
+    "as_numpy",
+    "check_adapter",
+    "check_method",
+    "check_metric",
+    "cnn",
+    "cnn_weights",
+    "copy_model",
+    "installed_frameworks",
+    "keras_layout",
+    "linear_model",
+    "normalized",
+    "to_framework",
+    "twin_cnn",
+]
 
 
 def installed_frameworks() -> list[str]:
-    """The frameworks importable here, among ``"torch"`` and ``"tf"``."""
-    found = []
-    if importlib.util.find_spec("torch") is not None:
-        found.append("torch")
-    if importlib.util.find_spec("tensorflow") is not None and importlib.util.find_spec("keras") is not None:
-        found.append("tf")
-    return found
+    """The registered frameworks installed here whose plugin ships test models (the built-ins:
+    ``"torch"``, ``"tf"``; an adapter plugin adds its own).
+
+    Example:
+        >>> installed_frameworks()
+        ['tf', 'torch']
+    """
+    return [f.name for f in frameworks(installed=True) if f.build_test_model is not None]
+
+
+def _builder(framework: str) -> Callable[..., Any]:
+    info = framework_info(framework)
+    if info.build_test_model is None:
+        raise AssertionError(
+            f"framework {info.name!r} ({info.display_name}) registers no test models: its plugin's "
+            "Framework(build_test_model=...) is needed to run the contract on it"
+        )
+    if not info.available():
+        raise AssertionError(f"framework {info.name!r} is not installed (import {info.module!r} failed)")
+    return info.build_test_model
 
 
 # -- twin models ---------------------------------------------------------------------------
-def copy_torch_to_keras(torch_model: Any, keras_model: Any, names: Sequence[str]) -> None:
-    """Copy the weights of torch modules to the Keras layers of the same names.
-
-    Conv kernels ``(out, in, kh, kw)`` become ``(kh, kw, in, out)``; linear weights are
-    transposed. Both models then compute the same function (channels-first vs -last).
-    """
-    modules = dict(torch_model.named_modules())
-    for name in names:
-        module = modules[name]
-        values = [keras_layout(module.weight.detach().cpu().numpy())]
-        if getattr(module, "bias", None) is not None:
-            values.append(module.bias.detach().cpu().numpy())
-        keras_model.get_layer(name).set_weights(values)
-
-
 def cnn_weights(seed: int = 0, *, channels: int = 3, classes: int = 4, width: int = 8) -> dict[str, np.ndarray]:
     """Random weights (PyTorch layout) of the test CNN, from NumPy so no framework is needed."""
     rng = np.random.default_rng(seed)
@@ -65,53 +79,29 @@ def cnn_weights(seed: int = 0, *, channels: int = 3, classes: int = 4, width: in
 
 
 def cnn(
-    framework: str, seed: int = 0, *, channels: int = 3, size: int = 16, classes: int = 4, width: int = 8
+    framework: str,
+    seed: int = 0,
+    *,
+    channels: int = 3,
+    size: int = 16,
+    classes: int = 4,
+    width: int = 8,
+    training: bool = False,
 ) -> Any:
-    """A small CNN ``conv1 → relu1 → pool1 → conv2 → relu2 → gap → fc`` in ``framework``.
+    """A small CNN ``conv1 → relu1 → pool1 → conv2 → relu2 → gap → fc`` in ``framework``
+    (any registered framework whose plugin builds test models).
 
-    The same ``seed`` gives the same weights in PyTorch and Keras (kernels transposed), so
-    the two models compute the same function on ``(N, C, H, W)`` / ``(N, H, W, C)`` inputs.
+    The same ``seed`` gives the same weights in every framework (kernels transposed), so twin
+    models compute the same function on ``(N, C, H, W)`` / ``(N, H, W, C)`` inputs.
+    ``training=True`` hands the model over in training mode where the framework has one.
+
+    Example:
+        >>> torch_model, keras_model = cnn("torch"), cnn("tf")      # twins
     """
     weights = cnn_weights(seed, channels=channels, classes=classes, width=width)
-    if framework == "torch":
-        import torch
-
-        t = torch.nn.Sequential()
-        t.add_module("conv1", torch.nn.Conv2d(channels, width, 3, padding=1))
-        t.add_module("relu1", torch.nn.ReLU())
-        t.add_module("pool1", torch.nn.MaxPool2d(2))
-        t.add_module("conv2", torch.nn.Conv2d(width, 2 * width, 3, padding=1))
-        t.add_module("relu2", torch.nn.ReLU())
-        t.add_module("gap", torch.nn.AdaptiveAvgPool2d(1))
-        t.add_module("flatten", torch.nn.Flatten())
-        t.add_module("fc", torch.nn.Linear(2 * width, classes))
-        t.load_state_dict({k: torch.from_numpy(w) for k, w in weights.items()})
-        return t.eval()
-    import keras
-
-    inputs = keras.Input((size, size, channels))
-    h = keras.layers.Conv2D(width, 3, padding="same", name="conv1")(inputs)
-    h = keras.layers.ReLU(name="relu1")(h)
-    h = keras.layers.MaxPooling2D(2, name="pool1")(h)
-    h = keras.layers.Conv2D(2 * width, 3, padding="same", name="conv2")(h)
-    h = keras.layers.ReLU(name="relu2")(h)
-    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
-    outputs = keras.layers.Dense(classes, name="fc")(h)
-    model = keras.Model(inputs, outputs, name="test_cnn")
-    for name in ("conv1", "conv2", "fc"):
-        model.get_layer(name).set_weights(
-            [keras_layout(weights[f"{name}.weight"]), weights[f"{name}.bias"]]
-        )
-    return model
-
-
-def keras_layout(weight: np.ndarray) -> np.ndarray:
-    """A PyTorch weight in Keras' layout: conv ``(out, in, *k)`` → ``(*k, in, out)``, dense ``.T``."""
-    if weight.ndim == 4:
-        return weight.transpose(2, 3, 1, 0)
-    if weight.ndim == 3:
-        return weight.transpose(2, 1, 0)
-    return weight.T
+    return _builder(framework)(
+        "cnn", weights=weights, channels=channels, size=size, classes=classes, width=width, training=training
+    )
 
 
 def twin_cnn(seed: int = 0, **kwargs: Any) -> tuple[Any, Any]:
@@ -123,51 +113,36 @@ def linear_model(framework: str, weight: np.ndarray, bias: np.ndarray | None = N
     """``f(x) = W · flatten(x) (+ b)`` in ``framework``; ``weight`` is ``(K, *input_shape)`` with
     the input shape channels-first (as PyTorch sees it), e.g. ``(K, C, H, W)`` or ``(K, F)``.
 
-    For Keras the weight is permuted to channels-last, so both models compute the same scores
-    for the same images in their own layouts.
+    Channels-last frameworks get the weight permuted, so every model computes the same scores
+    for the same images in its own layout.
+
+    Example:
+        >>> model = linear_model("tf", np.ones((2, 3, 4, 4)))
     """
-    weight = np.asarray(weight, dtype=np.float32)
-    k, shape = weight.shape[0], weight.shape[1:]
-    flat = weight.reshape(k, -1)
-    if framework == "torch":
-        import torch
-
-        layer = torch.nn.Linear(flat.shape[1], k, bias=bias is not None)
-        with torch.no_grad():
-            layer.weight.copy_(torch.from_numpy(flat))
-            if bias is not None:
-                layer.bias.copy_(torch.from_numpy(np.asarray(bias, np.float32)))
-        return torch.nn.Sequential(torch.nn.Flatten(), layer).eval()
-    import keras
-
-    keras_shape = (*shape[1:], shape[0]) if len(shape) >= 2 else shape
-    permuted = np.moveaxis(weight, 1, -1) if len(shape) >= 2 else weight
-    inputs = keras.Input(keras_shape)
-    dense = keras.layers.Dense(k, use_bias=bias is not None, name="linear")
-    model = keras.Model(inputs, dense(keras.layers.Flatten()(inputs)))
-    values = [permuted.reshape(k, -1).T]
-    if bias is not None:
-        values.append(np.asarray(bias, np.float32))
-    dense.set_weights(values)
-    return model
+    return _builder(framework)("linear", weight=weight, bias=bias)
 
 
 def to_framework(images_nchw: np.ndarray, framework: str) -> Any:
-    """NumPy images ``(N, C, H, W)`` as the framework's native batch (layout included)."""
-    images_nchw = np.ascontiguousarray(images_nchw, dtype=np.float32)
-    if framework == "torch":
-        import torch
+    """NumPy images ``(N, C, H, W)`` as the framework's native batch (layout included).
 
-        return torch.from_numpy(images_nchw.copy())
-    import tensorflow as tf
+    Example:
+        >>> to_framework(np.zeros((1, 3, 8, 8), np.float32), "tf").shape
+        TensorShape([1, 8, 8, 3])
+    """
+    info = framework_info(framework)
+    images = _framework_layout(np.ascontiguousarray(images_nchw, dtype=np.float32), info.channel_axis)
+    return images if info.to_native is None else info.to_native(images)
 
-    return tf.convert_to_tensor(images_nchw.transpose(0, 2, 3, 1))
+
+def _framework_layout(images_nchw: np.ndarray, channel_axis: int) -> np.ndarray:
+    if channel_axis == 1 or images_nchw.ndim < 3:
+        return images_nchw
+    return np.ascontiguousarray(np.moveaxis(images_nchw, 1, -1))
 
 
 def as_numpy(t: Any) -> np.ndarray:
-    if hasattr(t, "detach"):
-        return t.detach().cpu().numpy()
-    return np.asarray(t)
+    """Any tensor or array as NumPy (a host copy for device tensors)."""
+    return to_numpy(t)
 
 
 def normalized(maps: np.ndarray) -> np.ndarray:
@@ -179,12 +154,18 @@ def normalized(maps: np.ndarray) -> np.ndarray:
 
 
 # -- the contract ----------------------------------------------------------------------------
-def _models(frameworks: Sequence[str] | None, seed: int) -> dict[str, Any]:
-    chosen = list(frameworks) if frameworks else installed_frameworks()
-    missing = [f for f in chosen if f not in installed_frameworks()]
-    if missing:
-        raise AssertionError(f"frameworks not installed: {missing}")
-    return {f: cnn(f, seed) for f in chosen}
+def _chosen(frameworks: Sequence[str] | None) -> list[str]:
+    chosen = [framework_info(f).name for f in frameworks] if frameworks else installed_frameworks()
+    for name in chosen:
+        _builder(name)  # not installed, or no test models: an AssertionError that says so
+    if not chosen:
+        raise AssertionError("no framework with test models is installed")
+    return chosen
+
+
+def _images(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.random((3, 3, 16, 16), dtype=np.float32), np.array([0, 1, 3])
 
 
 def check_method(
@@ -197,68 +178,56 @@ def check_method(
 ) -> None:
     """Run the method contract on ``cls`` and raise ``AssertionError`` naming what failed.
 
-    Checks, in each framework: output shape ``(N, H, W)``, float32, the inputs' type (native
-    in → native out, NumPy in → NumPy out), finite values; no ``.grad`` left on PyTorch
-    parameters and the training flag restored; the same map for ``batch_size=1`` and a larger
-    batch; the same map twice (seeded methods: same ``seed``). Across frameworks (when both
-    are installed): the same map for twin models with identical weights, after per-image
-    min-max normalisation, within ``atol``.
+    Checks, in each framework (default: every installed one with test models; any registered
+    framework can be named): output shape ``(N, H, W)``, float32, the inputs' type (native in
+    → native out, NumPy in → NumPy out), finite values; the model left as it was (weights,
+    training flags, gradients: :meth:`~xai_toolbox.extend.ModelAdapter.model_state`); the
+    same map for ``batch_size=1`` and a larger batch; the same map twice (seeded methods: same
+    ``seed``). Across frameworks: the same map for twin models with identical weights, after
+    per-image min-max normalisation, within ``atol``.
+
+    Example:
+        >>> check_method(MyMethod, {"nb_samples": 16})
+        >>> check_method(MyMethod, frameworks=["torch"])
     """
     params = dict(params or {})
-    rng = np.random.default_rng(seed)
-    images = rng.random((3, 3, 16, 16), dtype=np.float32)
-    targets = np.array([0, 1, 3])
-    name = getattr(cls, "name", cls.__name__)
+    images, targets = _images(seed)
+    name = getattr(cls, "name", "") or cls.__name__
     maps: dict[str, np.ndarray] = {}
-    for framework, model in _models(frameworks, seed).items():
+    for framework in _chosen(frameworks):
         where = f"{name} on {framework}"
+        model = cnn(framework, seed, training=True)  # a call must switch to inference and back
         x = to_framework(images, framework)
-        if framework == "torch":
-            model.train()  # the method must switch to eval and back
-        before = _weights(model, framework)
+        adapter = adapt(model, framework)
+        before = adapter.model_state()
         out = cls(model, **params)(x, targets)
-        assert type(out) is type(x) or (framework == "tf" and hasattr(out, "numpy")), (
-            f"{where}: returned {type(out).__name__} for a {type(x).__name__} input"
-        )
+        assert type(out) is type(x), f"{where}: returned {type(out).__name__} for a {type(x).__name__} input"
         result = as_numpy(out)
         assert result.shape == (3, 16, 16), f"{where}: shape {result.shape}, expected (3, 16, 16)"
         assert result.dtype == np.float32, f"{where}: dtype {result.dtype}, expected float32"
         assert np.all(np.isfinite(result)), f"{where}: non-finite values"
-        if framework == "torch":
-            assert model.training, f"{where}: the model's training flag was not restored"
-            grads = [n for n, p in model.named_parameters() if p.grad is not None]
-            assert not grads, f"{where}: left .grad on parameters {grads}"
-            model.eval()
-        assert _same_weights(before, _weights(model, framework)), f"{where}: changed the model's weights"
-        from_numpy = as_numpy(cls(model, **params)(_numpy_layout(images, framework), targets))
-        assert isinstance(cls(model, **params)(_numpy_layout(images, framework)[:1], targets[:1]), np.ndarray), (
-            f"{where}: NumPy inputs must give NumPy explanations"
+        assert adapter.model_state() == before, (
+            f"{where}: the model was left changed (weights, training flags or gradients)"
         )
+        as_array = as_numpy(x)
+        from_numpy = cls(model, **params)(as_array, targets)
+        assert isinstance(from_numpy, np.ndarray), f"{where}: NumPy inputs must give NumPy explanations"
         np.testing.assert_allclose(from_numpy, result, atol=atol, rtol=1e-4, err_msg=f"{where}: not repeatable")
         one = as_numpy(cls(model, **{**params, "batch_size": 1})(x, targets))
         np.testing.assert_allclose(
             normalized(one), normalized(result), atol=atol, err_msg=f"{where}: depends on batch_size"
         )
         maps[framework] = result
-    if len(maps) == 2:
-        np.testing.assert_allclose(
-            normalized(maps["torch"]), normalized(maps["tf"]), atol=atol,
-            err_msg=f"{name}: PyTorch and TensorFlow twins disagree",
-        )
+    _twins_agree(name, maps, atol)
 
 
-def _numpy_layout(images_nchw: np.ndarray, framework: str) -> np.ndarray:
-    return images_nchw if framework == "torch" else images_nchw.transpose(0, 2, 3, 1).copy()
-
-
-def _weights(model: Any, framework: str) -> list[np.ndarray]:
-    if framework == "torch":
-        return [p.detach().cpu().numpy().copy() for p in model.state_dict().values()]
-    return [np.array(w) for w in model.get_weights()]
-
-
-def _same_weights(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
-    return len(a) == len(b) and all(x.tobytes() == y.tobytes() for x, y in zip(a, b, strict=True))
+def _twins_agree(name: str, results: dict[str, np.ndarray], atol: float, *, normalize: bool = True) -> None:
+    first, *others = results
+    for other in others:
+        a, b = results[first], results[other]
+        if normalize:
+            a, b = normalized(a), normalized(b)
+        np.testing.assert_allclose(a, b, atol=atol, err_msg=f"{name}: {first} and {other} twins disagree")
 
 
 def check_metric(
@@ -273,48 +242,182 @@ def check_metric(
     """Run the metric contract on ``cls`` and raise ``AssertionError`` naming what failed.
 
     Checks: a :class:`~xai_toolbox.MetricResult` with ``(N,)`` finite scores; repeatable;
-    independent of ``batch_size``; weights and ``.grad`` untouched; and the same scores for
-    twin PyTorch/Keras models (within ``atol``) when both frameworks are installed.
+    independent of ``batch_size``; the model left as it was; and the same scores for twin
+    models in every framework checked (within ``atol``).
+
+    Example:
+        >>> check_metric(MyMetric, {"steps": 4})
+        >>> check_metric(MyLocalisationMetric, masks=True)
     """
     from .base import MetricResult
 
     params = dict(params or {})
-    rng = np.random.default_rng(seed)
-    images = rng.random((3, 3, 16, 16), dtype=np.float32)
+    images, targets = _images(seed)
+    rng = np.random.default_rng(seed + 1)
     explanations = rng.random((3, 16, 16), dtype=np.float32)
     gt = np.zeros((3, 16, 16), dtype=np.float32)
     gt[:, 4:10, 5:12] = 1
-    targets = np.array([0, 1, 3])
-    name = getattr(cls, "name", cls.__name__)
+    kwargs = {"masks": gt} if masks else {}
+    name = getattr(cls, "name", "") or cls.__name__
     scores: dict[str, np.ndarray] = {}
-    for framework, model in _models(frameworks, seed).items():
+    for framework in _chosen(frameworks):
         where = f"{name} on {framework}"
+        model = cnn(framework, seed, training=True)
         x = to_framework(images, framework)
-        before = _weights(model, framework)
-        kwargs = {"masks": gt} if masks else {}
+        adapter = adapt(model, framework)
+        before = adapter.model_state()
         result = cls(model, **params)(x, targets, explanations, **kwargs)
         assert isinstance(result, MetricResult), f"{where}: returned {type(result).__name__}"
         assert result.scores.shape == (3,), f"{where}: scores shape {result.scores.shape}, expected (3,)"
         assert np.all(np.isfinite(result.scores)), f"{where}: non-finite scores"
         again = cls(model, **{**params, "batch_size": 1})(x, targets, explanations, **kwargs)
         np.testing.assert_allclose(again.scores, result.scores, atol=atol, err_msg=f"{where}: depends on batch_size")
-        assert _same_weights(before, _weights(model, framework)), f"{where}: changed the model's weights"
-        if framework == "torch":
-            grads = [n for n, p in model.named_parameters() if p.grad is not None]
-            assert not grads, f"{where}: left .grad on parameters {grads}"
-        scores[framework] = result.scores
-    if len(scores) == 2:
-        np.testing.assert_allclose(
-            scores["torch"], scores["tf"], atol=atol, err_msg=f"{name}: PyTorch and TensorFlow twins disagree"
+        assert adapter.model_state() == before, (
+            f"{where}: the model was left changed (weights, training flags or gradients)"
         )
+        scores[framework] = result.scores
+    _twins_agree(name, scores, atol, normalize=False)
 
 
 def copy_model(model: Any) -> Any:
-    """A deep copy of a PyTorch or Keras model (weights included)."""
-    if hasattr(model, "state_dict"):
-        return copy.deepcopy(model)
-    import keras
+    """An independent copy of a model of any registered framework (weights included)."""
+    return adapt(model).clone().model
 
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    return clone
+
+# -- the adapter contract ---------------------------------------------------------------------
+def check_adapter(framework: str, *, atol: float = 1e-4, seed: int = 0) -> None:
+    """Run the adapter contract on a registered framework and raise ``AssertionError`` naming
+    what failed.
+
+    On the framework's test CNN (see :class:`~xai_toolbox.extend.Framework`): the adapter the
+    ``adapt_model`` hooks return is the framework's, with ``display_name`` and its layout;
+    conversions (NumPy and native in, the caller's type out); forward passes; an error of the
+    model wrapped in :class:`~xai_toolbox.errors.ModelError`; gradients (where the framework
+    has them) equal through the generic and the built-in-score entry points and with the
+    retried-rows window; inner layers (names, resolution, the default CAM layer, activations
+    and their gradients, unknown names listed); seeded device draws; row gathers and in-place
+    writes; model state left as found by a method call; weights, re-initialisation and copies.
+    Everything numeric is compared with the twin model of every other installed framework.
+
+    Example:
+        >>> check_adapter("tf")
+    """
+    from .errors import LayerError, ModelError
+
+    info = framework_info(framework)
+    name = info.name
+    images, targets = _images(seed)
+    model = cnn(name, seed)
+    adapter = adapt(model)
+    assert adapter.framework == name, f"{name}: adapt() chose the {adapter.framework!r} adapter"
+    assert isinstance(adapter.display_name, str) and adapter.display_name, f"{name}: no display_name"
+    assert adapter.channel_axis == info.channel_axis, f"{name}: channel_axis differs from its Framework"
+    assert adapter.supports_gradients == info.gradients, f"{name}: gradients differ from its Framework"
+    native = to_framework(images, name)
+    assert adapter.is_native(native), f"{name}: is_native() rejects the framework's own tensor"
+    x = adapter.to_model(native)
+    np.testing.assert_array_equal(as_numpy(x), as_numpy(adapter.to_model(as_numpy(native))))
+    assert isinstance(adapter.restore(x, as_numpy(native)), np.ndarray), f"{name}: restore(like=NumPy)"
+    assert adapter.is_native(adapter.restore(x, native)), f"{name}: restore(like=native)"
+    try:
+        adapter.forward(x[:, :1] if info.channel_axis == 1 else x[..., :1])
+    except ModelError:
+        pass
+    else:
+        raise AssertionError(f"{name}: a model failing on bad inputs was not reported as ModelError")
+    assert adapter.is_out_of_memory(MemoryError()), f"{name}: MemoryError is not treated as out of memory"
+
+    results = {name: _adapter_results(adapter, x, targets, seed)}
+    for other in installed_frameworks():
+        if other != name:
+            other_adapter = adapt(cnn(other, seed))
+            results[other] = _adapter_results(other_adapter, other_adapter.to_model(to_framework(images, other)), targets, seed)
+    reference = results[name]
+    for other, values in results.items():
+        for key, value in reference.items():
+            if key in values:
+                np.testing.assert_allclose(
+                    value, values[key], atol=atol, rtol=1e-4, err_msg=f"{name} vs {other}: {key} differ"
+                )
+
+    _check_rows_and_draws(adapter, x, name)
+    if adapter.supports_layers:
+        try:
+            adapter.resolve_layer("no_such_layer")
+        except LayerError as error:
+            assert "conv2" in str(error), f"{name}: the unknown-layer error does not list the layers"
+        else:
+            raise AssertionError(f"{name}: an unknown layer name was accepted")
+    if adapter.supports_gradients:
+        from .api import method
+
+        before = adapter.model_state()
+
+        method("saliency", model)(native, targets)
+        assert adapter.model_state() == before, f"{name}: a method call left the model changed"
+    _check_weights(adapter, x, name)
+
+
+def _adapter_results(adapter: Any, x: Any, targets: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Everything comparable across twin frameworks, channels first."""
+    from . import extend as xe
+
+    axis = adapter.channel_axis
+    out: dict[str, np.ndarray] = {"forward": as_numpy(adapter.forward(x))}
+    weights = adapter.from_numpy(x, np.eye(4, dtype=np.float32)[targets])
+    if adapter.supports_gradients:
+        values, grads = adapter.weighted_value_and_grad(x, weights)
+        generic = adapter.value_and_grad(
+            lambda z: (adapter.differentiable_forward(z) * xe.rows(weights)).sum(axis=1), x
+        )
+        np.testing.assert_allclose(as_numpy(values), as_numpy(generic[0]), atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(as_numpy(grads), as_numpy(generic[1]), atol=1e-5, rtol=1e-5)
+        out["score"] = as_numpy(values)
+        out["input gradient"] = as_numpy(xe.channels_first(grads, axis))
+    if adapter.supports_layers:
+        layer = adapter.resolve_layer("conv2")
+        default = adapter.default_layer(x)
+        assert adapter.resolve_layer(default) == adapter.resolve_layer("relu2"), (
+            f"{adapter.framework}: default CAM layer {default!r}, expected the last spatial layer relu2"
+        )
+        acts, _, outputs = adapter.layer_activations(x, layer)
+        out["activations"] = as_numpy(xe.channels_first(acts, axis))
+        np.testing.assert_allclose(as_numpy(outputs), out["forward"], atol=1e-5, rtol=1e-5)
+        if adapter.supports_gradients:
+            _, layer_grads, _ = adapter.weighted_layer_activations(x, layer, weights)
+            assert layer_grads is not None
+            out["layer gradient"] = as_numpy(xe.channels_first(layer_grads, axis))
+    return out
+
+
+def _check_rows_and_draws(adapter: Any, x: Any, name: str) -> None:
+    items = np.array([2, 2, 0, 1, 1])
+    expected = as_numpy(x)[items]
+    np.testing.assert_array_equal(as_numpy(adapter.take_rows(x, items)), expected, err_msg=f"{name}: take_rows")
+    one = adapter.broadcast_rows(x, np.array([1, 1, 1]))
+    assert tuple(one.shape)[0] in (1, 3), f"{name}: broadcast_rows shape {tuple(one.shape)}"
+    a = as_numpy(adapter.random_normal(x, (2000,), 7))
+    assert np.array_equal(a, as_numpy(adapter.random_normal(x, (2000,), 7))), f"{name}: draws not seeded"
+    assert not np.array_equal(a, as_numpy(adapter.random_normal(x, (2000,), 8))), f"{name}: seed ignored"
+    assert abs(a.mean()) < 0.1 and abs(a.std() - 1) < 0.1, f"{name}: draws are not standard normal"
+    if adapter.mutable_tensors:
+        buffer = adapter.from_numpy(x, np.zeros((3, 2), np.float32)).raw
+        adapter.write_rows(buffer, slice(0, 2), adapter.from_numpy(x, np.ones((2, 2), np.float32)).raw)
+        adapter.write_rows(buffer, 1, adapter.from_numpy(x, np.ones(2, np.float32)).raw, add=True)
+        np.testing.assert_array_equal(as_numpy(buffer), [[1, 1], [2, 2], [0, 0]], err_msg=f"{name}: write_rows")
+
+
+def _check_weights(adapter: Any, x: Any, name: str) -> None:
+    try:
+        layers = adapter.weight_layers()
+    except Exception:  # the framework does not expose weights: model randomisation is out
+        return
+    assert [n.replace(".", "/").rsplit("/", 1)[-1] for n in layers] == ["conv1", "conv2", "fc"], (
+        f"{name}: weight_layers() gave {layers}"
+    )
+    before = as_numpy(adapter.forward(x))
+    clone = adapter.clone()
+    assert clone.model is not adapter.model, f"{name}: clone() returned the same model"
+    clone.reinitialize([layers[-1]], lambda shapes: [np.zeros(s, np.float32) for s in shapes])
+    np.testing.assert_array_equal(as_numpy(clone.forward(x)), 0.0, err_msg=f"{name}: reinitialize")
+    np.testing.assert_array_equal(as_numpy(adapter.forward(x)), before, err_msg=f"{name}: clone shares weights")

@@ -1,45 +1,120 @@
-"""Framework adapters. :func:`adapt` picks one through the ``adapt_model`` plugin hook."""
+"""Framework adapters and frameworks. :func:`adapt` picks an adapter through the
+``adapt_model`` plugin hook; frameworks come from the ``register_frameworks`` hook."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..errors import UnsupportedModelError
-from ._base import ModelAdapter
+from ..errors import ParameterError, UnsupportedModelError
+from .adapter import ModelAdapter
+from .frameworks import Framework
 
-_ALIASES = {"pytorch": "torch", "torch": "torch", "tf": "tf", "tensorflow": "tf", "keras": "tf",
-            "numpy": "numpy"}
+
+def _registry() -> Any:
+    from ..registry import get_registry
+
+    return get_registry()
+
+
+def frameworks(*, installed: bool = False) -> list[Framework]:
+    """Every registered framework (``installed``: only those importable here), by name.
+
+    Example:
+        >>> [f.name for f in frameworks()]
+        ['numpy', 'tf', 'torch']
+    """
+    found = [entry.obj for _, entry in sorted(_registry().frameworks.items())]
+    return [f for f in found if f.available()] if installed else found
 
 
 def canonical_framework(name: str) -> str:
-    """The canonical name of a framework from any alias users type ("pytorch" → "torch",
-    "keras"/"tensorflow" → "tf"); unknown names are returned lower-cased, as given.
+    """The canonical name of a framework from any of its registered spellings ("pytorch" →
+    "torch", "keras"/"tensorflow" → "tf"); unknown names are returned lower-cased, as given.
 
     Example:
         >>> canonical_framework("PyTorch")
         'torch'
     """
-    return _ALIASES.get(name.lower(), name.lower())
+    wanted = str(name).lower()
+    for framework in frameworks():
+        if wanted in framework.spellings():
+            return framework.name
+    return wanted
+
+
+def framework_info(name: str) -> Framework:
+    """The registered :class:`Framework` called ``name`` (any spelling), or a
+    :class:`~xai_toolbox.errors.ParameterError` listing the registered ones.
+
+    Example:
+        >>> framework_info("keras").display_name
+        'TensorFlow/Keras'
+    """
+    canonical = canonical_framework(name)
+    for framework in frameworks():
+        if framework.name == canonical:
+            return framework
+    known = ", ".join(f"{f.name!r} ({f.display_name})" for f in frameworks()) or "none"
+    raise ParameterError(f"unknown framework {name!r}; registered frameworks: {known}")
+
+
+def native_framework(x: Any) -> Framework | None:
+    """The registered framework whose native tensor ``x`` is (``None`` for NumPy arrays and
+    anything else).
+
+    Example:
+        >>> native_framework(torch.zeros(1)).channel_axis
+        1
+    """
+    for framework in frameworks():
+        if framework.is_native is not None and framework.is_native(x):
+            return framework
+    return None
+
+
+def frameworks_where(capability: str) -> list[str]:
+    """Display names of the registered frameworks with ``capability`` (e.g. ``"gradients"``).
+
+    Used in messages, so they name what is installed rather than a fixed list.
+    """
+    attribute = {"supports_gradients": "gradients"}.get(capability, capability)
+    return [f.display_name for f in frameworks() if getattr(f, attribute, False)]
 
 
 def adapt(model: Any, framework: str | None = None) -> ModelAdapter:
     """The adapter for ``model``: the first plugin's ``adapt_model`` that accepts it.
 
-    ``framework`` ("torch", "tf", "numpy") forces a choice where a model could fit several.
-    An adapter passed in is returned as is.
+    ``framework`` (any registered spelling: "torch", "pytorch", "tf", "keras", "numpy", ...)
+    forces a choice where a model could fit several. An adapter passed in is returned as is.
+
+    Example:
+        >>> adapter = adapt(model)            # TorchAdapter, KerasAdapter, NumpyAdapter, ...
+        >>> adapter.framework, adapter.channel_axis
+        ('torch', 1)
     """
     if isinstance(model, ModelAdapter):
         return model
-    from ..registry import get_registry
-
     fw = canonical_framework(framework) if framework else None
-    adapter = get_registry().hook.adapt_model(model=model, framework=fw)
+    if fw is not None:
+        framework_info(fw)  # an unknown name fails here, listing the registered frameworks
+    adapter = _registry().hook.adapt_model(model=model, framework=fw)
     if adapter is None:
+        accepted = [f.models or f.display_name for f in frameworks() if f.available()]
+        forced = f" as framework {fw!r}" if fw else ""
         raise UnsupportedModelError(
-            f"no backend accepts a model of type {type(model).__module__}.{type(model).__qualname__}; "
-            "expected a torch.nn.Module, a keras.Model, or a callable over NumPy arrays"
+            f"no backend accepts a model of type {type(model).__module__}.{type(model).__qualname__}"
+            f"{forced}; expected {', '.join(accepted) or 'a model of a registered framework'}"
         )
     return adapter
 
 
-__all__ = ["ModelAdapter", "adapt", "canonical_framework"]
+__all__ = [
+    "Framework",
+    "ModelAdapter",
+    "adapt",
+    "canonical_framework",
+    "framework_info",
+    "frameworks",
+    "frameworks_where",
+    "native_framework",
+]

@@ -9,7 +9,7 @@ import eagerpy as ep
 import numpy as np
 
 from ..errors import UnsupportedModelError
-from ._base import ModelAdapter, float32_array
+from .adapter import ModelAdapter, as_type_of, float32_array
 
 
 class NumpyModel:
@@ -45,6 +45,8 @@ class NumpyAdapter(ModelAdapter):
     framework = "numpy"
     display_name = "NumPy callable"
     supports_gradients = False
+    supports_layers = False
+    mutable_tensors = True
 
     def __init__(self, model: Callable[[np.ndarray], Any]) -> None:
         super().__init__(model, channel_axis=getattr(model, "channel_axis", -1))
@@ -56,19 +58,16 @@ class NumpyAdapter(ModelAdapter):
         return ep.astensor(float32_array(x))
 
     def restore(self, t: ep.Tensor, like: Any) -> Any:
-        array = np.asarray(t.raw)
-        if isinstance(like, np.ndarray):
-            return array
-        if hasattr(like, "detach"):
-            import torch
+        return as_type_of(np.asarray(t.raw), like)
 
-            return torch.from_numpy(array).to(like.device)
-        import tensorflow as tf
+    def write_rows(self, buffer: Any, index: Any, values: Any, *, add: bool = False) -> None:
+        if add:
+            buffer[index] += values
+        else:
+            buffer[index] = values
 
-        return tf.convert_to_tensor(array)
-
-    def _forward(self, x: ep.Tensor) -> ep.Tensor:
-        with self._calling_model(x):
+    def forward_pass(self, x: ep.Tensor) -> ep.Tensor:
+        with self.calling_model(x):
             out = np.asarray(self.model(x.raw), dtype=np.float32)
         if out.ndim == 1:
             out = out[:, None]

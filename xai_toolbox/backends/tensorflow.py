@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -13,8 +14,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..errors import InputError, LayerError
-from ._base import ModelAdapter, ScoreOf, float32_array, pick_default_layer, weighted_score
+from ..errors import InputError, LayerError, UnsupportedModelError
+from .adapter import (
+    Draw,
+    ModelAdapter,
+    ScoreOf,
+    as_type_of,
+    float32_array,
+    pick_default_layer,
+    weighted_score,
+)
 
 # Inner layers are reached by temporarily wrapping ``layer.call`` on the instance, which works
 # for every kind of Keras model (a functional sub-model cannot be cut out of a subclassed one).
@@ -179,6 +188,21 @@ class _CallPatch:
             del self.layer.call
 
 
+def _canonical_shape(keras_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The PyTorch layout of a Keras kernel: ``(*k, in, out)`` → ``(out, in, *k)``, dense ``.T``."""
+    if len(keras_shape) >= 3:
+        *k, cin, cout = keras_shape
+        return (cout, cin, *k)
+    return tuple(reversed(keras_shape))
+
+
+def _keras_layout(a: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_canonical_shape` for values."""
+    if a.ndim >= 3:
+        return np.moveaxis(a, (0, 1), (-1, -2)).copy()  # (out, in, *k) -> (*k, in, out)
+    return a.T.copy() if a.ndim == 2 else a
+
+
 class KerasAdapter(ModelAdapter):
     """Adapter for Keras 3 models on the TensorFlow backend (channels-last inputs).
 
@@ -215,12 +239,13 @@ class KerasAdapter(ModelAdapter):
     def restore(self, t: ep.Tensor, like: Any) -> Any:
         if self.is_native(like):
             return t.raw
-        array = t.raw.numpy()
-        if isinstance(like, np.ndarray):
-            return array
-        import torch  # a torch tensor handed to a Keras model: give torch back
+        return as_type_of(t.raw.numpy(), like)  # NumPy, or another framework's tensor
 
-        return torch.from_numpy(array).to(like.device)
+    def random_normal(self, like: ep.Tensor, shape: tuple[int, ...], seed: int | None) -> ep.Tensor:
+        with tf.device(like.raw.device):
+            if seed is None:
+                return ep.astensor(tf.random.normal(shape, dtype=tf.float32))
+            return ep.astensor(tf.random.stateless_normal(shape, seed=[seed, 0]))
 
     # -- model -------------------------------------------------------------------------
     def _call(self, raw: Any) -> Any:
@@ -257,34 +282,34 @@ class KerasAdapter(ModelAdapter):
     def is_out_of_memory(self, exc: BaseException) -> bool:
         return isinstance(exc, tf.errors.ResourceExhaustedError | MemoryError)
 
-    def _forward(self, x: ep.Tensor) -> ep.Tensor:
-        with self._calling_model(x):
+    def forward_pass(self, x: ep.Tensor) -> ep.Tensor:
+        with self.calling_model(x):
             return ep.astensor(self._call(x.raw))
 
     def differentiable_forward(self, x: ep.Tensor) -> ep.Tensor:
-        with self._calling_model(x):
+        with self.calling_model(x):
             return ep.astensor(self._call(x.raw))
 
-    def _value_and_grad(
+    def value_and_grad_pass(
         self, fn: Callable[[ep.Tensor], ep.Tensor], x: ep.Tensor
     ) -> tuple[ep.Tensor, ep.Tensor]:
         leaf = x.raw
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(leaf)
             value = fn(ep.astensor(leaf)).raw
-        with self._calling_model(x, "differentiated"):
+        with self.calling_model(x, "differentiated"):
             grad = tape.gradient(value, leaf)
         if grad is None:
             grad = tf.zeros_like(leaf)
         return ep.astensor(value), ep.astensor(grad)
 
-    def _weighted_value_and_grad(self, x: ep.Tensor, weights: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor]:
+    def weighted_value_and_grad_pass(self, x: ep.Tensor, weights: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor]:
         raw = x.raw
         specs = (
             tf.TensorSpec((None, *raw.shape[1:]), raw.dtype),
             tf.TensorSpec((None, weights.shape[1]), weights.raw.dtype),
         )
-        with self._calling_model(x, "differentiated"):
+        with self.calling_model(x, "differentiated"):
             value, grad, scored = self._compiled_call(
                 specs, "gradient", lambda shared: _WeightedGradient(self.model, shared), raw, weights.raw
             )
@@ -298,31 +323,19 @@ class KerasAdapter(ModelAdapter):
         return list(_walk(self.model))
 
     def _layer(self, layer: str) -> Any:
-        named = self._named_layers()
-        exact = [obj for name, obj in named if name == layer]
-        if exact:
-            return exact[0]
-        short = [(name, obj) for name, obj in named if name.rsplit("/", 1)[-1] == layer]
-        if len(short) == 1:
-            return short[0][1]
-        if len(short) > 1:
-            raise LayerError(
-                f"layer name {layer!r} is ambiguous in this Keras model; use one of: "
-                + ", ".join(repr(name) for name, _ in short)
-            )
-        raise self.unknown_layer(layer)
+        return dict(self._named_layers())[self.resolve_layer(layer)]
 
-    def _layer_activations(
+    def layer_activations_pass(
         self, x: ep.Tensor, layer: str, score_of: ScoreOf | None
     ) -> tuple[ep.Tensor, ep.Tensor | None, ep.Tensor]:
         if score_of is None:
             return self._layer_pass(x, layer, None)
         # Any Python score: taped eagerly, the model included.
         layer_pass = _LayerPass(self.model, None, self._layer(layer), layer)
-        acts, grad, outputs = layer_pass.run(x.raw, score_of, lambda doing: self._calling_model(x, doing))
+        acts, grad, outputs = layer_pass.run(x.raw, score_of, lambda doing: self.calling_model(x, doing))
         return ep.astensor(acts), ep.astensor(grad), ep.astensor(outputs)
 
-    def _weighted_layer_activations(
+    def weighted_layer_activations_pass(
         self, x: ep.Tensor, layer: str, weights: ep.Tensor
     ) -> tuple[ep.Tensor, ep.Tensor | None, ep.Tensor]:
         return self._layer_pass(x, layer, weights)
@@ -339,7 +352,7 @@ class KerasAdapter(ModelAdapter):
             specs.append(tf.TensorSpec((None, weights.shape[1]), weights.raw.dtype))
             args.append(weights.raw)
         path = f"layer {layer}" + ("" if weights is None else " gradient")
-        with self._calling_model(x, "ran" if weights is None else "differentiated"):
+        with self.calling_model(x, "ran" if weights is None else "differentiated"):
             acts, grad, outputs = self._compiled_call(
                 tuple(specs), path, lambda shared: _LayerPass(self.model, shared, self._layer(layer), layer), *args,
                 autograph=False,
@@ -348,6 +361,40 @@ class KerasAdapter(ModelAdapter):
 
     def layer_names(self) -> list[str]:
         return [name for name, _ in self._named_layers()]
+
+    # -- weights -------------------------------------------------------------------------
+    def weight_layers(self) -> list[str]:
+        """Leaf layers with trainable weights (nested models walked: ``"outer/inner"``)."""
+        return [
+            name
+            for name, layer in self._named_layers()
+            if not getattr(layer, "layers", None) and layer.trainable_weights
+        ]
+
+    def reinitialize(self, layers: list[str], draw: Draw) -> None:
+        named = dict(self._named_layers())
+        for name in layers:
+            variables = list(named[name].trainable_weights)
+            shapes = [_canonical_shape(tuple(int(d) for d in w.shape)) for w in variables]
+            for w, a in zip(variables, draw(shapes), strict=True):
+                w.assign(_keras_layout(np.asarray(a)))
+
+    def clone(self) -> KerasAdapter:
+        """A copy by ``keras.models.clone_model`` (weights copied), or a deep copy for
+        subclassed models without a config."""
+        try:
+            clone = keras.models.clone_model(self.model)
+            clone.set_weights(self.model.get_weights())
+        except Exception as clone_error:
+            try:
+                clone = copy.deepcopy(self.model)
+            except Exception:
+                raise UnsupportedModelError(
+                    f"cannot copy this Keras model ({type(self.model).__name__}): clone_model "
+                    f"failed ({clone_error}); give the model a get_config() or use a "
+                    "functional/Sequential model"
+                ) from clone_error
+        return KerasAdapter(clone)
 
     def _display_name(self, qualified: str) -> str:
         short = qualified.rsplit("/", 1)[-1]
@@ -375,7 +422,7 @@ class KerasAdapter(ModelAdapter):
                     for p in patches:
                         p.__enter__()
                         entered.append(p)
-                    with self._calling_model(x[:1]):
+                    with self.calling_model(x[:1]):
                         self.model(x.raw[:1], training=False)
                 finally:
                     for p in reversed(entered):
@@ -388,6 +435,10 @@ class KerasAdapter(ModelAdapter):
                 )
             self._default_layers[key] = self._display_name(chosen)
         return self._default_layers[key]
+
+    def model_state(self) -> Any:
+        """The weights (Keras models have no training flag or stored gradients)."""
+        return tuple(np.asarray(w).tobytes() for w in self.model.get_weights())
 
     def output_width(self) -> int | None:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import threading
 import weakref
@@ -15,7 +16,7 @@ import torch
 
 from .._precision import requested
 from ..errors import InputError, LayerError
-from ._base import ModelAdapter, ScoreOf, float32_array, pick_default_layer
+from .adapter import Draw, ModelAdapter, ScoreOf, as_type_of, float32_array, pick_default_layer
 
 # Models shared by several adapters or threads: eval mode is entered once and the original
 # training flag restored when the last user leaves.
@@ -36,6 +37,7 @@ class TorchAdapter(ModelAdapter):
     framework = "torch"
     display_name = "PyTorch"
     supports_autocast = True
+    mutable_tensors = True
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__(model, channel_axis=1)
@@ -65,12 +67,44 @@ class TorchAdapter(ModelAdapter):
         raw = t.raw.detach()
         if isinstance(like, torch.Tensor):
             return raw.to(like.device)
-        array = raw.cpu().numpy()
-        if isinstance(like, np.ndarray):
-            return array
-        import tensorflow as tf  # a TF tensor handed to a torch model: give TF back
+        return as_type_of(raw.cpu().numpy(), like)  # NumPy, or another framework's tensor
 
-        return tf.convert_to_tensor(array)
+    def from_numpy(self, like: ep.Tensor, a: np.ndarray) -> ep.Tensor:
+        """A host array beside ``like``; on CUDA staged in pinned memory and copied
+        asynchronously, so chunk loops never wait for the work queued before the copy.
+
+        (A blocking host-to-device copy synchronises the stream: the host would wait for the
+        previous chunk's forward pass before queueing the next one. PyTorch's caching host
+        allocator keeps the staging buffer until the copy has run.)
+        """
+        array = np.ascontiguousarray(a)
+        device = like.raw.device
+        if device.type != "cuda":
+            return ep.from_numpy(like, array)
+        if not array.flags.writeable:  # torch.from_numpy warns on read-only arrays
+            array = array.copy()
+        staged = torch.from_numpy(array).pin_memory()
+        return ep.astensor(staged.to(device, non_blocking=True))
+
+    def repeated_row(self, x: ep.Tensor, item: int, count: int) -> ep.Tensor:
+        row = x.raw[item : item + 1]
+        return ep.astensor(row.expand(count, *row.shape[1:]))
+
+    def write_rows(self, buffer: Any, index: Any, values: Any, *, add: bool = False) -> None:
+        values = values.detach()
+        if add:
+            buffer[index] += values
+        else:
+            buffer[index] = values
+
+    def random_normal(self, like: ep.Tensor, shape: tuple[int, ...], seed: int | None) -> ep.Tensor:
+        device = like.raw.device
+        generator = torch.Generator(device=device)
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+        return ep.astensor(torch.randn(shape, generator=generator, device=device, dtype=torch.float32))
 
     # -- model -------------------------------------------------------------------------
     def is_out_of_memory(self, exc: BaseException) -> bool:
@@ -80,27 +114,27 @@ class TorchAdapter(ModelAdapter):
             return True
         return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
-    def _release_memory(self) -> None:
+    def release_memory(self) -> None:
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
 
-    def _forward(self, x: ep.Tensor) -> ep.Tensor:
+    def forward_pass(self, x: ep.Tensor) -> ep.Tensor:
         precision = requested()
         if precision is None:
-            with torch.no_grad(), self._calling_model(x):
+            with torch.no_grad(), self.calling_model(x):
                 return ep.astensor(self.model(x.raw))
         device = x.raw.device.type
         dtype = _AUTOCAST_DTYPES.get(precision) or (torch.float16 if device == "cuda" else torch.bfloat16)
-        with torch.no_grad(), self._calling_model(x), torch.autocast(device, dtype=dtype):
+        with torch.no_grad(), self.calling_model(x), torch.autocast(device, dtype=dtype):
             outputs = self.model(x.raw)
         # Scores, softmax and curves are computed in float32 whatever the model ran in.
         return ep.astensor(outputs.float() if outputs.dtype in (torch.float16, torch.bfloat16) else outputs)
 
     def differentiable_forward(self, x: ep.Tensor) -> ep.Tensor:
-        with self._calling_model(x):
+        with self.calling_model(x):
             return ep.astensor(self.model(x.raw))
 
-    def _value_and_grad(
+    def value_and_grad_pass(
         self, fn: Callable[[ep.Tensor], ep.Tensor], x: ep.Tensor
     ) -> tuple[ep.Tensor, ep.Tensor]:
         leaf = x.raw.detach().requires_grad_(True)
@@ -108,19 +142,16 @@ class TorchAdapter(ModelAdapter):
             value = fn(ep.astensor(leaf)).raw
             grad = None
             if value.requires_grad:  # else the score does not depend on the input at all
-                with self._calling_model(x, "differentiated"):
+                with self.calling_model(x, "differentiated"):
                     (grad,) = torch.autograd.grad(value.sum(), leaf, allow_unused=True)
         if grad is None:
             grad = torch.zeros_like(leaf)
         return ep.astensor(value.detach()), ep.astensor(grad)
 
     def _module(self, layer: str) -> torch.nn.Module:
-        modules = dict(self.model.named_modules())
-        if layer not in modules or layer == "":
-            raise self.unknown_layer(layer)
-        return modules[layer]
+        return dict(self.model.named_modules())[self.resolve_layer(layer)]
 
-    def _layer_activations(
+    def layer_activations_pass(
         self, x: ep.Tensor, layer: str, score_of: ScoreOf | None
     ) -> tuple[ep.Tensor, ep.Tensor | None, ep.Tensor]:
         module = self._module(layer)
@@ -145,20 +176,20 @@ class TorchAdapter(ModelAdapter):
             handle = module.register_forward_hook(hook)
             try:
                 if score_of is None:
-                    with torch.no_grad(), self._calling_model(x):
+                    with torch.no_grad(), self.calling_model(x):
                         outputs = self.model(x.raw)
                     if not captured:
                         raise LayerError(f"layer {layer!r} was not called by the model's forward")
                     return ep.astensor(captured[0]), None, ep.astensor(outputs)
                 with torch.enable_grad():
-                    with self._calling_model(x):
+                    with self.calling_model(x):
                         outputs = self.model(x.raw)
                     if not captured:
                         raise LayerError(f"layer {layer!r} was not called by the model's forward")
                     score = score_of(ep.astensor(outputs)).raw
                     grad = None
                     if score.requires_grad:
-                        with self._calling_model(x, "differentiated"):
+                        with self.calling_model(x, "differentiated"):
                             (grad,) = torch.autograd.grad(score.sum(), captured[0], allow_unused=True)
             finally:
                 handle.remove()
@@ -168,6 +199,26 @@ class TorchAdapter(ModelAdapter):
 
     def layer_names(self) -> list[str]:
         return [name for name, _ in self.model.named_modules() if name]
+
+    # -- weights -------------------------------------------------------------------------
+    def weight_layers(self) -> list[str]:
+        """Modules owning trainable parameters of their own, by dotted name."""
+        return [
+            name
+            for name, module in self.model.named_modules()
+            if any(p.requires_grad for p in module.parameters(recurse=False))
+        ]
+
+    def reinitialize(self, layers: list[str], draw: Draw) -> None:
+        modules = dict(self.model.named_modules())
+        with torch.no_grad():
+            for name in layers:
+                params = [p for p in modules[name].parameters(recurse=False) if p.requires_grad]
+                for p, a in zip(params, draw([tuple(p.shape) for p in params]), strict=True):
+                    p.copy_(torch.from_numpy(np.asarray(a)).to(device=p.device, dtype=p.dtype))
+
+    def clone(self) -> TorchAdapter:
+        return TorchAdapter(copy.deepcopy(self.model))
 
     def default_layer(self, x: ep.Tensor) -> str:
         key = tuple(x.shape[1:])
@@ -185,7 +236,7 @@ class TorchAdapter(ModelAdapter):
 
                 handles.append(module.register_forward_hook(record))
             try:
-                with _hook_lock, torch.no_grad(), self._calling_model(x[:1]):
+                with _hook_lock, torch.no_grad(), self.calling_model(x[:1]):
                     self.model(x.raw[:1])
             finally:
                 for h in handles:
@@ -258,6 +309,18 @@ class TorchAdapter(ModelAdapter):
                     del _mode_users[model]
                     _restore_training(model, users[1])
             _restore_parameters(saved)
+
+    def model_state(self) -> Any:
+        """Training flags, which parameters hold a ``.grad`` (and its values), and the weights."""
+        modules = tuple((name, m.training) for name, m in self.model.named_modules())
+        grads = tuple(
+            (name, None if p.grad is None else p.grad.detach().cpu().numpy().tobytes())
+            for name, p in self.model.named_parameters()
+        )
+        weights = tuple(
+            (name, t.detach().cpu().numpy().tobytes()) for name, t in self.model.state_dict().items()
+        )
+        return modules, grads, weights
 
     def last_parameter(self) -> torch.nn.Parameter | None:
         """The model's last parameter (what a replaced head changes), or ``None``.

@@ -1,53 +1,52 @@
-"""An example xai-toolbox plugin: the centre-prior baseline.
+"""An example third-party plugin package for xai-toolbox, built on the public API only.
 
-The "center baseline" of the pointing-game literature (Zhang et al. 2016): a Gaussian bump
-in the middle of the image, whatever the model says. Any explanation worth using should beat
-it on localisation metrics, which makes it a useful reference in evaluations.
+It adds two methods, a metric and a framework:
 
-Install this package (``pip install ./tests/example_plugin``) and it appears in
-``xt.list_methods()`` as ``center_prior``.
+* ``center_prior`` — the centre-prior baseline (:class:`~.methods.CenterPrior`);
+* ``masked_cam`` — a Score-CAM-like CAM on the extension API's CAM base (:class:`~.methods.MaskedCAM`);
+* ``concentration`` — the Gini index of an explanation (:class:`~.metrics.Concentration`);
+* ``tinynet`` — TinyNet, a NumPy inference engine, with its adapter (:mod:`.adapter`).
+
+Install this package (``pip install ./tests/example_plugin``) and they appear in
+``xt.list_methods()``, ``xt.list_metrics()`` and ``xai-toolbox list``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-import eagerpy as ep
-import numpy as np
-
 import xai_toolbox as xt
-from xai_toolbox import _validation as v
+from xai_toolbox import extend as xe
 
+xe.require_api("1.0")
 
-class CenterPrior(xt.AttributionMethod):
-    """A centred Gaussian map with standard deviation ``sigma`` × the image side.
+from .adapter import FRAMEWORK, TinyNetAdapter  # noqa: E402
+from .methods import CenterPrior, MaskedCAM  # noqa: E402
+from .metrics import Concentration  # noqa: E402
+from .tinynet import TinyNet, tiny_cnn  # noqa: E402
 
-    Example:
-        >>> maps = xt.method("center_prior", model, sigma=0.25)(images)
-    """
-
-    name = "center_prior"
-
-    def __init__(
-        self,
-        model: Any,
-        *,
-        sigma: float = 0.25,
-        batch_size: int = 64,
-        score_fn: Any = None,
-        progress: bool | None = None,
-        framework: str | None = None,
-    ) -> None:
-        super().__init__(model, batch_size=batch_size, score_fn=score_fn, progress=progress, framework=framework)
-        self.sigma = v.in_range("sigma", sigma, 0.0, 10.0)
-
-    def _explain(self, x: ep.Tensor, targets: Any) -> ep.Tensor:
-        shape = self._explanation_shape(x)
-        grids = np.meshgrid(*[(np.arange(n) + 0.5) / n - 0.5 for n in shape[1:]], indexing="ij")
-        bump = np.exp(-sum(g**2 for g in grids) / (2 * self.sigma**2)).astype(np.float32)
-        return ep.from_numpy(x, np.broadcast_to(bump, shape).copy())
+__all__ = ["CenterPrior", "Concentration", "MaskedCAM", "TinyNet", "TinyNetAdapter", "tiny_cnn"]
 
 
 @xt.hookimpl
-def register_methods(register: Any) -> None:
+def register_methods(register: Callable[[str, type], None]) -> None:
     register(CenterPrior.name, CenterPrior)
+    register(MaskedCAM.name, MaskedCAM)
+
+
+@xt.hookimpl
+def register_metrics(register: Callable[[str, type], None]) -> None:
+    register(Concentration.name, Concentration)
+
+
+@xt.hookimpl
+def register_frameworks(register: Callable[[xe.Framework], None]) -> None:
+    register(FRAMEWORK)
+
+
+@xt.hookimpl
+def adapt_model(model: Any, framework: str | None) -> Any:
+    if framework in (None, "tinynet") and isinstance(model, TinyNet):
+        return TinyNetAdapter(model)
+    return None

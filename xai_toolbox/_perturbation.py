@@ -1,4 +1,4 @@
-"""Shared machinery of the black-box perturbation methods (RISE, Sobol, HSIC, Occlusion).
+"""Shared machinery of black-box perturbation methods (RISE, Sobol, HSIC, Occlusion, ...).
 
 * :class:`PerturbationMethod` checks the geometry of a call (grid or patch against the image)
   right after input validation, i.e. before targets are resolved and before any model call.
@@ -22,10 +22,10 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 
-from xai_toolbox import _validation as v
-from xai_toolbox.base import AttributionMethod
-from xai_toolbox.errors import InputError, ParameterError
-from xai_toolbox.ops import box_blur, expand_to_inputs, resize
+from . import _validation as v
+from .base import AttributionMethod
+from .errors import InputError, ParameterError
+from .ops import box_blur, expand_to_inputs, resize
 
 PERTURBATIONS = ("inpainting", "blurring", "amplitude")
 
@@ -33,42 +33,28 @@ PERTURBATIONS = ("inpainting", "blurring", "amplitude")
 class PerturbationMethod(AttributionMethod):
     """An attribution method that only runs the model forward on perturbed inputs.
 
-    Subclasses implement :meth:`_check_call` to reject inputs their parameters do not fit
-    (a grid larger than the image, a patch larger than the input) before any model call.
+    Works for any model a forward pass can run, NumPy callables included. Subclasses
+    implement :meth:`~xai_toolbox.AttributionMethod.check_call` to reject inputs their
+    parameters do not fit (a grid larger than the image) before any model call.
+
+    Example:
+        >>> class Blackout(PerturbationMethod):
+        ...     name = "blackout"
+        ...     def _explain(self, x, targets):
+        ...         ...                       # stream perturbed inputs through self.adapter.forward
     """
 
     needs_gradients = False
 
-    def _prepare(self, inputs: Any) -> tuple[Any, ep.Tensor]:
-        inputs, x = super()._prepare(inputs)
-        # Runs before targets are resolved (which may call the model): nothing has run yet.
-        self._check_call(x)
-        return inputs, x
-
-    def _check_call(self, x: ep.Tensor) -> None:
-        """Raise :class:`ParameterError`/:class:`InputError` if this call cannot be done."""
-
 
 # -- parameters ------------------------------------------------------------------------------
-def seed_value(seed: Any) -> int | None:
-    """``None`` or a non-negative integer seed."""
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ParameterError(f"seed must be None or a non-negative integer, got {seed!r}")
-    return int(seed)
-
-
-def number(name: str, value: Any) -> float:
-    """A finite real number (a scalar baseline or strength)."""
-    ok = isinstance(value, int | float | np.number) and not isinstance(value, bool)
-    if not ok or not np.isfinite(float(value)):
-        raise ParameterError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
 def image_size(x: ep.Tensor, channel_axis: int, method: str) -> tuple[int, int]:
-    """``(H, W)`` of a batch of images, or an :class:`InputError` for other inputs."""
+    """``(H, W)`` of a batch of images, or an :class:`InputError` for other inputs.
+
+    Example:
+        >>> image_size(x, adapter.channel_axis, "rise")
+        (224, 224)
+    """
     if x.ndim != 4:
         raise InputError(
             f"{method} perturbs images on a grid: expected (N, C, H, W) / (N, H, W, C) inputs, "
@@ -78,7 +64,11 @@ def image_size(x: ep.Tensor, channel_axis: int, method: str) -> tuple[int, int]:
 
 
 def check_grid(grid_size: int, size: tuple[int, int], method: str) -> None:
-    """A ``grid_size × grid_size`` grid needs at least one pixel per cell."""
+    """A ``grid_size × grid_size`` grid needs at least one pixel per cell.
+
+    Example:
+        >>> check_grid(8, (224, 224), "sobol")          # raises ParameterError for (4, 4)
+    """
     if grid_size > min(size):
         raise ParameterError(
             f"{method}: grid_size={grid_size} is larger than the image ({size[0]}×{size[1]}); "
@@ -96,6 +86,10 @@ class BlockSampler:
     ``draw(rng, k)`` returns a tuple of arrays with ``k`` rows (one per sample). Samples are
     grouped in blocks of ``block`` consecutive indices; block ``b`` is drawn with
     ``numpy.random.default_rng([seed, b])``. ``seed=None`` picks one fresh seed per sampler.
+
+    Example:
+        >>> sampler = BlockSampler(0, lambda rng, k: (rng.random((k, 7, 7)) < 0.5,))
+        >>> (grids,) = sampler.take(chunk.samples)         # the same for any chunking
     """
 
     def __init__(self, seed: int | None, draw: Draw, block: int = 256) -> None:
@@ -138,14 +132,22 @@ class BlockSampler:
 
 # -- perturbations -----------------------------------------------------------------------------
 def upsample_nearest(grids: ep.Tensor, size: tuple[int, int]) -> ep.Tensor:
-    """Low-resolution masks ``(B, g, g)`` → ``(B, H, W)`` by nearest neighbour (half-pixel)."""
+    """Low-resolution masks ``(B, g, g)`` → ``(B, H, W)`` by nearest neighbour (half-pixel).
+
+    Example:
+        >>> masks = upsample_nearest(adapter.from_numpy(x, low_res), (224, 224))
+    """
     return resize(grids, size, "nearest")
 
 
 def reference_images(
     x: ep.Tensor, channel_axis: int, perturbation: str, baseline: float, blur_size: int
 ) -> ep.Tensor | float | None:
-    """What masked pixels move towards: a value (inpainting), blurred images, or nothing."""
+    """What masked pixels move towards: a value (inpainting), blurred images, or nothing.
+
+    Example:
+        >>> reference = reference_images(x, adapter.channel_axis, "blurring", 0.0, 10)
+    """
     if perturbation == "inpainting":
         return baseline
     if perturbation == "blurring":
@@ -167,6 +169,9 @@ def perturb(
       blurred image;
     * amplitude: ``x ⊙ (1 + σ (M − 0.5))`` — the pixel amplitude scaled between
       ``1 − σ/2`` (M = 0) and ``1 + σ/2`` (M = 1), unchanged at M = 0.5.
+
+    Example:
+        >>> perturbed = perturb(rows, masks, adapter.channel_axis, "inpainting", 0.0)
     """
     m = expand_to_inputs(masks, x.ndim, channel_axis)
     if perturbation == "amplitude":
@@ -181,10 +186,15 @@ def perturb(
 def perturbation_params(
     perturbation: Any, blur_size: Any, amplitude_sigma: Any, baseline: Any
 ) -> tuple[str, int, float, float]:
-    """Validate the perturbation options shared by Sobol and HSIC."""
+    """Validate the perturbation options shared by Sobol and HSIC.
+
+    Example:
+        >>> perturbation_params("blurring", 10, 1.0, 0.0)
+        ('blurring', 10, 1.0, 0.0)
+    """
     return (
         v.one_of("perturbation", perturbation, PERTURBATIONS),
         v.positive_int("blur_size", blur_size),
         v.in_range("amplitude_sigma", amplitude_sigma, 0.0, 2.0, inclusive=True),
-        number("baseline", baseline),
+        v.number("baseline", baseline),
     )

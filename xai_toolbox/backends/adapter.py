@@ -1,0 +1,756 @@
+"""The adapter contract: what every framework adapter provides, under public names.
+
+An adapter owns everything framework-specific: moving data to the model's device, forward
+passes in eval mode, gradients with respect to inputs or inner activations, layer lookup,
+device-side random draws, in-place accumulation, weights (for model randomisation) and copies
+of the model. Methods and metrics see only :mod:`eagerpy` tensors and this interface, which is
+why one implementation of each method runs on every framework — and why a new framework (JAX,
+ONNX Runtime, ...) is one plugin module: subclass :class:`ModelAdapter`, implement the abstract
+methods (and the optional ones the framework can do), return it from an ``adapt_model`` hook.
+
+What an adapter implements (one pass over the batch it is given, no retries):
+
+* required: :meth:`~ModelAdapter.is_native`, :meth:`~ModelAdapter.to_model`,
+  :meth:`~ModelAdapter.restore`, :meth:`~ModelAdapter.forward_pass`, and the class
+  attributes ``framework`` and ``display_name`` (a subclass without them fails at definition);
+* for gradient methods: :meth:`~ModelAdapter.differentiable_forward`,
+  :meth:`~ModelAdapter.value_and_grad_pass` (and ``supports_gradients = True``);
+* for CAM methods: :meth:`~ModelAdapter.layer_activations_pass`,
+  :meth:`~ModelAdapter.layer_names`, :meth:`~ModelAdapter.resolve_layer`,
+  :meth:`~ModelAdapter.default_layer`;
+* for model randomisation: :meth:`~ModelAdapter.weight_layers`,
+  :meth:`~ModelAdapter.reinitialize`, :meth:`~ModelAdapter.clone`;
+* optional speed-ups with generic defaults: :meth:`~ModelAdapter.weighted_value_and_grad_pass`,
+  :meth:`~ModelAdapter.weighted_layer_activations_pass` (compiled paths),
+  :meth:`~ModelAdapter.from_numpy` (asynchronous uploads), :meth:`~ModelAdapter.repeated_row`
+  (broadcast views), :meth:`~ModelAdapter.random_normal` (device generators),
+  ``mutable_tensors`` + :meth:`~ModelAdapter.write_rows` (in-place accumulators),
+  :meth:`~ModelAdapter.is_out_of_memory` + :meth:`~ModelAdapter.release_memory` (OOM retries).
+
+What methods call (templates that retry on halves of the batch after an out-of-memory
+error, then call the passes above): :meth:`~ModelAdapter.forward`,
+:meth:`~ModelAdapter.value_and_grad`, :meth:`~ModelAdapter.weighted_value_and_grad`,
+:meth:`~ModelAdapter.layer_activations`, :meth:`~ModelAdapter.weighted_layer_activations`.
+
+:func:`xai_toolbox.testing.check_adapter` runs this contract on an adapter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import eagerpy as ep
+import numpy as np
+
+from ..errors import (
+    InputError,
+    LayerError,
+    ModelError,
+    OutOfMemoryWarning,
+    ScoreFunctionError,
+    UnsupportedModelError,
+    XaiToolboxError,
+)
+
+#: ``fn(outputs) -> scores``: maps model outputs ``(B, K)`` to one score per input ``(B,)``.
+ScoreOf = Callable[[ep.Tensor], ep.Tensor]
+
+#: ``draw(shapes) -> arrays``: new values for the trainable parameters of one layer, given
+#: their shapes in the canonical (PyTorch, channels-first) layout; see
+#: :meth:`ModelAdapter.reinitialize`.
+Draw = Callable[[list[tuple[int, ...]]], list[np.ndarray]]
+
+
+# -- out-of-memory retries -------------------------------------------------------------------
+# A pass that runs out of memory is retried on halves of its batch. Scores, gradients and
+# activations are per input (row), so the halves concatenated equal the whole. Functions that
+# close over per-row data of the whole batch (the targets) see the rows being computed through
+# ``current_rows()``/``rows()``: ``Targets.score`` uses it, which makes every built-in path
+# splittable without the methods knowing.
+
+
+@dataclass
+class _MemoryState:
+    """What one method/metric call learnt: the largest batch per kind of pass that fitted."""
+
+    limits: dict[str, int] = field(default_factory=dict)
+    warned: bool = False
+
+
+_memory: ContextVar[_MemoryState | None] = ContextVar("xai_toolbox_memory", default=None)
+_window: ContextVar[tuple[int, int, int] | None] = ContextVar("xai_toolbox_rows", default=None)
+
+
+@contextlib.contextmanager
+def memory_scope() -> Iterator[None]:
+    """Scope of one method or metric call (the base classes open it).
+
+    Inside it, a batch size halved after an out-of-memory error stays halved for every later
+    pass of the same kind (so the error is not hit again on every chunk), and the
+    :class:`~xai_toolbox.errors.OutOfMemoryWarning` is given once. Contexts are per thread.
+
+    Example:
+        >>> with memory_scope():
+        ...     outputs = adapter.forward(x)       # retried on halves if it runs out of memory
+    """
+    token = _memory.set(_MemoryState())
+    try:
+        yield
+    finally:
+        _memory.reset(token)
+
+
+def current_rows() -> tuple[int, int, int] | None:
+    """``(lo, hi, total)`` while an adapter retries rows ``[lo, hi)`` of a batch of ``total``.
+
+    ``None`` when the whole batch is being computed (the usual case).
+
+    Example:
+        >>> current_rows() is None       # outside a retried pass
+        True
+    """
+    return _window.get()
+
+
+def weighted_score(outputs: ep.Tensor, weights: ep.Tensor) -> ep.Tensor:
+    """``Σ_k outputs[:, k] · weights[:, k]`` per row, for ``(N, K)`` outputs: the built-in score.
+
+    Example:
+        >>> weighted_score(ep.astensor(np.eye(2)), ep.astensor(np.ones((2, 2)))).numpy()
+        array([1., 1.])
+    """
+    if outputs.ndim != 2:
+        raise ScoreFunctionError(
+            f"the model returned outputs of shape {tuple(outputs.shape)}; the default score needs "
+            "(N, K) outputs — pass score_fn=... for other outputs"
+        )
+    return (outputs * weights).sum(axis=1)
+
+
+def rows(t: Any) -> Any:
+    """The rows of ``t`` that the current pass computes, when ``t`` holds one row per input.
+
+    A function given to :meth:`ModelAdapter.value_and_grad` that closes over per-input data
+    of the whole batch (weights, masks, targets) wraps it in ``rows(...)``, so it stays
+    correct when the adapter splits the batch after running out of memory. Outside a split
+    pass, or for data of another length, ``t`` is returned unchanged.
+
+    Example:
+        >>> fn = lambda z: (adapter.differentiable_forward(z) * rows(weights)).sum(axis=1)
+    """
+    window = _window.get()
+    if window is None or t is None:
+        return t
+    lo, hi, total = window
+    shape = getattr(t, "shape", None)
+    if shape is not None:
+        length = int(shape[0]) if len(shape) else -1
+    else:
+        length = len(t) if isinstance(t, list | tuple) else -1
+    return t[lo:hi] if length == total else t
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Any tensor — EagerPy, or a native tensor of a framework EagerPy knows — or array-like
+    as a NumPy array (a host copy for device tensors).
+
+    The one conversion every part of the toolbox uses; it asks EagerPy, so no framework is
+    named here.
+
+    Example:
+        >>> to_numpy([1.0, 2.0])
+        array([1., 2.])
+    """
+    if isinstance(x, np.ndarray):
+        return x
+    try:
+        a = (x if isinstance(x, ep.Tensor) else ep.astensor(x)).numpy()
+    except ValueError:  # not a tensor EagerPy knows: lists, scalars, array-likes
+        return np.asarray(x)
+    if not a.flags.writeable:  # EagerPy marks its views read-only; the frameworks' own are not
+        try:
+            a.flags.writeable = True
+        except ValueError:
+            a = a.copy()
+    return a
+
+
+def as_type_of(array: np.ndarray, like: Any) -> Any:
+    """``array`` as the type of ``like``: a NumPy array, or a native tensor of ``like``'s
+    framework on ``like``'s device (through EagerPy, so no framework is named here).
+
+    Adapters use it to give results back in the caller's framework when the caller passed
+    another framework's tensor than the model's.
+
+    Example:
+        >>> as_type_of(np.zeros(2), [1.0, 2.0])       # not a tensor: NumPy
+        array([0., 0.])
+    """
+    if isinstance(like, np.ndarray):
+        return array
+    try:
+        return ep.from_numpy(ep.astensor(like), array).raw
+    except ValueError:  # not a tensor EagerPy knows
+        return array
+
+
+def float32_array(x: Any) -> np.ndarray:
+    """``x`` (an array, nested lists, a number, another framework's tensor) as float32 NumPy.
+
+    Raises :class:`~xai_toolbox.errors.InputError` for what is not numbers (strings, objects,
+    complex values, ragged lists) instead of NumPy's ``ValueError``/``TypeError``.
+
+    Example:
+        >>> float32_array([[1, 2]]).dtype
+        dtype('float32')
+    """
+    try:
+        a = to_numpy(x)
+        if a.dtype.kind not in "biufO":
+            raise TypeError(f"dtype {a.dtype}")
+        return np.ascontiguousarray(a, dtype=np.float32)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"expected an array of real numbers, got {type(x).__name__} ({exc})") from None
+
+
+def pick_default_layer(records: list[tuple[str, tuple[int, ...]]], channel_axis: int) -> str | None:
+    """The last ``(name, shape)`` record with a rank-4 output of more than one position.
+
+    Adapters record the output shape of every layer during one forward pass and ask this for
+    the default CAM layer, so every framework picks by the same rule.
+
+    Example:
+        >>> pick_default_layer([("conv", (1, 8, 4, 4)), ("fc", (1, 10))], channel_axis=1)
+        'conv'
+    """
+    for name, shape in reversed(records):
+        if len(shape) != 4:
+            continue
+        spatial = [d for i, d in enumerate(shape) if i not in (0, channel_axis % 4)]
+        if np.prod(spatial) > 1:
+            return name
+    return None
+
+
+def resolve_qualified(layer: str, names: list[str], display_name: str) -> str:
+    """The one naming rule for layers of nested models: ``layer`` is a full qualified name from
+    ``names`` (``"outer/inner"`` or ``"outer.inner"``), or the last part of exactly one of them.
+
+    Raises :class:`~xai_toolbox.errors.LayerError` for an ambiguous short name (listing the
+    candidates) or an unknown one (listing the available names).
+
+    Example:
+        >>> resolve_qualified("conv", ["block/conv", "fc"], "Keras")
+        'block/conv'
+    """
+    if layer in names:
+        return layer
+    short = [n for n in names if _last_part(n) == layer]
+    if len(short) == 1:
+        return short[0]
+    if len(short) > 1:
+        raise LayerError(
+            f"layer name {layer!r} is ambiguous in this {display_name} model; use one of: "
+            + ", ".join(repr(n) for n in short)
+        )
+    shown = ", ".join(repr(n) for n in names[:40])
+    more = f" (and {len(names) - 40} more)" if len(names) > 40 else ""
+    raise LayerError(f"layer {layer!r} not found in the {display_name} model; available layers: {shown}{more}")
+
+
+def _last_part(name: str) -> str:
+    return name.replace(".", "/").rsplit("/", 1)[-1]
+
+
+def standard_normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Standard normal float32 values of ``shape``, by the Box–Muller transform of uniforms.
+
+    NumPy's ``standard_normal`` (a ziggurat) draws one value at a time; this is one uniform
+    draw and a few vectorised ufuncs over whole arrays, about 2.4× faster. Each pair ``(u, v)``
+    of uniforms gives the two independent normals ``√(−2 ln(1 − u)) · (cos 2πv, sin 2πv)``;
+    ``1 − u`` lies in ``(0, 1]``, so the logarithm is finite and the largest value is
+    √(2 · 24 ln 2) ≈ 5.8.
+
+    Example:
+        >>> standard_normal(np.random.default_rng(0), (2, 3)).shape
+        (2, 3)
+    """
+    count = math.prod(shape)
+    half = (count + 1) // 2
+    uniform = rng.random(2 * half, dtype=np.float32)
+    radius, angle = uniform[:half], uniform[half:]
+    np.subtract(np.float32(1.0), radius, out=radius)
+    np.log(radius, out=radius)
+    np.multiply(radius, np.float32(-2.0), out=radius)
+    np.sqrt(radius, out=radius)
+    np.multiply(angle, np.float32(2.0 * np.pi), out=angle)
+    out = np.empty(2 * half, dtype=np.float32)
+    np.cos(angle, out=out[:half])
+    np.sin(angle, out=out[half:])
+    np.multiply(out[:half], radius, out=out[:half])
+    np.multiply(out[half:], radius, out=out[half:])
+    return out[:count].reshape(shape)
+
+
+def item_seed(seed: int, item: int) -> int:
+    """A 31-bit seed for item ``item``, derived from ``seed`` (independent streams per item).
+
+    Example:
+        >>> item_seed(0, 1) != item_seed(0, 2)
+        True
+    """
+    return int(np.random.SeedSequence([seed, item]).generate_state(1)[0] >> 1)
+
+
+#: Above this many runs of equal items a gather is cheaper than concatenating views.
+_MAX_VIEW_RUNS = 8
+
+
+class ModelAdapter(ABC):
+    """Wraps one model of one framework behind the interface the methods use.
+
+    All tensors in and out are :class:`eagerpy.Tensor` on the model's device. See the module
+    documentation for which methods a new adapter must implement.
+
+    Example:
+        >>> class MyAdapter(xt.extend.ModelAdapter):
+        ...     framework = "myfw"
+        ...     display_name = "MyFramework"
+        ...     def __init__(self, model): super().__init__(model, channel_axis=1)
+        ...     def is_native(self, x): ...
+        ...     def to_model(self, x): ...
+        ...     def restore(self, t, like): ...
+        ...     def forward_pass(self, x): ...
+    """
+
+    #: Canonical framework name, as in ``framework=`` and ``--framework`` ("torch", "tf", ...).
+    framework: ClassVar[str]
+    #: Name of the framework as users read it in messages ("PyTorch", "TensorFlow/Keras").
+    display_name: ClassVar[str]
+    #: Whether the model can be differentiated (gradient methods need it).
+    supports_gradients: ClassVar[bool] = True
+    #: Whether the model has inner layers to capture (CAM methods need them).
+    supports_layers: ClassVar[bool] = True
+    #: Whether :func:`xai_toolbox.autocast` can run the model's forward passes in mixed precision.
+    supports_autocast: ClassVar[bool] = False
+    #: Whether this framework's tensors can be written in place (see :meth:`write_rows`).
+    mutable_tensors: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if inspect.isabstract(cls):
+            return
+        missing = [a for a in ("framework", "display_name") if not isinstance(getattr(cls, a, None), str)]
+        if missing:
+            raise TypeError(
+                f"{cls.__qualname__} must set the class attribute(s) {', '.join(missing)} "
+                "(strings: the canonical framework name and the name shown in messages)"
+            )
+
+    def __init__(self, model: Any, channel_axis: int) -> None:
+        self.model = model
+        #: Axis of the channels in image (rank 4) and series (rank 3) inputs.
+        self.channel_axis = channel_axis
+
+    # == data =================================================================================
+    @abstractmethod
+    def is_native(self, x: Any) -> bool:
+        """Whether ``x`` is a tensor of this adapter's framework."""
+
+    @abstractmethod
+    def to_model(self, x: Any) -> ep.Tensor:
+        """Convert a native tensor or NumPy array to a float32 tensor on the model's device."""
+
+    @abstractmethod
+    def restore(self, t: ep.Tensor, like: Any) -> Any:
+        """Return ``t`` with the type and device of ``like`` (a native tensor or NumPy array)."""
+
+    def to_numpy(self, t: Any) -> np.ndarray:
+        """``t`` (an EagerPy or native tensor) as a NumPy array on the host."""
+        return to_numpy(t)
+
+    def from_numpy(self, like: ep.Tensor, a: np.ndarray) -> ep.Tensor:
+        """A host array (indices, low-resolution masks, constants) as a tensor beside ``like``.
+
+        Called inside chunk loops: an adapter for an asynchronous device overrides it so the
+        copy does not wait for the work queued before it (PyTorch on CUDA stages it in pinned
+        memory).
+        """
+        return ep.from_numpy(like, np.ascontiguousarray(a))
+
+    def repeated_row(self, x: ep.Tensor, item: int, count: int) -> ep.Tensor | None:
+        """Row ``item`` of ``x`` repeated ``count`` times as a broadcast view, or ``None`` where
+        the framework has no such views (then rows are gathered)."""
+        return None
+
+    def take_rows(self, x: ep.Tensor, items: np.ndarray) -> ep.Tensor:
+        """``x[items]`` with a NumPy index (repeats allowed), on ``x``'s device, for reading.
+
+        A chunk of perturbations repeats each image many times; consecutive repeats come as
+        views where the framework has them (:meth:`repeated_row`), which saves a full-size
+        copy and an index upload per chunk.
+
+        Example:
+            >>> adapter.take_rows(x, np.array([0, 0, 1]))      # (3, *x.shape[1:])
+        """
+        items = np.asarray(items)
+        step = np.diff(items)
+        if len(items) and np.all(step == 1):
+            return x[int(items[0]) : int(items[-1]) + 1]
+        if len(items) and np.all(step >= 0):
+            starts = np.flatnonzero(np.r_[True, step != 0])
+            if len(starts) <= _MAX_VIEW_RUNS:
+                stops = np.r_[starts[1:], len(items)]
+                parts = [self.repeated_row(x, int(items[a]), int(b - a)) for a, b in zip(starts, stops, strict=True)]
+                if all(p is not None for p in parts):
+                    return parts[0] if len(parts) == 1 else ep.concatenate(parts, axis=0)  # type: ignore[return-value]
+        return x[self.from_numpy(x, items.astype(np.int64))]
+
+    def broadcast_rows(self, x: ep.Tensor, items: np.ndarray) -> ep.Tensor:
+        """``x[items]`` for an element-wise product with per-pair tensors of ``len(items)`` rows.
+
+        When every pair belongs to one item (most chunks of a method with many samples per
+        image), that item's row alone, ``(1, ...)``, which broadcasts in the product: frameworks
+        without broadcast views then skip a full-size gather per chunk. Otherwise
+        :meth:`take_rows`.
+        """
+        items = np.asarray(items)
+        if len(items) and items[0] == items[-1] and np.all(items == items[0]):
+            return x[int(items[0]) : int(items[0]) + 1]
+        return self.take_rows(x, items)
+
+    def write_rows(self, buffer: Any, index: Any, values: Any, *, add: bool = False) -> None:
+        """``buffer[index] = values`` (or ``+=`` with ``add``), native tensors, in place.
+
+        Only called when :attr:`mutable_tensors` is true: accumulators then write into one
+        buffer allocated once instead of keeping a tensor per chunk (see
+        :class:`xai_toolbox.extend.PairScores`).
+        """
+        raise UnsupportedModelError(f"{self.display_name} tensors cannot be written in place")
+
+    def random_normal(self, like: ep.Tensor, shape: tuple[int, ...], seed: int | None) -> ep.Tensor:
+        """Standard normal float32 values of ``shape`` beside ``like``, reproducible for a seed.
+
+        The default draws on the host with NumPy and copies once; adapters override it to use
+        the framework's own device generator (no host copy). ``seed=None`` draws fresh values.
+        """
+        rng = np.random.default_rng(seed)
+        return self.from_numpy(like, standard_normal(rng, shape))
+
+    # == model: what methods call ============================================================
+    # These templates retry on halves of the batch when the framework runs out of memory
+    # (see ``_split_on_oom``), then call the ``*_pass`` methods that adapters implement.
+    def forward(self, x: ep.Tensor) -> ep.Tensor:
+        """Model outputs for ``x`` (no gradient tracking, eval mode).
+
+        Retried on halves of ``x`` if the framework runs out of memory.
+        """
+        (outputs,) = self._split_on_oom("forward", x, lambda part: (self.forward_pass(part),))
+        return outputs
+
+    def value_and_grad(
+        self, fn: Callable[[ep.Tensor], ep.Tensor], x: ep.Tensor
+    ) -> tuple[ep.Tensor, ep.Tensor]:
+        """``fn(x)`` (shape ``(B,)``) and the gradient of ``fn(x).sum()`` with respect to ``x``.
+
+        ``fn`` may call :meth:`differentiable_forward` and any EagerPy operation; it must
+        score each row of ``x`` on its own, because the batch is split into halves if the
+        framework runs out of memory (wrap per-row data it closes over in :func:`rows`;
+        :class:`~xai_toolbox.extend.Targets` does so itself). Parameters of the model never
+        receive a gradient.
+        """
+        values, grads = self._split_on_oom("gradient", x, lambda part: self.value_and_grad_pass(fn, part))
+        return values, grads
+
+    def weighted_value_and_grad(self, x: ep.Tensor, weights: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor]:
+        """The built-in score ``Σ_k outputs[:, k] · weights[:, k]`` of each row of ``x`` and
+        its gradient with respect to ``x``: :meth:`value_and_grad` for the score every gradient
+        method uses unless given a ``score_fn``.
+
+        A separate entry point because its only inputs are tensors, so an adapter can compile
+        the forward and the backward pass together, once per input shape (the Keras adapter
+        does). Retried on halves of ``x`` if the framework runs out of memory.
+        """
+        return self._split_on_oom(
+            "gradient", x, lambda part: self.weighted_value_and_grad_pass(part, rows(weights))
+        )
+
+    def layer_activations(
+        self, x: ep.Tensor, layer: str, score_of: ScoreOf | None = None
+    ) -> tuple[ep.Tensor, ep.Tensor | None, ep.Tensor]:
+        """Activations of ``layer`` for ``x``, their gradient, and the model outputs.
+
+        With ``score_of`` the gradient of ``score_of(outputs).sum()`` with respect to the
+        activations is returned too (else ``None``). Activations keep the framework's own
+        layout (channels at :attr:`channel_axis`). Retried on halves of ``x`` if the
+        framework runs out of memory.
+        """
+        kind = "forward" if score_of is None else "gradient"
+        acts, grads, outputs = self._split_on_oom(
+            kind, x, lambda part: self.layer_activations_pass(part, layer, score_of)
+        )
+        return acts, grads, outputs
+
+    def weighted_layer_activations(
+        self, x: ep.Tensor, layer: str, weights: ep.Tensor
+    ) -> tuple[ep.Tensor, ep.Tensor | None, ep.Tensor]:
+        """:meth:`layer_activations` for the built-in score ``Σ_k outputs[:, k] · weights[:, k]``:
+        tensors only, so an adapter can compile it (see :meth:`weighted_value_and_grad`)."""
+        acts, grads, outputs = self._split_on_oom(
+            "gradient", x, lambda part: self.weighted_layer_activations_pass(part, layer, rows(weights))
+        )
+        return acts, grads, outputs
+
+    # == model: what adapters implement (one pass over the batch given) =====================
+    @abstractmethod
+    def forward_pass(self, x: ep.Tensor) -> ep.Tensor:
+        """Model outputs ``(B, K)`` for the whole of ``x`` in one pass (see :meth:`forward`)."""
+
+    def differentiable_forward(self, x: ep.Tensor) -> ep.Tensor:
+        """Model outputs for ``x`` inside :meth:`value_and_grad` (gradients tracked)."""
+        raise UnsupportedModelError(self.no_gradients_message())
+
+    def value_and_grad_pass(
+        self, fn: Callable[[ep.Tensor], ep.Tensor], x: ep.Tensor
+    ) -> tuple[ep.Tensor, ep.Tensor]:
+        """One pass of :meth:`value_and_grad`."""
+        raise UnsupportedModelError(self.no_gradients_message())
+
+    def weighted_value_and_grad_pass(self, x: ep.Tensor, weights: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor]:
+        """One pass of :meth:`weighted_value_and_grad`; override to compile it."""
+        return self.value_and_grad_pass(lambda z: weighted_score(self.differentiable_forward(z), weights), x)
+
+    def layer_activations_pass(
+        self, x: ep.Tensor, layer: str, score_of: ScoreOf | None
+    ) -> tuple[ep.Tensor, ep.Tensor | None, ep.Tensor]:
+        """One pass of :meth:`layer_activations`."""
+        raise UnsupportedModelError(self.no_layers_message())
+
+    def weighted_layer_activations_pass(
+        self, x: ep.Tensor, layer: str, weights: ep.Tensor
+    ) -> tuple[ep.Tensor, ep.Tensor | None, ep.Tensor]:
+        """One pass of :meth:`weighted_layer_activations`; override to compile it."""
+        return self.layer_activations_pass(x, layer, lambda outputs: weighted_score(outputs, weights))
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is the framework's out-of-memory error (retried on a smaller batch)."""
+        return isinstance(exc, MemoryError)
+
+    def release_memory(self) -> None:
+        """Called after an out-of-memory error, before the retry (e.g. empty a GPU cache)."""
+        return None
+
+    # == layers ===============================================================================
+    def layer_names(self) -> list[str]:
+        """Names accepted by ``layer=``, in model order (qualified names for nested models)."""
+        return []
+
+    def resolve_layer(self, layer: str) -> str:
+        """The qualified name of ``layer`` (a full name, or the unique last part of one), or a
+        :class:`~xai_toolbox.errors.LayerError` listing the available names.
+
+        One rule for every method and metric that takes layer names (CAMs' ``layer=``, model
+        randomisation's ``layers=``).
+        """
+        if not isinstance(layer, str) or not layer:
+            raise LayerError(f"a layer name must be a non-empty string, got {layer!r}")
+        return resolve_qualified(layer, self.layer_names(), self.display_name)
+
+    def default_layer(self, x: ep.Tensor) -> str:
+        """The last layer whose output is spatial (rank 4 with more than one position)."""
+        raise UnsupportedModelError(self.no_layers_message())
+
+    def unknown_layer(self, layer: str) -> LayerError:
+        """The error for a layer name the model does not have (listing the available ones)."""
+        try:
+            resolve_qualified(layer, self.layer_names(), self.display_name)
+        except LayerError as error:
+            return error
+        return LayerError(f"layer {layer!r} cannot be used in the {self.display_name} model")
+
+    # == weights (model randomisation) ========================================================
+    def weight_layers(self) -> list[str]:
+        """Qualified names of the layers that own trainable parameters, in model order."""
+        raise UnsupportedModelError(
+            f"a {self.display_name} model exposes no weights to this toolbox (model "
+            "randomisation needs them)"
+        )
+
+    def reinitialize(self, layers: list[str], draw: Draw) -> None:
+        """Re-initialise the trainable parameters of ``layers`` (from :meth:`weight_layers`), in
+        place and in the order given: for each layer, ``draw(shapes)`` returns new values for its
+        parameters given their shapes in the canonical layout (PyTorch's: convolution kernels
+        ``(out, in, *k)``, dense weights ``(out, in)``), which the adapter converts to its own.
+        Drawing in one layout is what gives twin models identical random weights."""
+        raise UnsupportedModelError(
+            f"a {self.display_name} model cannot be re-initialised by this toolbox"
+        )
+
+    def clone(self) -> ModelAdapter:
+        """An adapter of an independent copy of the model (weights included)."""
+        raise UnsupportedModelError(f"a {self.display_name} model cannot be copied by this toolbox")
+
+    # == model facts ==========================================================================
+    def output_width(self) -> int | None:
+        """Number of model outputs if it can be known without running the model."""
+        return None
+
+    def last_parameter(self) -> Any:
+        """The model's last parameter, if it has ``parameters()`` (else ``None``).
+
+        Part of the key under which a probed output width is remembered: replacing the
+        model's head changes it.
+        """
+        parameters = getattr(self.model, "parameters", None)
+        if not callable(parameters):
+            return None
+        last = None
+        for last in parameters():  # noqa: B007  (only the last one is wanted)
+            pass
+        return last
+
+    def expected_input(self) -> tuple[int | None, int | None]:
+        """``(rank, channels)`` of the inputs the model expects, where statically known."""
+        return None, None
+
+    @contextlib.contextmanager
+    def preserved(self) -> Iterator[None]:
+        """Put the model in inference mode for a call and restore its state afterwards."""
+        yield
+
+    def model_state(self) -> Any:
+        """A comparable snapshot of what a call must leave as it found it — weights, and where
+        the framework has them, training flags and accumulated gradients — for the contract
+        checks of :mod:`xai_toolbox.testing`. ``None``: nothing the toolbox can read."""
+        return None
+
+    # == failures =============================================================================
+    @contextlib.contextmanager
+    def calling_model(self, x: Any, doing: str = "ran") -> Iterator[None]:
+        """Turn the model's own exceptions into :class:`~xai_toolbox.errors.ModelError`
+        (naming the input shape); ``doing="differentiated"`` for backward passes.
+
+        Toolbox errors and out-of-memory errors pass through unchanged.
+
+        Example:
+            >>> with self.calling_model(x):
+            ...     outputs = self.model(x.raw)
+        """
+        try:
+            yield
+        except XaiToolboxError:
+            raise
+        except Exception as exc:
+            if self.is_out_of_memory(exc):
+                raise
+            what = "differentiating the" if doing == "differentiated" else "the"
+            raise ModelError(
+                f"{what} {self.display_name} model failed on inputs of shape "
+                f"{tuple(int(d) for d in x.shape)} with {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def no_gradients_message(self) -> str:
+        """Why this model cannot be differentiated, and what works instead."""
+        from . import frameworks_where
+
+        able = " or ".join(frameworks_where("supports_gradients")) or "a differentiable"
+        return (
+            f"this {self.display_name} model cannot be differentiated: gradient-based methods "
+            f"need a {able} model; use a black-box method (rise, sobol, hsic, occlusion)"
+        )
+
+    def no_layers_message(self) -> str:
+        """Why this model has no inner layers to capture, and what works instead."""
+        instead = "a gradient or black-box method" if self.supports_gradients else (
+            "a black-box method (rise, sobol, hsic, occlusion)"
+        )
+        return (
+            f"{self.display_name} models have no inner layers to capture (CAM methods need "
+            f"them); use {instead}"
+        )
+
+    def _split_on_oom(
+        self, kind: str, x: ep.Tensor, run: Callable[[ep.Tensor], tuple[Any, ...]]
+    ) -> tuple[Any, ...]:
+        """``run(x)``, retried on halves of ``x`` (axis 0) after an out-of-memory error.
+
+        The outputs of the parts are concatenated along axis 0 (``None`` stays ``None``).
+        Down to one input per pass; an error at that size is raised as is. The batch size
+        that fitted is remembered for the rest of the call (see :func:`memory_scope`).
+        """
+        n = int(x.shape[0])
+        if n == 0:  # nothing to split (and nothing to concatenate)
+            return run(x)
+        state = _memory.get() or _MemoryState()  # outside a method call: this pass only
+        size = min(n, state.limits.get(kind, n))
+        parts: list[tuple[Any, ...]] = []
+        lo = 0
+        while lo < n:
+            hi = min(lo + size, n)
+            try:
+                parts.append(self._run_rows(run, x, lo, hi, n))
+                lo = hi
+                continue
+            except Exception as exc:
+                if hi - lo <= 1 or not self.is_out_of_memory(exc):
+                    raise
+            # Retry outside the ``except`` block, so the error's traceback (and the tensors
+            # its frames hold) is released first.
+            failed, size = hi - lo, max(1, (hi - lo) // 2)
+            state.limits[kind] = size
+            self.release_memory()
+            if not state.warned:
+                state.warned = True
+                warnings.warn(
+                    OutOfMemoryWarning(
+                        f"xai-toolbox: the {self.display_name} model ran out of memory on a "
+                        f"{'backward' if kind == 'gradient' else 'forward'} pass of {failed} "
+                        f"inputs; retrying with {size} inputs per pass (results are unchanged). "
+                        f"Pass a smaller batch_size to avoid the retries."
+                    ),
+                    stacklevel=4,
+                )
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(
+            None if part is None else ep.concatenate([p[i] for p in parts], axis=0)
+            for i, part in enumerate(parts[0])
+        )
+
+    def _run_rows(
+        self, run: Callable[[ep.Tensor], tuple[Any, ...]], x: ep.Tensor, lo: int, hi: int, n: int
+    ) -> tuple[Any, ...]:
+        if (lo, hi) == (0, n):
+            return run(x)
+        token = _window.set((lo, hi, n))
+        try:
+            out = run(x[lo:hi])
+        except Exception as exc:
+            if not self.is_out_of_memory(exc):
+                exc.add_note(
+                    f"(raised while xai-toolbox retried rows {lo}:{hi} of a batch of {n} after "
+                    "running out of memory; functions given to value_and_grad must score each "
+                    "row on its own — wrap per-row data in xai_toolbox.extend.rows(...))"
+                )
+            raise
+        finally:
+            _window.reset(token)
+        for t in out:
+            if t is not None and (t.ndim == 0 or t.shape[0] != hi - lo):
+                raise ModelError(
+                    f"after running out of memory, xai-toolbox split a batch of {n} inputs, but "
+                    f"a pass over {hi - lo} of them returned shape {tuple(t.shape)} instead of one "
+                    f"row per input; lower batch_size instead"
+                )
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self.model).__name__})"

@@ -1,0 +1,243 @@
+"""The extension API: everything a method, metric or adapter plugin is built from.
+
+The built-in methods and metrics import nothing else from the engine: this module, the flat
+:mod:`xai_toolbox` API, EagerPy, NumPy and SciPy are all they use (the lint env enforces it),
+so a third-party plugin stands on exactly the same floor.
+
+What is here, by purpose:
+
+* **Base classes**: :class:`AttributionMethod`, :class:`Metric` (and :class:`MetricResult`),
+  :class:`MethodMetric` for metrics that re-run a method, :class:`PerturbationMethod` for
+  black-box methods, :class:`CAMMethod` (with :class:`LayerCapture`) for class activation maps,
+  :class:`Explanation` for maps with auxiliary outputs.
+* **Targets and scores**: :class:`Targets` (scores, input gradients, layer gradients through
+  the adapter's fast paths), :func:`weighted_score`, :data:`ScoreFn`.
+* **Streaming**: :func:`chunks` / :class:`Chunk` (model inputs cut in ``batch_size`` across
+  images), the in-place accumulators :class:`ItemSums` and :class:`PairScores`,
+  :func:`stream_scores`, :func:`batched_forward`, :func:`batched_scores`, :func:`index_column`, :func:`progress`.
+* **Perturbations and randomness**: :class:`BlockSampler` (draws reproducible for any
+  chunking), :func:`perturb`, :func:`reference_images`, :func:`upsample_nearest`,
+  :func:`image_size`, :func:`check_grid`, :func:`perturbation_params`; noise sources
+  :class:`HostNoise`, :class:`DeviceNoise`, :func:`noise_source`, :func:`standard_normal`,
+  :func:`item_seed`.
+* **Tensor operations EagerPy lacks**, identical in every framework: :func:`resize`,
+  :func:`gaussian_blur`, :func:`box_blur`, :func:`spatial_filter`, :func:`interpolation_matrix`,
+  :func:`matmul`, :func:`on_device`, :func:`expand_to_inputs`, :func:`reduce_channels`,
+  :func:`normalize_per_item`, :func:`activate`, :func:`channels_first`, :func:`input_size`.
+* **Validators** (raise :class:`~xai_toolbox.errors.ParameterError` naming the parameter):
+  :func:`positive_int`, :func:`non_negative_int`, :func:`flag`, :func:`number`,
+  :func:`in_range`, :func:`one_of`, :func:`power_of_two`, :func:`seed`, :func:`activation`,
+  :func:`layer_name`, :func:`explanation_shape`, :func:`has_non_finite`.
+* **Adapters** (a new framework): :class:`ModelAdapter` (the contract), :class:`Framework`,
+  :func:`rows` / :func:`current_rows` (out-of-memory row windows), :func:`memory_scope`,
+  :func:`to_numpy`, :func:`float32_array`, :func:`as_type_of`, :func:`pick_default_layer`,
+  :func:`resolve_qualified`, :func:`adapt`, :func:`frameworks`, :func:`framework_info`,
+  :func:`canonical_framework`, and :data:`hookimpl` to mark hook functions.
+
+Stability: :data:`API_VERSION` is ``MAJOR.MINOR``. Within a major version, names in
+``__all__`` keep working with the signatures and behaviour documented here; new names and new
+optional parameters bump the minor version. An incompatible change bumps the major version and
+comes after at least one minor release in which the old form still works and gives a
+``DeprecationWarning``. Everything not in ``__all__`` (any underscore name, any module other
+than this one and :mod:`xai_toolbox`) may change in any release. A plugin states what it needs
+with :func:`require_api`.
+
+Example:
+    >>> import eagerpy as ep
+    >>> import xai_toolbox as xt
+    >>> from xai_toolbox import extend as xe
+    >>> class VarGrad(xt.AttributionMethod):
+    ...     name = "vargrad"
+    ...     needs_gradients = True
+    ...     def __init__(self, model, *, nb_samples=50, noise=0.15, seed=0, **kwargs):
+    ...         super().__init__(model, **kwargs)
+    ...         self.nb_samples = xe.positive_int("nb_samples", nb_samples)
+    ...         self.noise, self.seed = xe.number("noise", noise), seed
+    ...     def explain_batch(self, x, targets):
+    ...         ...                                    # see docs/plugin-guide.md
+"""
+
+from __future__ import annotations
+
+from ._cam import CAMMethod, LayerCapture, input_size
+from ._noise import DeviceNoise, HostNoise, noise_source
+from ._perturbation import (
+    PERTURBATIONS,
+    BlockSampler,
+    PerturbationMethod,
+    check_grid,
+    image_size,
+    perturb,
+    perturbation_params,
+    reference_images,
+    upsample_nearest,
+)
+from ._streaming import (
+    Chunk,
+    ItemSums,
+    PairScores,
+    batched_forward,
+    batched_scores,
+    chunks,
+    index_column,
+    progress,
+    stream_scores,
+)
+from ._targets import ScoreFn, Targets
+from ._validation import (
+    activation,
+    explanation_shape,
+    flag,
+    has_non_finite,
+    in_range,
+    layer_name,
+    non_negative_int,
+    number,
+    one_of,
+    positive_int,
+    power_of_two,
+    seed,
+)
+from .backends import adapt, canonical_framework, framework_info, frameworks
+from .backends.adapter import (
+    Draw,
+    ModelAdapter,
+    ScoreOf,
+    as_type_of,
+    current_rows,
+    float32_array,
+    item_seed,
+    memory_scope,
+    pick_default_layer,
+    resolve_qualified,
+    rows,
+    standard_normal,
+    to_numpy,
+    weighted_score,
+)
+from .backends.frameworks import Framework
+from .base import AttributionMethod, Explanation, MethodMetric, Metric, MetricResult
+from .errors import PluginError
+from .ops import (
+    ACTIVATIONS,
+    activate,
+    box_blur,
+    channels_first,
+    expand_to_inputs,
+    gaussian_blur,
+    interpolation_matrix,
+    matmul,
+    normalize_per_item,
+    on_device,
+    reduce_channels,
+    resize,
+    spatial_filter,
+)
+from .registry import hookimpl
+
+#: Version of the extension API, ``MAJOR.MINOR`` (see the module docs for the promise).
+API_VERSION = "1.0"
+
+
+def require_api(version: str) -> None:
+    """Fail with a clear :class:`~xai_toolbox.errors.PluginError` unless this toolbox offers
+    extension API ``version`` (``"MAJOR.MINOR"``): the same major version, at least that minor.
+
+    Call it at the top of a plugin module, so an incompatible toolbox is reported by name
+    instead of failing later with an ``AttributeError``.
+
+    Example:
+        >>> require_api("1.0")
+    """
+    try:
+        major, minor = (int(part) for part in str(version).split("."))
+    except ValueError:
+        raise PluginError(f"require_api takes 'MAJOR.MINOR', got {version!r}") from None
+    have_major, have_minor = (int(part) for part in API_VERSION.split("."))
+    if major != have_major or minor > have_minor:
+        raise PluginError(
+            f"this plugin needs the xai-toolbox extension API {version}; the installed toolbox "
+            f"offers {API_VERSION} (same major version, at least that minor, is needed)"
+        )
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "API_VERSION",
+    "PERTURBATIONS",
+    "AttributionMethod",
+    "BlockSampler",
+    "CAMMethod",
+    "Chunk",
+    "DeviceNoise",
+    "Draw",
+    "Explanation",
+    "Framework",
+    "HostNoise",
+    "ItemSums",
+    "LayerCapture",
+    "MethodMetric",
+    "Metric",
+    "MetricResult",
+    "ModelAdapter",
+    "PairScores",
+    "PerturbationMethod",
+    "ScoreFn",
+    "ScoreOf",
+    "Targets",
+    "activate",
+    "activation",
+    "adapt",
+    "as_type_of",
+    "batched_forward",
+    "batched_scores",
+    "box_blur",
+    "canonical_framework",
+    "channels_first",
+    "check_grid",
+    "chunks",
+    "current_rows",
+    "expand_to_inputs",
+    "explanation_shape",
+    "flag",
+    "float32_array",
+    "framework_info",
+    "frameworks",
+    "gaussian_blur",
+    "has_non_finite",
+    "hookimpl",
+    "image_size",
+    "in_range",
+    "index_column",
+    "input_size",
+    "interpolation_matrix",
+    "item_seed",
+    "layer_name",
+    "matmul",
+    "memory_scope",
+    "noise_source",
+    "non_negative_int",
+    "normalize_per_item",
+    "number",
+    "on_device",
+    "one_of",
+    "perturb",
+    "perturbation_params",
+    "pick_default_layer",
+    "positive_int",
+    "power_of_two",
+    "progress",
+    "reduce_channels",
+    "reference_images",
+    "require_api",
+    "resize",
+    "resolve_qualified",
+    "rows",
+    "seed",
+    "spatial_filter",
+    "standard_normal",
+    "stream_scores",
+    "to_numpy",
+    "upsample_nearest",
+    "weighted_score",
+]
