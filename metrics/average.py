@@ -46,6 +46,7 @@ def saliency_mask(maps: ep.Tensor, absolute: bool = False) -> ep.Tensor:
 
 
 class _AverageMetric(xt.Metric):
+    family = "fidelity"
     """Scores each input once masked by its normalised explanation."""
 
     def __init__(

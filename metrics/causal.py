@@ -44,6 +44,7 @@ def trapezoid_auc(curves: np.ndarray) -> np.ndarray:
 
 
 class _CausalMetric(xt.Metric):
+    family = "fidelity"
     """Shared machinery of :class:`Deletion` and :class:`Insertion`."""
 
     #: True: the path goes from the input to the substrate (deletion).

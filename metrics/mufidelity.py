@@ -77,6 +77,7 @@ class MuFidelity(xt.Metric):
     """
 
     name = "mufidelity"
+    family = "fidelity"
     higher_is_better = True
 
     def __init__(

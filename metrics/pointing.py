@@ -45,6 +45,7 @@ def pointing_hits(maps: np.ndarray, masks: np.ndarray, tolerance: float) -> tupl
 
 
 class _MaskMetric(xt.Metric):
+    family = "localisation"
     needs_masks = True
     needs_explanations = True
 

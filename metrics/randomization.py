@@ -78,6 +78,7 @@ class ModelRandomization(MethodMetric):
     """
 
     name = "randomization"
+    family = "randomisation"
     higher_is_better = False
 
     def __init__(

@@ -19,6 +19,10 @@ from xai_toolbox.extend import Targets, reduce_channels
 
 class _GradientMethod(xt.AttributionMethod):
     needs_gradients = True
+    family = "gradient"
+
+    def passes_per_image(self) -> int | None:
+        return 1
 
     def _gradients(self, x: ep.Tensor, targets: Targets) -> ep.Tensor:
         """Gradient of each input's score with respect to that input, ``batch_size`` at a time."""
@@ -90,6 +94,9 @@ class IntegratedGradients(_GradientMethod):
 
     name = "integrated_gradients"
 
+    def passes_per_image(self) -> int | None:
+        return self.steps
+
     def __init__(
         self, model: Any, *, steps: int = 50, baseline: Any = 0.0, rule: str = "trapezoid", **kwargs: Any
     ) -> None:
@@ -158,6 +165,9 @@ class SmoothGrad(_GradientMethod):
 
     name = "smoothgrad"
     stochastic = True
+
+    def passes_per_image(self) -> int | None:
+        return self.nb_samples
 
     def __init__(
         self,

@@ -188,6 +188,10 @@ class HsicAttribution(PerturbationMethod):
 
     name = "hsic"
     stochastic = True
+    input_kinds = ("image",)
+
+    def passes_per_image(self) -> int | None:
+        return self.nb_design
 
     def __init__(
         self,

@@ -125,6 +125,11 @@ class OptiCAM(CAMMethod):
 
     name = "opticam"
 
+    def passes_per_image(self) -> int | None:
+        """At most: one to capture the layer, ``max_iter`` forward and backward passes, and
+        one to score the last iterate (early stopping ends sooner)."""
+        return self.max_iter + 2
+
     def __init__(
         self,
         model: Any,

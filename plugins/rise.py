@@ -113,6 +113,10 @@ class Rise(PerturbationMethod):
 
     name = "rise"
     stochastic = True
+    input_kinds = ("image",)
+
+    def passes_per_image(self) -> int | None:
+        return self.nb_samples
 
     def __init__(
         self,

@@ -126,6 +126,10 @@ class SobolAttribution(PerturbationMethod):
     """
 
     name = "sobol"
+    input_kinds = ("image",)
+
+    def passes_per_image(self) -> int | None:
+        return self.nb_design * (self.grid_size**2 + 2)
 
     def __init__(
         self,

@@ -89,6 +89,8 @@ class CAMMethod(AttributionMethod):
 
     needs_gradients: ClassVar[bool] = True
     needs_layers: ClassVar[bool] = True
+    family: ClassVar[str] = "cam"
+    input_kinds: ClassVar[tuple[str, ...]] = ("image",)
 
     def __init__(self, model: Any, *, layer: str | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
@@ -98,6 +100,11 @@ class CAMMethod(AttributionMethod):
         input_size(x, self.adapter.channel_axis, self._plugin_name())
         if self.layer is not None:
             self.adapter.resolve_layer(self.layer)  # an unknown name fails before any model call
+
+    def passes_per_image(self) -> int | None:
+        """One pass capturing the layer (forward and backward where gradients are needed);
+        methods that run the model again on masked inputs say more."""
+        return 1
 
     def layer_for(self, x: ep.Tensor) -> str:
         """The layer this method captures for inputs like ``x``: ``layer=`` or the default."""

@@ -45,6 +45,7 @@ class PerturbationMethod(AttributionMethod):
     """
 
     needs_gradients = False
+    family = "perturbation"
 
 
 # -- parameters ------------------------------------------------------------------------------

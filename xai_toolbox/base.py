@@ -234,6 +234,23 @@ class AttributionMethod(_Configurable, ABC):
     #: Whether the result depends on a ``seed`` parameter (shown by ``xai-toolbox list``;
     #: the contract checks that one seed gives one map).
     stochastic: ClassVar[bool] = False
+    #: Family shown by ``xai-toolbox list`` and the docs: ``"gradient"``, ``"cam"``,
+    #: ``"perturbation"``, ``"surrogate"``, ``"baseline"`` or another word a plugin chooses.
+    family: ClassVar[str] = "other"
+    #: Input kinds the method explains: ``"image"`` ``(N, C, H, W)``/``(N, H, W, C)``,
+    #: ``"series"`` ``(N, T, C)``, ``"tabular"`` ``(N, F)``.
+    input_kinds: ClassVar[tuple[str, ...]] = ("image", "series", "tabular")
+
+    def passes_per_image(self) -> int | None:
+        """Model passes (forward, or forward and backward for gradient methods) this method
+        makes per image with its parameters, where known in advance (``None`` otherwise: e.g.
+        an early-stopping optimisation). ``xai-toolbox list`` shows it at the defaults.
+
+        Example:
+            >>> xt.Rise(None, nb_samples=4000).passes_per_image()
+            4000
+        """
+        return None
 
     def __call__(self, inputs: Any, targets: Any = None) -> Any:
         """Explain ``inputs`` for ``targets`` (see the class docs)."""
@@ -360,6 +377,9 @@ class Metric(_Configurable, ABC):
 
     name: ClassVar[str] = ""
     higher_is_better: ClassVar[bool] = True
+    #: Family shown by ``xai-toolbox list``, the docs and the report: ``"fidelity"``,
+    #: ``"stability"``, ``"complexity"``, ``"randomisation"``, ``"localisation"`` or another.
+    family: ClassVar[str] = "other"
     #: Whether the metric needs ground-truth masks (pointing games).
     needs_masks: ClassVar[bool] = False
     #: Whether the metric needs explanations at all (a model sanity check may not).

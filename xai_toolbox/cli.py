@@ -46,30 +46,62 @@ class _Parser(argparse.ArgumentParser):
 
 # -- list ---------------------------------------------------------------------------------------
 def _cmd_list(args: argparse.Namespace) -> int:
-    """Every kind of plugin and the package providing it: methods, metrics, frameworks (with
-    whether each is installed here), the adapter plugins, and plugins not loaded (and why)."""
+    """Every kind of plugin and the package providing it: methods (family, gradients, layer,
+    passes per image at the defaults, input kinds), metrics by family (with their direction),
+    frameworks (installed or not), the adapter plugins, and plugins not loaded (and why)."""
     registry = get_registry()
-    for title, table in (("methods", registry.methods), ("metrics", registry.metrics)):
-        print(f"{title}:")
-        if not table:
-            print("  (none)")
-        for name in sorted(table):
-            entry = table[name]
-            print(f"  {name:<24} {entry.cls.__name__:<24} {entry.package} ({entry.plugin})")
+    print("methods:")
+    _print_rows(
+        ["name", "class", "family", "gradients", "layer", "passes/image", "inputs", "package (plugin)"],
+        [_method_row(e) for _, e in sorted(registry.methods.items())],
+    )
+    print("metrics:")
+    rows = [_metric_row(e) for _, e in sorted(registry.metrics.items(), key=lambda kv: (kv[1].cls.family, kv[0]))]
+    _print_rows(["name", "class", "family", "better", "package (plugin)"], rows)
     print("frameworks:")
-    for name in sorted(registry.frameworks):
-        entry = registry.frameworks[name]
-        installed = "installed" if entry.obj.available() else "not installed"
-        print(f"  {name:<24} {entry.obj.display_name + ', ' + installed:<40} {entry.package} ({entry.plugin})")
+    _print_rows(
+        ["name", "framework", "installed", "package (plugin)"],
+        [
+            [n, e.obj.display_name, "yes" if e.obj.available() else "no", f"{e.package} ({e.plugin})"]
+            for n, e in sorted(registry.frameworks.items())
+        ],
+    )
     print("adapter plugins (asked in this order):")
-    for plugin, package in registry.adapter_plugins():
-        print(f"  {plugin:<24} {package}")
+    _print_rows(["plugin", "package"], [list(pair) for pair in registry.adapter_plugins()])
     for title, problems in (("failed to load", registry.failed), ("disabled", registry.disabled)):
         if problems:
             print(f"plugins {title}:")
             for name, why in sorted(problems.items()):
                 print(f"  {name}: {why}")
     return 0
+
+
+def _method_row(entry: Any) -> list[str]:
+    cls = entry.cls
+    try:
+        passes = cls(None).passes_per_image()  # constructors store parameters only
+    except Exception:  # a plugin whose defaults cannot be built without a model
+        passes = None
+    return [
+        entry.name, cls.__name__, cls.family, "yes" if cls.needs_gradients else "no",
+        "yes" if cls.needs_layers else "no", "input-dependent" if passes is None else str(passes),
+        ", ".join(cls.input_kinds), f"{entry.package} ({entry.plugin})",
+    ]
+
+
+def _metric_row(entry: Any) -> list[str]:
+    cls = entry.cls
+    better = "higher" if cls.higher_is_better else "lower"
+    return [entry.name, cls.__name__, cls.family, better, f"{entry.package} ({entry.plugin})"]
+
+
+def _print_rows(header: list[str], rows: list[list[str]]) -> None:
+    if not rows:
+        print("  (none)")
+        return
+    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        print("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 # -- demo ---------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 import time
@@ -30,7 +29,7 @@ from . import _validation as v
 from ._streaming import batched_forward
 from .backends import adapt
 from .backends.adapter import to_numpy
-from .base import AttributionMethod, Metric, MetricResult
+from .base import AttributionMethod, MethodMetric, Metric, MetricResult
 from .errors import ExplanationShapeError, ParameterError, ScoreFunctionError
 
 __all__ = ["COLUMNS", "EvaluationTable", "Top1", "evaluate", "top1"]
@@ -361,20 +360,9 @@ def _score(
     given_masks = masks if metric.needs_masks else None
     if metric.needs_explanations:
         return metric(inputs, targets, maps, given_masks)
-    if _reruns_method(metric):  # gets the method, and reuses the maps already computed
+    if isinstance(metric, MethodMetric):  # gets the method, and reuses the maps already computed
         return metric.evaluate(method, inputs, targets, given_masks, explanations=maps)
     return metric.evaluate(method, inputs, targets, given_masks)  # type: ignore[arg-type]
-
-
-def _reruns_method(metric: Metric) -> bool:
-    """Whether ``metric`` checks a method by re-running it (model randomisation) and accepts
-    the explanations already computed as ``evaluate(..., explanations=maps)``.
-
-    The one place this is decided (by the signature, for now).
-    """
-    if metric.needs_explanations:
-        return False
-    return "explanations" in inspect.signature(metric.evaluate).parameters
 
 
 def _record(method: str, metric: str, result: MetricResult) -> dict[str, Any]:
