@@ -4,6 +4,7 @@ Usage (from the repository root)::
 
     python scripts/make_doc_images.py                 # PyTorch twin, writes docs/img/*.png
     python scripts/make_doc_images.py --framework tf  # the Keras twin gives the same pictures
+    python scripts/make_doc_images.py --methods lime  # only docs/img/lime.png
 
 Writes, for five held-out images (one per class, seed ``DEMO_SEEDS.heldout``) explained for
 their true class with the demo's settings (``DEMO_PARAMS`` in ``xai_toolbox/demo_job.py``):
@@ -45,6 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--framework", choices=["torch", "tf"], default="torch")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--methods", nargs="+", metavar="NAME",
+        help="only write <NAME>.png for these methods (no overview or curves)",
+    )
     return parser.parse_args(argv)
 
 
@@ -83,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     maps: dict[str, np.ndarray] = {}
     methods = [m for m in settings["methods"] if m in xt.list_methods()]
     methods += [m for m in xt.list_methods() if m not in methods]
+    if args.methods:  # one method's page picture, e.g. after adding a method
+        methods = list(args.methods)
     for method in methods:
         params = {"batch_size": DEMO_BATCH_SIZE, **settings["methods"].get(method, {})}
         maps[method] = xt.plot.to_numpy(xt.method(method, model, **params)(x, labels))
@@ -90,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         fig.savefig(args.out / f"{method}.png", dpi=90, metadata=PNG_METADATA)
         written.append(f"{method}.png")
         print(f"  {method}.png", flush=True)
+    if args.methods:
+        return 0
 
     fig = xt.plot.grid(images, maps, image_titles=titles, cell_size=1.3)
     fig.savefig(args.out / "overview.png", dpi=90, metadata=PNG_METADATA)
