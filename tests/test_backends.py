@@ -242,3 +242,18 @@ def test_layer_errors_name_the_layer(framework: str) -> None:
     acts, grads, outputs = adapter.weighted_layer_activations(x, "head", weights)
     assert acts.shape == (2, 3) and grads is not None and outputs.shape == (2, 3)
     np.testing.assert_allclose(grads.numpy(), weights.numpy())  # d(Σ out·w)/d(out) = w
+
+
+def test_forward_with_activations_runs_the_head_on_given_feature_maps(framework: str) -> None:
+    """Own activations give the forward pass back; zeros after the last ReLU leave the bias;
+    a wrong shape is refused naming both shapes."""
+    model = cnn(framework)
+    adapter = xt.adapt(model)
+    x = adapter.to_model(to_framework(np.random.default_rng(0).random((3, 3, 16, 16), dtype=np.float32), framework))
+    acts, _, outputs = adapter.layer_activations(x, "relu2")
+    np.testing.assert_allclose(adapter.forward_with_activations(x, "relu2", acts).numpy(), outputs.numpy(), atol=1e-6)
+    bias = xt.testing.cnn_weights()["fc.bias"]
+    np.testing.assert_allclose(adapter.forward_with_activations(x, "relu2", acts * 0.0).numpy(), np.tile(bias, (3, 1)), atol=1e-6)
+    wrong = acts[:, :2] if adapter.channel_axis == 1 else acts[..., :2]
+    with pytest.raises(xt.LayerError, match=r"cannot replace the output of layer 'relu2'"):
+        adapter.forward_with_activations(x, "relu2", wrong)

@@ -383,6 +383,10 @@ def _adapter_results(adapter: Any, x: Any, targets: np.ndarray, seed: int) -> di
         acts, _, outputs = adapter.layer_activations(x, layer)
         out["activations"] = as_numpy(xe.channels_first(acts, axis))
         np.testing.assert_allclose(as_numpy(outputs), out["forward"], atol=1e-5, rtol=1e-5)
+        # The rest of the network from given activations: its own give the forward pass back.
+        again = adapter.forward_with_activations(x, layer, acts)
+        np.testing.assert_allclose(as_numpy(again), out["forward"], atol=1e-5, rtol=1e-5)
+        out["head of zeros"] = as_numpy(adapter.forward_with_activations(x, layer, acts * 0.0))
         if adapter.supports_gradients:
             _, layer_grads, _ = adapter.weighted_layer_activations(x, layer, weights)
             assert layer_grads is not None

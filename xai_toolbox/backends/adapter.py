@@ -221,6 +221,24 @@ def float32_array(x: Any) -> np.ndarray:
         raise InputError(f"expected an array of real numbers, got {type(x).__name__} ({exc})") from None
 
 
+def check_replacement(layer: str, produced: tuple[int, ...], given: tuple[int, ...]) -> None:
+    """The activations given to replace ``layer``'s output must have the shape it produces
+    (the batch axis aside).
+
+    Example:
+        >>> check_replacement("conv2", (4, 16, 8, 8), (4, 16, 8, 8))
+    """
+    if tuple(produced)[1:] != tuple(given)[1:]:  # batch axes may be unknown while tracing
+        raise LayerError(
+            f"activations of shape {_shape(given)} cannot replace the output of layer {layer!r}, "
+            f"which is {_shape(produced)} for these inputs"
+        )
+
+
+def _shape(shape: tuple[Any, ...]) -> str:
+    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
+
+
 def pick_default_layer(records: list[tuple[str, tuple[int, ...]]], channel_axis: int) -> str | None:
     """The last ``(name, shape)`` record with a rank-4 output of more than one position.
 
@@ -509,6 +527,25 @@ class ModelAdapter(ABC):
         )
         return acts, grads, outputs
 
+    def forward_with_activations(self, x: ep.Tensor, layer: str, activations: ep.Tensor) -> ep.Tensor:
+        """Model outputs for ``x`` with ``layer``'s output replaced by ``activations`` (one row
+        per row of ``x``, in the shape and layout the layer produces): what the rest of the
+        network makes of given feature maps. Ablation-CAM ablates channels this way; CRAFT
+        reads concept activations back through the head ``h``.
+
+        Layers before ``layer`` still run on ``x`` (any input of the right shape will do when
+        only the head matters), so it works for every architecture, nested or not. Retried
+        on halves of ``x`` if the framework runs out of memory.
+
+        Example:
+            >>> ablated = acts * keep_channel_mask                     # (B, K, h, w) / (B, h, w, K)
+            >>> outputs = adapter.forward_with_activations(x, "layer4", ablated)
+        """
+        (outputs,) = self._split_on_oom(
+            "forward", x, lambda part: (self.forward_with_activations_pass(part, layer, rows(activations)),)
+        )
+        return outputs
+
     # == model: what adapters implement (one pass over the batch given) =====================
     @abstractmethod
     def forward_pass(self, x: ep.Tensor) -> ep.Tensor:
@@ -539,6 +576,10 @@ class ModelAdapter(ABC):
     ) -> tuple[ep.Tensor, ep.Tensor | None, ep.Tensor]:
         """One pass of :meth:`weighted_layer_activations`; override to compile it."""
         return self.layer_activations_pass(x, layer, lambda outputs: weighted_score(outputs, weights))
+
+    def forward_with_activations_pass(self, x: ep.Tensor, layer: str, activations: ep.Tensor) -> ep.Tensor:
+        """One pass of :meth:`forward_with_activations`."""
+        raise UnsupportedModelError(self.no_layers_message())
 
     def is_out_of_memory(self, exc: BaseException) -> bool:
         """Whether ``exc`` is the framework's out-of-memory error (retried on a smaller batch)."""

@@ -20,6 +20,7 @@ from .adapter import (
     ModelAdapter,
     ScoreOf,
     as_type_of,
+    check_replacement,
     float32_array,
     pick_default_layer,
     weighted_score,
@@ -152,6 +153,38 @@ class _LayerPass(_Forward):
         if grad is None:
             raise LayerError(f"the score does not depend on layer {self.name!r}")
         return captured[0], grad, outputs
+
+
+class _Substituted(_Forward):
+    """The model outputs with one layer's output replaced by given activations; compiled,
+    the layer's ``call`` is wrapped while tracing (without AutoGraph, so shape errors come out
+    as they are)."""
+
+    def __init__(self, model: Any, shared: _Compiled | None, layer: Any, name: str) -> None:
+        super().__init__(model, shared)
+        self.layer_ref = weakref.ref(layer)
+        self.name = name
+
+    def __call__(self, x: Any, activations: Any) -> Any:
+        model, layer = self._model(), self.layer_ref()
+        owner = threading.get_ident()
+
+        produced: list[tuple[int, ...]] = []
+
+        def substitute(out: Any) -> Any:
+            if threading.get_ident() != owner or not tf.is_tensor(out):
+                return out
+            produced.append(tuple(out.shape))
+            if tuple(out.shape[1:]) != tuple(activations.shape[1:]):
+                return out  # reported below: Keras would wrap an error raised inside a layer
+            return tf.cast(activations, out.dtype)
+
+        with _patch_lock, _CallPatch(layer, substitute):
+            outputs = tf.convert_to_tensor(model(x, training=False))
+        if not produced:
+            raise LayerError(f"layer {self.name!r} was not called by the model (or returns no tensor)")
+        check_replacement(self.name, produced[0], tuple(activations.shape))
+        return outputs
 
 
 def _walk(layer: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -358,6 +391,20 @@ class KerasAdapter(ModelAdapter):
                 autograph=False,
             )
         return ep.astensor(acts), None if grad is None else ep.astensor(grad), ep.astensor(outputs)
+
+    def forward_with_activations_pass(self, x: ep.Tensor, layer: str, activations: ep.Tensor) -> ep.Tensor:
+        raw, acts = x.raw, activations.raw
+        specs = (
+            tf.TensorSpec((None, *raw.shape[1:]), raw.dtype),
+            tf.TensorSpec((None, *acts.shape[1:]), acts.dtype),
+        )
+        with self.calling_model(x):
+            outputs = self._compiled_call(
+                specs, f"replace {layer}",
+                lambda shared: _Substituted(self.model, shared, self._layer(layer), layer), raw, acts,
+                autograph=False,
+            )
+        return ep.astensor(outputs)
 
     def layer_names(self) -> list[str]:
         return [name for name, _ in self._named_layers()]

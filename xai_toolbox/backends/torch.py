@@ -16,7 +16,15 @@ import torch
 
 from .._precision import requested
 from ..errors import InputError, LayerError
-from .adapter import Draw, ModelAdapter, ScoreOf, as_type_of, float32_array, pick_default_layer
+from .adapter import (
+    Draw,
+    ModelAdapter,
+    ScoreOf,
+    as_type_of,
+    check_replacement,
+    float32_array,
+    pick_default_layer,
+)
 
 # Models shared by several adapters or threads: eval mode is entered once and the original
 # training flag restored when the last user leaves.
@@ -196,6 +204,32 @@ class TorchAdapter(ModelAdapter):
         if grad is None:
             raise LayerError(f"the score does not depend on layer {layer!r}")
         return ep.astensor(captured[0].detach()), ep.astensor(grad), ep.astensor(outputs.detach())
+
+    def forward_with_activations_pass(self, x: ep.Tensor, layer: str, activations: ep.Tensor) -> ep.Tensor:
+        module = self._module(layer)
+        replacement = activations.raw
+        owner = threading.get_ident()
+        replaced: list[bool] = []
+
+        def hook(_m: torch.nn.Module, _inp: Any, out: Any) -> Any:
+            if threading.get_ident() != owner:
+                return None
+            if not isinstance(out, torch.Tensor):
+                raise LayerError(f"layer {layer!r} returns {type(out).__name__}, not a tensor")
+            check_replacement(layer, tuple(out.shape), tuple(replacement.shape))
+            replaced.append(True)
+            return replacement.to(dtype=out.dtype)
+
+        with _hook_lock:
+            handle = module.register_forward_hook(hook)
+            try:
+                with torch.no_grad(), self.calling_model(x):
+                    outputs = self.model(x.raw)
+            finally:
+                handle.remove()
+        if not replaced:
+            raise LayerError(f"layer {layer!r} was not called by the model's forward")
+        return ep.astensor(outputs)
 
     def layer_names(self) -> list[str]:
         return [name for name, _ in self.model.named_modules() if name]

@@ -61,6 +61,12 @@ class TinyNetAdapter(xe.ModelAdapter):
             outputs, (acts,) = self.model.run(x.raw, [name])
         return ep.astensor(acts), None, ep.astensor(outputs)
 
+    def forward_with_activations_pass(self, x: ep.Tensor, layer: str, activations: ep.Tensor) -> ep.Tensor:
+        name = self.resolve_layer(layer)
+        with self.calling_model(x):
+            outputs, _ = self.model.run(x.raw, replace={name: activations.raw})
+        return ep.astensor(outputs)
+
     # -- layers --------------------------------------------------------------------------
     def layer_names(self) -> list[str]:
         return [name for name, _ in self.model.layers]
