@@ -32,6 +32,7 @@ from .errors import *  # noqa: E402,F403
 from .errors import OutOfMemoryWarning  # noqa: E402
 from .errors import __all__ as _error_names  # noqa: E402
 from .registry import hookimpl, reload_plugins  # noqa: E402
+from .uncertainty import PairedTest, bootstrap_ci, paired_test  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -42,8 +43,10 @@ __all__ = [
     "ModelAdapter",
     "NumpyModel",
     "OutOfMemoryWarning",
+    "PairedTest",
     "adapt",
     "autocast",
+    "bootstrap_ci",
     "extend",
     "explain",
     "hookimpl",
@@ -51,6 +54,7 @@ __all__ = [
     "list_metrics",
     "method",
     "metric",
+    "paired_test",
     "reload_plugins",
     *_error_names,
 ]

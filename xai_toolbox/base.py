@@ -318,19 +318,27 @@ class AttributionMethod(_Configurable, ABC):
 
 @dataclass
 class MetricResult:
-    """What a metric returns: per-input scores, their mean, and curves where defined.
+    """What a metric returns: per-input scores, their mean with a confidence interval, and
+    curves where defined.
 
     Attributes:
         name: registry name of the metric.
-        scores: ``(N,)`` per-input scores (NumPy).
+        scores: ``(N,)`` per-input scores (NumPy); NaN where a score is undefined for an input.
         curves: ``(N, steps + 1)`` per-input curves for curve metrics, else ``None``.
         higher_is_better: how to read the score.
         details: extra arrays a metric reports (e.g. the x-axis of the curves).
+        family: the metric's family (``"fidelity"``, ``"stability"``, ``"complexity"``,
+            ``"randomisation"``, ``"localisation"``, ...; ``""`` when unknown).
+
+    :attr:`ci` is the 95 % confidence interval of :attr:`mean`: a percentile bootstrap over
+    the inputs with a fixed seed (see :func:`xai_toolbox.uncertainty.bootstrap_ci`), so the
+    same scores always give the same interval; NaN scores are left out, and with fewer than two
+    finite scores the interval is ``(nan, nan)``.
 
     Example:
         >>> result = xt.metric("deletion", model)(images, labels, maps)
-        >>> result.mean, result.scores.shape, result.curves.shape
-        (0.21, (8,), (8, 11))
+        >>> result.mean, result.ci, result.scores.shape, result.curves.shape
+        (0.21, (0.17, 0.26), (8,), (8, 11))
     """
 
     name: str
@@ -338,6 +346,7 @@ class MetricResult:
     higher_is_better: bool
     curves: np.ndarray | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    family: str = ""
 
     @property
     def mean(self) -> float:
@@ -345,10 +354,45 @@ class MetricResult:
         finite = self.scores[~np.isnan(self.scores)]
         return float(finite.mean()) if finite.size else float("nan")
 
+    @property
+    def n(self) -> int:
+        """Inputs with a score (NaN scores left out): the sample behind :attr:`mean`."""
+        return int(np.count_nonzero(~np.isnan(np.asarray(self.scores, dtype=np.float64))))
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        """95 % confidence interval ``(low, high)`` of :attr:`mean` (bootstrap over inputs)."""
+        return self.confidence_interval()
+
+    @property
+    def half_width(self) -> float:
+        """Half the width of :attr:`ci` (what tables show as ``mean ± half_width``)."""
+        low, high = self.ci
+        return (high - low) / 2.0
+
+    def confidence_interval(self, confidence: float = 0.95, *, seed: int = 0) -> tuple[float, float]:
+        """The interval of :attr:`mean` at another ``confidence`` level or bootstrap ``seed``.
+
+        Example:
+            >>> result.confidence_interval(0.99)
+        """
+        from .uncertainty import bootstrap_ci
+
+        key = (confidence, seed, np.asarray(self.scores, dtype=np.float64).tobytes())
+        cache = self.__dict__.setdefault("_ci_cache", {})
+        if key not in cache:
+            cache.clear()  # scores replaced: drop intervals of the old ones
+            cache[key] = bootstrap_ci(self.scores, confidence=confidence, seed=seed)
+        return cache[key]
+
     def __repr__(self) -> str:
         arrow = "higher is better" if self.higher_is_better else "lower is better"
         curves = "" if self.curves is None else f", curves={self.curves.shape}"
-        return f"MetricResult({self.name!r}, mean={self.mean:.4f}, n={len(self.scores)}{curves}, {arrow})"
+        low, high = self.ci
+        return (
+            f"MetricResult({self.name!r}, mean={self.mean:.4f}, ci=[{low:.4f}, {high:.4f}], "
+            f"n={len(self.scores)}{curves}, {arrow})"
+        )
 
 
 class Metric(_Configurable, ABC):
@@ -452,6 +496,7 @@ class Metric(_Configurable, ABC):
             higher_is_better=self.higher_is_better,
             curves=None if curves is None else to_numpy(curves).astype(np.float64),
             details=details,
+            family=self.family,
         )
 
     def _prepare_explanations(self, x: ep.Tensor, explanations: Any) -> ep.Tensor:

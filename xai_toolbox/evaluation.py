@@ -12,6 +12,7 @@ Example:
     >>> table.pivot()["gradcam"]["deletion"]
     >>> table.to_pandas()
     >>> table.maps["gradcam"].shape, table.timings["gradcam"]
+    >>> table.compare("gradcam", "saliency", "deletion").p_value   # paired test on the images
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .backends import adapt
 from .backends.adapter import to_numpy
 from .base import AttributionMethod, MethodMetric, Metric, MetricResult
 from .errors import ExplanationShapeError, ParameterError, ScoreFunctionError
+from .uncertainty import PairedTest, format_interval, not_beaten, paired_test
 
 __all__ = ["COLUMNS", "EvaluationTable", "Top1", "evaluate", "top1"]
 
@@ -62,6 +64,8 @@ class EvaluationTable(list):
         >>> table.to_pandas()                 # a DataFrame with the columns above
         >>> table.results["saliency"]["deletion"].curves.shape   # (N, steps + 1)
         >>> table.maps["saliency"].shape      # (N, H, W)
+        >>> table.best("deletion")            # methods whose 95 % interval is not beaten
+        >>> table.compare("rise", "saliency", "deletion")   # paired Wilcoxon test
     """
 
     def __init__(
@@ -117,15 +121,62 @@ class EvaluationTable(list):
             ) from error
         return pd.DataFrame([{k: r[k] for k in COLUMNS} for r in self], columns=list(COLUMNS))
 
+    def intervals(self, metric: str) -> dict[str, tuple[float, float, float]]:
+        """``{method: (mean, low, high)}`` for ``metric``: each mean with its 95 % confidence
+        interval (bootstrap over images; ``nan`` bounds where undefined).
+
+        Example:
+            >>> table.intervals("deletion")["rise"]
+            (0.21, 0.17, 0.26)
+        """
+        out = {}
+        for r in self:
+            if r["metric"] == metric:
+                result = r.get("result")
+                low, high = result.ci if isinstance(result, MetricResult) else (float("nan"),) * 2
+                out[r["method"]] = (float(r["score"]), low, high)
+        return out
+
+    def best(self, metric: str) -> set[str]:
+        """The methods marked best on ``metric``: those whose confidence interval no other
+        method's interval beats outright (see :func:`xai_toolbox.uncertainty.not_beaten`).
+
+        Example:
+            >>> table.best("deletion")            # {'rise', 'sobol'}: their intervals overlap
+        """
+        hib = next((r["higher_is_better"] for r in self if r["metric"] == metric), None)
+        if hib is None:
+            raise KeyError(f"no metric {metric!r} in the table; it has {self.metrics}")
+        return not_beaten(self.intervals(metric), bool(hib))
+
+    def compare(self, method_a: str, method_b: str, metric: str, *, alpha: float = 0.05) -> PairedTest:
+        """Whether ``method_a`` and ``method_b`` differ on ``metric`` over the same images: a
+        two-sided Wilcoxon signed-rank test on the per-image scores, with a paired-bootstrap
+        interval of the mean difference (see :func:`xai_toolbox.uncertainty.paired_test`).
+
+        Example:
+            >>> test = table.compare("rise", "saliency", "deletion")
+            >>> test.p_value, test.better        # better: "a", "b" or None
+        """
+        results = self.results
+        for method in (method_a, method_b):
+            if metric not in results.get(method, {}):
+                raise KeyError(f"no score of {method!r} on {metric!r} in the table")
+        return paired_test(results[method_a][metric], results[method_b][metric], alpha=alpha)
+
     def __str__(self) -> str:
-        """A plain-text table: one row per method, one column per metric (↑/↓ = better)."""
+        """A plain-text table: one row per method, one column per metric (↑/↓ = better), each
+        cell ``mean ± half-width`` of the 95 % interval; ``*`` marks the methods whose interval
+        no other method beats."""
         if not self:
             return "EvaluationTable (empty)"
-        pivot = self.pivot()
+        cells = {(r["method"], r["metric"]): r for r in self}
         arrows = {r["metric"]: ("↑" if r["higher_is_better"] else "↓") for r in self}
+        best = {m: self.best(m) for m in self.metrics}
         header = ["method", *(f"{m} {arrows[m]}" for m in self.metrics)]
         rows = [
-            [method, *(_fmt(pivot[method].get(m)) for m in self.metrics)] for method in self.methods
+            [method, *(_cell(cells.get((method, m)), method in best[m]) for m in self.metrics)]
+            for method in self.methods
         ]
         widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
 
@@ -135,14 +186,19 @@ class EvaluationTable(list):
             return "  ".join([first, *rest]).rstrip()
 
         rule = "  ".join("-" * w for w in widths)
-        return "\n".join([line(header), rule, *(line(r) for r in rows)])
+        note = "mean ± half-width of the 95 % bootstrap interval over images; * = not beaten"
+        return "\n".join([line(header), rule, *(line(r) for r in rows), note])
 
     def __repr__(self) -> str:
         return f"EvaluationTable({len(self.methods)} methods × {len(self.metrics)} metrics)\n{self}"
 
 
-def _fmt(value: float | None) -> str:
-    return "—" if value is None else f"{value:.4f}"
+def _cell(record: dict[str, Any] | None, best: bool) -> str:
+    if record is None:
+        return "—"
+    result = record.get("result")
+    low, high = result.ci if isinstance(result, MetricResult) else (float("nan"),) * 2
+    return format_interval(float(record["score"]), low, high) + ("*" if best else " ")
 
 
 # -- top-1 classes -----------------------------------------------------------------------------

@@ -7,8 +7,10 @@ class names, method names, settings) is HTML-escaped, so a class called
 
 Sections:
 
-1. the method × metric table (mean scores, the best per column marked, respecting each
-   metric's ``higher_is_better``), with the methods ranked by their mean rank over metrics;
+1. the method × metric table (mean ± half-width of the 95 % bootstrap interval over images,
+   metrics grouped by family with their direction; marked best: the methods whose interval no
+   other method beats; a paired test of the two best means per metric), with the methods
+   ranked by their mean rank over metrics;
 2. deletion / insertion (any curve metric) mean curves per method;
 3. per image: the input and one heatmap overlay per method, side by side;
 4. the settings and the software versions used.
@@ -38,11 +40,14 @@ import numpy as np
 from .base import MetricResult
 from .errors import ParameterError
 from .plot import curve_axis, display_images, overlay
+from .uncertainty import format_interval, not_beaten, paired_test
 
 __all__ = [
     "Score",
+    "FAMILIES",
     "collect_scores",
     "format_summary",
+    "group_metrics",
     "png_bytes",
     "png_data_uri",
     "rank_methods",
@@ -66,9 +71,14 @@ def esc(value: Any) -> str:
 
 
 # -- scores ------------------------------------------------------------------------------------
+#: The order of metric families in tables (others follow in the order they appear).
+FAMILIES = ("fidelity", "stability", "complexity", "randomisation", "localisation")
+
+
 @dataclass(frozen=True)
 class Score:
-    """One cell of the method × metric table."""
+    """One cell of the method × metric table: the mean, its 95 % interval ``[low, high]``
+    (bootstrap over images; NaN where undefined) and the metric's family."""
 
     method: str
     metric: str
@@ -77,13 +87,27 @@ class Score:
     std: float = float("nan")
     n: int = 0
     result: MetricResult | None = None
+    low: float = float("nan")
+    high: float = float("nan")
+    family: str = ""
 
 
 def _from_result(method: str, metric: str, res: MetricResult) -> Score:
     scores = np.asarray(res.scores, dtype=np.float64)
     finite = scores[np.isfinite(scores)]
     std = float(finite.std()) if finite.size else float("nan")
-    return Score(method, metric, res.mean, bool(res.higher_is_better), std, int(scores.size), res)
+    low, high = res.ci
+    family = res.family or _registered_family(metric)
+    return Score(method, metric, res.mean, bool(res.higher_is_better), std, int(scores.size), res,
+                 low, high, family)
+
+
+def _registered_family(metric: str) -> str:
+    """The family of a registered metric named ``metric`` (``"name#2"`` labels included)."""
+    from .registry import get_registry
+
+    entry = get_registry().metrics.get(metric.split("#", 1)[0])
+    return "" if entry is None else str(getattr(entry.cls, "family", ""))
 
 
 def collect_scores(results: Any) -> list[Score]:
@@ -131,25 +155,66 @@ def collect_scores(results: Any) -> list[Score]:
     return out
 
 
+def group_metrics(scores: Sequence[Score]) -> list[tuple[str, list[str]]]:
+    """The metrics of ``scores`` grouped by family: ``[(family, [metric, ...]), ...]``, the
+    families in the order of :data:`FAMILIES` (others after, unknown last as ``"other"``),
+    the metrics of a family in the order they appear.
+
+    Example:
+        >>> group_metrics(collect_scores(table))
+        [('fidelity', ['deletion', 'insertion']), ('localisation', ['pointing_game'])]
+    """
+    families: dict[str, list[str]] = {}
+    for s in scores:
+        members = families.setdefault(s.family or "other", [])
+        if s.metric not in members:
+            members.append(s.metric)
+
+    def position(family: str) -> int:
+        return FAMILIES.index(family) if family in FAMILIES else len(FAMILIES) + (family == "other")
+
+    ordered = sorted(families, key=position)  # stable: other families keep their order
+    return [(family, families[family]) for family in ordered]
+
+
 def _order(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
 def _table(scores: Sequence[Score]) -> tuple[list[str], list[str], dict[tuple[str, str], Score]]:
     methods = _order(s.method for s in scores)
-    metrics = _order(s.metric for s in scores)
+    metrics = [metric for _, members in group_metrics(scores) for metric in members]
     return methods, metrics, {(s.method, s.metric): s for s in scores}
 
 
 def _best(cells: dict[tuple[str, str], Score], methods: Sequence[str], metric: str) -> set[str]:
-    """The methods with the best finite mean on ``metric`` (ties all count)."""
+    """The methods whose 95 % interval on ``metric`` no other method's interval beats
+    (without intervals: the best finite means, ties all count)."""
     values = {m: cells[(m, metric)] for m in methods if (m, metric) in cells}
-    finite = {m: s.mean for m, s in values.items() if math.isfinite(s.mean)}
-    if not finite:
+    if not values:
         return set()
     hib = next(iter(values.values())).higher_is_better
-    target = max(finite.values()) if hib else min(finite.values())
-    return {m for m, v in finite.items() if math.isclose(v, target, rel_tol=1e-9, abs_tol=1e-12)}
+    return not_beaten({m: (s.mean, s.low, s.high) for m, s in values.items()}, hib)
+
+
+def _leaders_test(cells: dict[tuple[str, str], Score], methods: Sequence[str], metric: str) -> str:
+    """The paired test of the two best means on ``metric``, as one line ("" if not possible)."""
+    values = [
+        cells[(m, metric)] for m in methods
+        if (m, metric) in cells and math.isfinite(cells[(m, metric)].mean) and cells[(m, metric)].result
+    ]
+    if len(values) < 2:
+        return ""
+    values.sort(key=lambda s: -s.mean if s.higher_is_better else s.mean)
+    first, second = values[0], values[1]
+    assert first.result is not None and second.result is not None
+    if len(first.result.scores) != len(second.result.scores):
+        return ""
+    test = paired_test(first.result, second.result, higher_is_better=first.higher_is_better)
+    if not math.isfinite(test.p_value):
+        return ""
+    verdict = "differ" if test.better else "do not differ significantly"
+    return f"{first.method} vs {second.method}: {verdict} (Wilcoxon p = {test.p_value:.2g}, n = {test.n})"
 
 
 def rank_methods(scores: Sequence[Score]) -> list[tuple[str, float]]:
@@ -186,8 +251,20 @@ def _fmt(x: float) -> str:
     return f"{x:.3f}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
 
 
+def _summary_cell(cell: Score | None, best: bool) -> str:
+    """``mean* ± half-width`` (``*``: not beaten), the mean alone without an interval."""
+    if cell is None:
+        return "-"
+    mark = "*" if best else " "
+    if not (math.isfinite(cell.low) and math.isfinite(cell.high)) or not math.isfinite(cell.mean):
+        return _fmt(cell.mean) + mark.strip()
+    return f"{_fmt(cell.mean)}{mark} ± {_fmt((cell.high - cell.low) / 2.0)}"
+
+
 def format_summary(scores: Sequence[Score], timings: Mapping[str, float] | None = None) -> str:
-    """A plain-text table of the ranked methods (for the terminal); the best per column has ``*``.
+    """A plain-text table of the ranked methods (for the terminal): metrics grouped by family
+    with their direction, each cell ``mean ± half-width`` of the 95 % bootstrap interval
+    over images; ``*`` marks the methods whose interval no other method beats.
 
     Example:
         >>> print(format_summary(collect_scores(table), timings={"rise": 2.5}))
@@ -195,6 +272,7 @@ def format_summary(scores: Sequence[Score], timings: Mapping[str, float] | None 
     methods, metrics, cells = _table(scores)
     ranked = rank_methods(scores)
     best = {metric: _best(cells, methods, metric) for metric in metrics}
+    family_of = {metric: family for family, members in group_metrics(scores) for metric in members}
     header = ["rank", "method", "mean rank"]
     for metric in metrics:
         hib = next(cells[(m, metric)] for m in methods if (m, metric) in cells).higher_is_better
@@ -204,16 +282,19 @@ def format_summary(scores: Sequence[Score], timings: Mapping[str, float] | None 
     rows = []
     for i, (method, mean_rank) in enumerate(ranked, start=1):
         row = [str(i), method, _fmt(mean_rank)]
-        for metric in metrics:
-            cell = cells.get((method, metric))
-            text = "-" if cell is None else _fmt(cell.mean) + ("*" if method in best[metric] else "")
-            row.append(text)
+        row += [_summary_cell(cells.get((method, metric)), method in best[metric]) for metric in metrics]
         if timings:
             row.append(f"{timings[method]:.1f}" if method in timings else "-")
         rows.append(row)
     widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    groups = ", ".join(
+        f"{family}: {' '.join(members)}" for family, members in group_metrics(scores) if members
+    )
+    if len(set(family_of.values())) > 1 or "other" not in family_of.values():
+        lines.append(f"families: {groups}")
+    lines.append("mean ± half-width of the 95 % bootstrap interval over images; * = interval not beaten")
     return "\n".join(lines)
 
 
@@ -486,19 +567,25 @@ def _header(title: str, n: int, n_methods: int, scores: Sequence[Score], notes: 
 
 
 def _scores_section(scores: Sequence[Score], timings: Mapping[str, float] | None) -> list[str]:
-    """1. The method × metric table, methods ranked, the best of each column starred."""
+    """1. The method × metric table: metrics grouped by family, methods ranked, each cell the
+    mean ± half-width of its 95 % interval, the methods whose interval is not beaten marked."""
     methods, metrics, cells = _table(scores)
+    groups = group_metrics(scores)
     best = {metric: _best(cells, methods, metric) for metric in metrics}
     head = "".join(f"<th>{esc(metric)} {_arrow(cells, methods, metric)}</th>" for metric in metrics)
     time_head = "<th>time (s)</th>" if timings else ""
+    family_head = "".join(f'<th colspan="{len(members)}">{esc(family)}</th>' for family, members in groups)
     out = [
         '<section id="scores">',
         "<h2>Scores</h2>",
-        '<p class="muted">Mean over the images; ↑ higher is better, ↓ lower is better; the best '
-        "value of each column is highlighted (★). Methods are ranked by their mean rank over the "
-        "metrics.</p>",
-        f'<table class="scores"><thead><tr><th>rank</th><th>method</th><th>mean rank</th>{head}{time_head}'
-        "</tr></thead><tbody>",
+        '<p class="muted">Mean over the images ± half-width of its 95 % confidence interval '
+        "(percentile bootstrap over images, seeded); ↑ higher is better, ↓ lower is better. "
+        "Highlighted (★): the methods whose interval no other method's interval beats — "
+        "several are marked when the images cannot tell them apart. Metrics are grouped by "
+        "family; methods are ranked by their mean rank over the metrics.</p>",
+        f'<table class="scores"><thead><tr class="families"><th colspan="3"></th>{family_head}'
+        f'{"<th></th>" if timings else ""}</tr>',
+        f"<tr><th>rank</th><th>method</th><th>mean rank</th>{head}{time_head}</tr></thead><tbody>",
     ]
     for i, (method, mean_rank) in enumerate(rank_methods(scores), start=1):
         row = [f"<td>{i}</td>", f"<td>{esc(method)}</td>", f"<td>{_fmt(mean_rank)}</td>"]
@@ -506,7 +593,20 @@ def _scores_section(scores: Sequence[Score], timings: Mapping[str, float] | None
         if timings:
             row.append(f"<td>{timings[method]:.1f}</td>" if method in timings else "<td>-</td>")
         out.append("<tr>" + "".join(row) + "</tr>")
-    out += ["</tbody></table>", "</section>"]
+    out.append("</tbody></table>")
+    tests = [(metric, _leaders_test(cells, methods, metric)) for metric in metrics]
+    tests = [(metric, line) for metric, line in tests if line]
+    if tests:
+        out.append(
+            '<p class="muted">Paired test of the two best means per metric (Wilcoxon signed-rank '
+            "on the per-image scores, two-sided, 5 %):</p>"
+        )
+        out.append(
+            '<ul class="tests">'
+            + "".join(f"<li><strong>{esc(metric)}</strong>: {esc(line)}</li>" for metric, line in tests)
+            + "</ul>"
+        )
+    out.append("</section>")
     return out
 
 
@@ -518,10 +618,13 @@ def _arrow(cells: dict[tuple[str, str], Score], methods: Sequence[str], metric: 
 def _score_cell(cell: Score | None, best: bool) -> str:
     if cell is None:
         return "<td>-</td>"
-    tip = f"mean {_fmt(cell.mean)}, std {_fmt(cell.std)}, n={cell.n}" if cell.n else ""
+    tip = ""
+    if cell.n:
+        tip = f"mean {_fmt(cell.mean)}, 95 % CI [{_fmt(cell.low)}, {_fmt(cell.high)}], std {_fmt(cell.std)}, n={cell.n}"
+    text = format_interval(cell.mean, cell.low, cell.high, _fmt)
     if best:
-        return f'<td class="best" title="{esc(tip)}">{_fmt(cell.mean)} ★</td>'
-    return f'<td title="{esc(tip)}">{_fmt(cell.mean)}</td>'
+        return f'<td class="best" title="{esc(tip)}">{text} ★</td>'
+    return f'<td title="{esc(tip)}">{text}</td>'
 
 
 def _curves_section(scores: Sequence[Score], colours: Mapping[str, str]) -> list[str]:
