@@ -136,3 +136,20 @@ def test_cli_list_shows_frameworks_and_adapters(example_plugin: Path, capsys: An
     line = next(row for row in out.splitlines() if row.strip().startswith("tinynet "))
     assert "TinyNet" in line and "xai-toolbox-example" in line
     assert any(row.strip().startswith("masked_cam ") for row in out.splitlines())
+
+
+def test_the_import_contracts_name_every_engine_module() -> None:
+    """The contracts in pyproject.toml list the engine's modules one by one (import-linter
+    wildcards cannot exclude `extend`): a new engine module must be added there."""
+    import tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    public_only, frameworks, engine_only = contracts
+    engine = {
+        f"xai_toolbox.{p.stem if p.is_file() else p.name}"
+        for p in (ROOT / "xai_toolbox").iterdir()
+        if (p.suffix == ".py" and p.stem != "__init__") or (p.is_dir() and (p / "__init__.py").exists())
+    }
+    assert set(public_only["forbidden_modules"]) == engine - {"xai_toolbox.extend"}
+    assert set(engine_only["source_modules"]) == engine
+    assert frameworks["source_modules"] == ["xai_toolbox"]

@@ -251,7 +251,7 @@ def _explain_or_evaluate(args: argparse.Namespace, with_metrics: bool) -> int:
     _write_maps(args, job.out, inputs.batch, table)
     if with_metrics:
         _write_scores_and_report(args, job, inputs, predictions, table)
-    return _report_failures(_with_hints(table.failures, inputs.loaded.model))
+    return _report_failures(table.failures)
 
 
 def _check_job(args: argparse.Namespace, with_metrics: bool) -> _Job:
@@ -390,28 +390,17 @@ def _write_scores_and_report(
     print(f"report: {report}")
 
 
-def _with_hints(failures: dict[str, str], model: Any) -> dict[str, str]:
-    if "torch" not in sys.modules or not failures:
-        return failures
-    import torch
-
-    if not isinstance(model, torch.jit.ScriptModule):
-        return failures
-    hint = (
-        " (TorchScript models have no module hooks, so layer-based methods such as CAMs cannot run "
-        "on them; load the model with --model package.module:factory [--weights FILE] instead)"
-    )
-    return {k: v + hint if "hook" in v or "layer" in v.lower() else v for k, v in failures.items()}
-
-
 def _write_csv(path: Path, scores: Sequence[Any]) -> None:
     import csv
 
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["method", "metric", "mean", "std", "n", "higher_is_better"])
+        writer.writerow(["method", "metric", "mean", "std", "n", "higher_is_better", "ci_low", "ci_high", "family"])
         for s in scores:
-            writer.writerow([s.method, s.metric, f"{s.mean:.6g}", f"{s.std:.6g}", s.n, s.higher_is_better])
+            writer.writerow([
+                s.method, s.metric, f"{s.mean:.6g}", f"{s.std:.6g}", s.n, s.higher_is_better,
+                f"{s.low:.6g}", f"{s.high:.6g}", s.family,
+            ])
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:

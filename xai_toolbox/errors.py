@@ -53,6 +53,10 @@ class UnsupportedModelError(XaiToolboxError, TypeError):
     """No backend adapter accepts the model, or it cannot do what the method needs."""
 
 
+class ModelLoadError(UnsupportedModelError):
+    """The model file or factory could not be loaded (or loading it would be unsafe)."""
+
+
 class PluginError(XaiToolboxError):
     """A plugin failed to load, registered a name twice, or misbehaved at call time."""
 
@@ -92,6 +96,7 @@ __all__ = [
     "ParameterError",
     "LayerError",
     "UnsupportedModelError",
+    "ModelLoadError",
     "PluginError",
     "ModelError",
     "UnknownNameError",

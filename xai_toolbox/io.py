@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, UnsupportedModelError
+from .backends import adapt, framework_info, frameworks
+from .errors import InputError, ModelLoadError, UnsupportedModelError
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -55,17 +56,6 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit", ".zip")
-_TRUST_HINT = (
-    "it can run arbitrary code while loading; pass --trust-model-code only for a file you "
-    "trust (trust_model_code=True in Python)"
-)
-
-
-class ModelLoadError(UnsupportedModelError):
-    """The model file or factory could not be loaded (or loading it would be unsafe)."""
-
-
 class ImageLoadError(InputError):
     """An image file is missing, unreadable or inconsistent with the others."""
 
@@ -282,8 +272,13 @@ def normalize(
 
 
 def to_model_layout(images_nhwc: np.ndarray, framework: str) -> np.ndarray:
-    """``(N, H, W, C)`` images in the layout of ``framework`` (PyTorch: ``(N, C, H, W)``)."""
-    if framework == "torch":
+    """``(N, H, W, C)`` images in the layout of ``framework`` (channels first for PyTorch).
+
+    Example:
+        >>> to_model_layout(np.zeros((2, 8, 8, 3)), "torch").shape
+        (2, 3, 8, 8)
+    """
+    if framework_info(framework).channel_axis == 1:
         return np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2))
     return np.ascontiguousarray(images_nhwc)
 
@@ -294,8 +289,8 @@ class LoadedModel:
     """A model loaded for the command line.
 
     Attributes:
-        model: the ``nn.Module`` / ``keras.Model``.
-        framework: ``"torch"`` or ``"tf"``.
+        model: the ``nn.Module`` / ``keras.Model`` (or a model of another registered framework).
+        framework: its canonical framework name (``"torch"``, ``"tf"``, ...).
         source: how it was loaded, for the report's settings.
         input_size: ``(H, W)`` the model declares (Keras), else ``None``.
         channels: the number of input channels the model declares, else ``None``.
@@ -355,85 +350,6 @@ def _import_factory(module_spec: str, attr: str) -> Any:
     return target
 
 
-def _framework_of(model: Any) -> str:
-    module = type(model).__module__
-    if "torch" in sys.modules:
-        import torch
-
-        if isinstance(model, torch.nn.Module):
-            return "torch"
-    if module.startswith(("keras", "tf_keras", "tensorflow")) or hasattr(model, "get_layer"):
-        return "tf"
-    raise ModelLoadError(
-        f"the factory returned a {module}.{type(model).__qualname__}; expected a torch.nn.Module "
-        "or a keras.Model"
-    )
-
-
-def _torch_state(path: Path, trust: bool) -> Any:
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        if not trust:
-            raise ModelLoadError(
-                f"{str(path)!r} cannot be read with torch.load(weights_only=True) ({type(exc).__name__}); "
-                f"it holds pickled Python objects — {_TRUST_HINT}"
-            ) from exc
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def _load_weights(model: Any, framework: str, weights: Path, trust: bool) -> None:
-    if not weights.is_file():
-        raise ModelLoadError(f"weights file not found: {str(weights)!r}")
-    if framework == "torch":
-        state = _torch_state(weights, trust)
-        if hasattr(state, "state_dict") and callable(state.state_dict):
-            state = state.state_dict()
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise ModelLoadError(
-                f"{str(weights)!r} holds a {type(state).__name__}, not a state dict (name -> tensor)"
-            )
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise ModelLoadError(f"the weights in {str(weights)!r} do not fit the model: {first}") from exc
-        return
-    if not str(weights).endswith(".weights.h5"):
-        raise ModelLoadError(
-            f"Keras weights must be a .weights.h5 file (model.save_weights), got {str(weights)!r}"
-        )
-    try:
-        model.load_weights(str(weights))
-    except Exception as exc:
-        raise ModelLoadError(f"loading Keras weights {str(weights)!r} failed: {exc}") from exc
-
-
-def _keras_input(model: Any) -> tuple[tuple[int, int] | None, int | None]:
-    try:
-        shape = model.input_shape
-    except (AttributeError, ValueError, RuntimeError):
-        return None, None
-    if not isinstance(shape, tuple) or len(shape) != 4:
-        return None, None
-    _, h, w, c = shape
-    size = (h, w) if isinstance(h, int) and isinstance(w, int) else None
-    return size, c if isinstance(c, int) else None
-
-
-def _torch_channels(model: Any) -> int | None:
-    import torch
-
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            return int(module.in_channels)
-    return None
-
-
 def load_model(
     spec: str | Path,
     *,
@@ -465,21 +381,10 @@ def load_model(
     weights_path = Path(weights) if weights is not None else None
     factory = None if path.exists() else _split_factory(text)
     if factory is not None:
-        build = _import_factory(*factory)
-        try:
-            model = build()
-        except Exception as exc:
-            raise ModelLoadError(f"calling {text} failed: {type(exc).__name__}: {exc}") from exc
-        framework = _framework_of(model)
-        if weights_path is not None:
-            _load_weights(model, framework, weights_path, trust_model_code)
-        source = f"factory {text}" + (f" with weights {weights_path.name}" if weights_path else "")
-        return _finish(model, framework, source)
-
+        return _from_factory(text, factory, weights_path, trust_model_code)
     if not path.exists():
         raise ModelLoadError(
-            f"model file not found: {text!r} (expected a TorchScript file, a .keras file, or "
-            "package.module:factory)"
+            f"model file not found: {text!r} (expected {_file_kinds()}, or package.module:factory)"
         )
     if path.is_dir():
         raise ModelLoadError(
@@ -489,68 +394,44 @@ def load_model(
     if weights_path is not None:
         raise ModelLoadError("--weights needs a factory (--model package.module:factory); a model file holds its weights")
     suffix = path.suffix.lower()
-    if suffix == ".keras" or suffix in (".h5", ".hdf5"):
-        return _load_keras(path, trust_model_code)
-    if suffix in TORCHSCRIPT_SUFFIXES:
-        return _load_torch_file(path, trust_model_code)
+    for framework in frameworks():
+        if suffix in framework.model_files and framework.load_model_file is not None:
+            model, source = framework.load_model_file(path, trust_model_code)
+            return _finish(model, framework.name, source)
     raise ModelLoadError(
-        f"unknown model file type {suffix or '(none)'!r} for {text!r}; expected a TorchScript file "
-        f"({', '.join(TORCHSCRIPT_SUFFIXES)}), a .keras file, or package.module:factory"
+        f"unknown model file type {suffix or '(none)'!r} for {text!r}; expected {_file_kinds()}, "
+        "or package.module:factory"
     )
 
 
-def _load_keras(path: Path, trust: bool) -> LoadedModel:
-    legacy = path.suffix.lower() != ".keras"
-    if legacy and not trust:
-        raise ModelLoadError(
-            f"{str(path)!r} is a legacy HDF5 model, which Keras deserialises without safe mode; "
-            f"{_TRUST_HINT}. Prefer model.save('model.keras')"
-        )
+def _from_factory(text: str, factory: tuple[str, str], weights: Path | None, trust: bool) -> LoadedModel:
+    build = _import_factory(*factory)
     try:
-        import keras
-    except ImportError as exc:
-        raise ModelLoadError("loading a Keras model needs TensorFlow/Keras: pip install 'xai-toolbox[tf]'") from exc
-    try:
-        if legacy:
-            model = keras.models.load_model(str(path), compile=False)
-        else:
-            model = keras.models.load_model(str(path), compile=False, safe_mode=not trust)
+        model = build()
     except Exception as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "safe_mode" in str(exc) or "lambda" in str(exc).lower():
-            message = f"it contains Python code (e.g. a Lambda layer) that safe mode refuses; {_TRUST_HINT}"
-        raise ModelLoadError(f"cannot load Keras model {str(path)!r}: {message}") from exc
-    return _finish(model, "tf", f"Keras file {path.name}" + (" (trusted)" if trust else " (safe_mode=True)"))
+        raise ModelLoadError(f"calling {text} failed: {type(exc).__name__}: {exc}") from exc
+    try:
+        framework = framework_info(adapt(model).framework)
+    except UnsupportedModelError as exc:
+        raise ModelLoadError(f"the factory {text} returned a model no backend accepts: {exc}") from None
+    if weights is not None:
+        if not weights.is_file():
+            raise ModelLoadError(f"weights file not found: {str(weights)!r}")
+        if framework.load_weights is None:
+            raise ModelLoadError(f"{framework.display_name} models take no --weights file")
+        framework.load_weights(model, weights, trust)
+    source = f"factory {text}" + (f" with weights {weights.name}" if weights else "")
+    return _finish(model, framework.name, source)
 
 
-def _load_torch_file(path: Path, trust: bool) -> LoadedModel:
-    try:
-        import torch
-    except ImportError as exc:
-        raise ModelLoadError("loading a PyTorch model needs PyTorch: pip install 'xai-toolbox[torch]'") from exc
-    try:
-        model = torch.jit.load(str(path), map_location="cpu")
-        return _finish(model.eval(), "torch", f"TorchScript file {path.name}")
-    except Exception as jit_error:
-        if not trust:
-            raise ModelLoadError(
-                f"{str(path)!r} is not a TorchScript archive ({type(jit_error).__name__}). Save the "
-                "model with torch.jit.script(model).save(path), or pass a factory and the state "
-                "dict: --model package.module:factory --weights model.pth. A pickled whole model "
-                f"needs --trust-model-code: {_TRUST_HINT}"
-            ) from jit_error
-    model = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(model, torch.nn.Module):
-        raise ModelLoadError(
-            f"{str(path)!r} holds a {type(model).__name__}, not a torch.nn.Module; for a state dict "
-            "pass --model package.module:factory --weights FILE"
-        )
-    return _finish(model.eval(), "torch", f"pickled PyTorch model {path.name} (trusted)")
+def _file_kinds() -> str:
+    kinds = [
+        f"a {f.display_name} file ({', '.join(f.model_files)})" for f in frameworks() if f.model_files
+    ]
+    return " or ".join(kinds) or "a model file of a registered framework"
 
 
 def _finish(model: Any, framework: str, source: str) -> LoadedModel:
-    if framework == "torch":
-        model.eval()
-        return LoadedModel(model, "torch", source, None, _torch_channels(model))
-    size, channels = _keras_input(model)
-    return LoadedModel(model, "tf", source, size, channels)
+    adapter = adapt(model, framework)
+    _, channels = adapter.expected_input()
+    return LoadedModel(model, framework, source, adapter.expected_image_size(), channels)

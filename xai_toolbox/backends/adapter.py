@@ -18,8 +18,11 @@ What an adapter implements (one pass over the batch it is given, no retries):
 * for CAM methods: :meth:`~ModelAdapter.layer_activations_pass`,
   :meth:`~ModelAdapter.layer_names`, :meth:`~ModelAdapter.resolve_layer`,
   :meth:`~ModelAdapter.default_layer`;
+* for feature visualisation of inner units: :meth:`~ModelAdapter.differentiable_activations`;
 * for model randomisation: :meth:`~ModelAdapter.weight_layers`,
   :meth:`~ModelAdapter.reinitialize`, :meth:`~ModelAdapter.clone`;
+* for Guided Backprop and DeconvNet: :meth:`~ModelAdapter.relu_backward` (ReLU backward
+  rules for the duration of a block);
 * optional speed-ups with generic defaults: :meth:`~ModelAdapter.weighted_value_and_grad_pass`,
   :meth:`~ModelAdapter.weighted_layer_activations_pass` (compiled paths),
   :meth:`~ModelAdapter.from_numpy` (asynchronous uploads), :meth:`~ModelAdapter.repeated_row`
@@ -328,6 +331,23 @@ def item_seed(seed: int, item: int) -> int:
     return int(np.random.SeedSequence([seed, item]).generate_state(1)[0] >> 1)
 
 
+#: The backward rules of :meth:`ModelAdapter.relu_backward`.
+RELU_RULES = ("guided", "deconv")
+
+
+def check_relu_rule(rule: str) -> str:
+    """``rule`` if it is one of :data:`RELU_RULES`, else a ``ValueError`` naming them (adapters
+    implementing :meth:`ModelAdapter.relu_backward` call it first).
+
+    Example:
+        >>> check_relu_rule("guided")
+        'guided'
+    """
+    if rule not in RELU_RULES:
+        raise ValueError(f"ReLU backward rule must be one of {RELU_RULES}, got {rule!r}")
+    return rule
+
+
 #: Above this many runs of equal items a gather is cheaper than concatenating views.
 _MAX_VIEW_RUNS = 8
 
@@ -555,6 +575,26 @@ class ModelAdapter(ABC):
         """Model outputs for ``x`` inside :meth:`value_and_grad` (gradients tracked)."""
         raise UnsupportedModelError(self.no_gradients_message())
 
+    def differentiable_activations(self, x: ep.Tensor, layer: str) -> tuple[ep.Tensor, ep.Tensor]:
+        """``layer``'s activations for ``x`` and the model outputs, inside
+        :meth:`value_and_grad` (gradients tracked): what a score computed from an inner layer
+        (a channel's mean, a direction in feature space) is differentiated through with
+        respect to the inputs. Activations keep the framework's layout (channels at
+        :attr:`channel_axis`).
+
+        Adapters with gradients and layers implement it; the default raises
+        :class:`~xai_toolbox.errors.UnsupportedModelError`.
+
+        Example:
+            >>> def channel_mean(z):
+            ...     acts, _ = adapter.differentiable_activations(z, "layer4")
+            ...     return xe.channels_first(acts, adapter.channel_axis)[:, 7].mean(axis=(1, 2))
+            >>> values, grads = adapter.value_and_grad(channel_mean, x)     # grads like x
+        """
+        if not self.supports_gradients:
+            raise UnsupportedModelError(self.no_gradients_message())
+        raise UnsupportedModelError(self.no_layers_message())
+
     def value_and_grad_pass(
         self, fn: Callable[[ep.Tensor], ep.Tensor], x: ep.Tensor
     ) -> tuple[ep.Tensor, ep.Tensor]:
@@ -588,6 +628,33 @@ class ModelAdapter(ABC):
     def release_memory(self) -> None:
         """Called after an out-of-memory error, before the retry (e.g. empty a GPU cache)."""
         return None
+
+    # == gradient rules (Guided Backprop, DeconvNet) ==========================================
+    @contextlib.contextmanager
+    def relu_backward(self, rule: str) -> Iterator[None]:
+        """Inside the block, the gradients this adapter computes pass every ReLU of the model
+        backwards by ``rule`` instead of by its derivative; the forward pass is unchanged.
+
+        With ``z`` the ReLU's input and ``R`` the gradient arriving at its output, the value
+        sent back to ``z`` is ``R · 1[z > 0]`` normally, ``relu(R) · 1[z > 0]`` for
+        ``"guided"`` (Springenberg et al., 2015) and ``relu(R)`` for ``"deconv"`` (Zeiler &
+        Fergus, 2014). Other activations keep their ordinary gradient. The model is left
+        exactly as it was when the block ends, also on errors, and gradients outside the
+        block (other threads' included) are not affected. A model in which no ReLU can be
+        reached raises :class:`~xai_toolbox.errors.UnsupportedModelError` (rather than giving
+        the plain gradient under another name). Adapters that cannot apply such rules keep
+        this default, which raises it at once.
+
+        Example:
+            >>> with adapter.relu_backward("guided"):
+            ...     grads = targets.input_gradient(adapter, x)
+        """
+        check_relu_rule(rule)
+        raise UnsupportedModelError(
+            f"the backward pass of a {self.display_name} model's ReLUs cannot be changed by this "
+            "toolbox (Guided Backprop and DeconvNet need it: PyTorch and Keras models can)"
+        )
+        yield  # pragma: no cover  (a generator, for contextmanager)
 
     # == layers ===============================================================================
     def layer_names(self) -> list[str]:
@@ -661,6 +728,10 @@ class ModelAdapter(ABC):
     def expected_input(self) -> tuple[int | None, int | None]:
         """``(rank, channels)`` of the inputs the model expects, where statically known."""
         return None, None
+
+    def expected_image_size(self) -> tuple[int, int] | None:
+        """``(H, W)`` of the images the model declares it takes, where statically known."""
+        return None
 
     @contextlib.contextmanager
     def preserved(self) -> Iterator[None]:

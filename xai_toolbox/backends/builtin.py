@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..registry import hookimpl
+from . import model_files
 from .frameworks import Framework
 from .test_models import keras_model, keras_native, torch_model, torch_native
 
@@ -19,11 +20,15 @@ FRAMEWORKS = (
         "torch", "PyTorch", aliases=("pytorch",), module="torch", models="a torch.nn.Module",
         channel_axis=1, build_test_model=torch_model, to_native=torch_native,
         is_native=lambda x: _is_instance(x, "torch", "Tensor"),
+        model_files=model_files.TORCHSCRIPT_SUFFIXES, load_model_file=model_files.load_torch_file,
+        load_weights=model_files.load_torch_weights,
     ),
     Framework(
         "tf", "TensorFlow/Keras", aliases=("tensorflow", "keras"), module="tensorflow",
         models="a keras.Model", channel_axis=-1, build_test_model=keras_model, to_native=keras_native,
         is_native=lambda x: _is_instance(x, "tensorflow", "Tensor") or _is_instance(x, "tensorflow", "Variable"),
+        model_files=model_files.KERAS_SUFFIXES, load_model_file=model_files.load_keras_file,
+        load_weights=model_files.load_keras_weights,
     ),
     Framework(
         "numpy", "NumPy callable", models="a callable over NumPy arrays (xt.NumpyModel)",

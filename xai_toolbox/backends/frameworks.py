@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,12 @@ class Framework:
             ``None``: NumPy arrays are the native tensors.
         is_native: whether an object is a tensor of this framework (without importing the
             framework: a tensor of it exists only if it was imported); ``None``: none is.
+        model_files: file suffixes of saved models this framework reads (``".keras"``).
+        load_model_file: ``load(path, trust) -> (model, description)`` for those files; must
+            refuse formats that run code while loading unless ``trust`` (raise
+            :class:`~xai_toolbox.errors.ModelLoadError`).
+        load_weights: ``load(model, path, trust)``: a weights file into a model built by a
+            factory (``--weights``).
 
     Example:
         >>> Framework("jax", "JAX", aliases=("flax",), module="jax", models="a JAX function")
@@ -57,6 +64,9 @@ class Framework:
     build_test_model: TestModelBuilder | None = field(default=None, compare=False)
     to_native: Callable[[np.ndarray], Any] | None = field(default=None, compare=False)
     is_native: Callable[[Any], bool] | None = field(default=None, compare=False)
+    model_files: tuple[str, ...] = ()
+    load_model_file: Callable[[Path, bool], tuple[Any, str]] | None = field(default=None, compare=False)
+    load_weights: Callable[[Any, Path, bool], None] | None = field(default=None, compare=False)
 
     def available(self) -> bool:
         """Whether the framework can be imported here."""

@@ -20,6 +20,7 @@ from .adapter import (
     ModelAdapter,
     ScoreOf,
     as_type_of,
+    check_relu_rule,
     check_replacement,
     float32_array,
     pick_default_layer,
@@ -221,6 +222,85 @@ class _CallPatch:
             del self.layer.call
 
 
+# -- ReLU backward rules (Guided Backprop, DeconvNet) ------------------------------------------
+_RELU_ACTIVATIONS = (keras.activations.relu, keras.ops.relu, tf.nn.relu)
+
+# Passes compiled under a rule, per model (its ``_Compiled``) and rule: a rule never leaks into
+# the ordinary traces, nor is it ignored because an ordinary trace was cached first.
+_rule_compiled: weakref.WeakKeyDictionary[_Compiled, dict[str, dict[tuple[Any, ...], Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _relu_with_rule(rule: str) -> Callable[[Any], Any]:
+    """``relu`` forwards; backwards ``relu(R)``, gated by ``1[z > 0]`` for the guided rule."""
+    guided = rule == "guided"
+
+    @tf.custom_gradient
+    def relu(z: Any) -> Any:
+        out = tf.nn.relu(z)
+
+        def backward(upstream: Any) -> Any:
+            passed = tf.nn.relu(upstream)
+            return passed * tf.cast(out > 0, passed.dtype) if guided else passed
+
+        return out, backward
+
+    return relu
+
+
+def _relu_targets(model: Any) -> list[tuple[Any, str]]:
+    """``(layer, attribute)`` for every plain ReLU of the model, nested models included: the
+    ``call`` of ``keras.layers.ReLU()`` layers (no ``max_value``, slope or threshold) and the
+    ``activation`` of layers built with ``activation="relu"`` (``Dense``, ``Conv2D``,
+    ``Activation``, ...)."""
+    found: dict[int, tuple[Any, str]] = {}
+    for _, layer in _walk(model):
+        if isinstance(layer, keras.layers.ReLU):
+            plain = layer.max_value is None and not layer.negative_slope and not layer.threshold
+            if plain:
+                found[id(layer)] = (layer, "call")
+        elif any(getattr(layer, "activation", None) is f for f in _RELU_ACTIVATIONS):
+            found[id(layer)] = (layer, "activation")
+    return list(found.values())
+
+
+class _ReluRules:
+    """The model's ReLUs computed by :func:`_relu_with_rule` for a ``with`` block, in the
+    calling thread only (other threads run the originals), and put back exactly as they were."""
+
+    def __init__(self, targets: list[tuple[Any, str]], rule: str) -> None:
+        self.targets, self.rule_fn = targets, _relu_with_rule(rule)
+        self.owner = threading.get_ident()
+        self.saved: list[tuple[Any, str, bool, Any]] = []
+
+    def _ruled(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def ruled(inputs: Any, *args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() != self.owner:
+                return original(inputs, *args, **kwargs)
+            return self.rule_fn(inputs)
+
+        return ruled
+
+    def __enter__(self) -> None:
+        try:
+            for layer, attribute in self.targets:
+                original = getattr(layer, attribute)
+                self.saved.append((layer, attribute, attribute in layer.__dict__, layer.__dict__.get(attribute)))
+                setattr(layer, attribute, self._ruled(original))
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        while self.saved:
+            layer, attribute, had_own, own = self.saved.pop()
+            if had_own:
+                setattr(layer, attribute, own)
+            else:
+                delattr(layer, attribute)
+
+
 def _canonical_shape(keras_shape: tuple[int, ...]) -> tuple[int, ...]:
     """The PyTorch layout of a Keras kernel: ``(*k, in, out)`` → ``(out, in, *k)``, dense ``.T``."""
     if len(keras_shape) >= 3:
@@ -323,6 +403,29 @@ class KerasAdapter(ModelAdapter):
         with self.calling_model(x):
             return ep.astensor(self._call(x.raw))
 
+    def differentiable_activations(self, x: ep.Tensor, layer: str) -> tuple[ep.Tensor, ep.Tensor]:
+        # Eager, under the caller's tape: the layer's output is an ordinary taped tensor.
+        target = self._layer(layer)
+        captured: list[Any] = []
+        owner = threading.get_ident()
+
+        def capture(out: Any) -> Any:
+            if threading.get_ident() != owner:  # another thread's eager call through this layer
+                return out
+            if not tf.is_tensor(out):
+                raise LayerError(
+                    f"layer {layer!r} returns {type(out).__name__}, not a tensor; "
+                    "pick a layer with a single tensor output"
+                )
+            captured[:] = [out]
+            return out
+
+        with _patch_lock, _CallPatch(target, capture), self.calling_model(x):
+            outputs = tf.convert_to_tensor(self.model(x.raw, training=False))
+        if not captured:
+            raise LayerError(f"layer {layer!r} was not called by the model")
+        return ep.astensor(captured[0]), ep.astensor(outputs)
+
     def value_and_grad_pass(
         self, fn: Callable[[ep.Tensor], ep.Tensor], x: ep.Tensor
     ) -> tuple[ep.Tensor, ep.Tensor]:
@@ -351,6 +454,37 @@ class KerasAdapter(ModelAdapter):
         if grad is None:  # the score does not depend on the inputs
             grad = tf.zeros_like(raw)
         return ep.astensor(value), ep.astensor(grad)
+
+    @contextlib.contextmanager
+    def relu_backward(self, rule: str) -> Iterator[None]:
+        """ReLU backward rules for the block (see :meth:`ModelAdapter.relu_backward`).
+
+        ``keras.layers.ReLU()`` layers (without ``max_value``, slope or threshold) and layers
+        built with ``activation="relu"``, nested models included, compute with the rule's
+        backward pass (``tf.custom_gradient``), in the calling thread only, and are put back
+        exactly as they were. Inside the block this adapter's compiled passes come from a
+        cache of their own, traced under the rule, so a rule never leaks into the ordinary
+        traces or is ignored by them. ``tf.nn.relu`` called inside a custom ``call()``, ReLU6,
+        leaky or thresholded ReLUs and other activations are not reached; a model without any
+        reachable ReLU raises :class:`~xai_toolbox.errors.UnsupportedModelError` at once.
+        Layer patches are serialised with the other patches of this adapter (``_patch_lock``).
+        """
+        targets = _relu_targets(self.model)
+        if not targets:
+            raise UnsupportedModelError(
+                f"{rule!r} ReLU rules found no ReLU to apply to in this Keras model: no "
+                "keras.layers.ReLU() layer and no layer with activation='relu' (tf.nn.relu called "
+                "inside a custom call(), ReLU6, leaky ReLUs and other activations are not "
+                "overridden), so Guided Backprop and DeconvNet would only give its plain gradient; "
+                "use saliency instead"
+            )
+        ordinary = self._compiled
+        with _patch_lock, _ReluRules(targets, check_relu_rule(rule)):
+            self._compiled = _rule_compiled.setdefault(self._shared, {}).setdefault(rule, {})
+            try:
+                yield
+            finally:
+                self._compiled = ordinary
 
     def _named_layers(self) -> list[tuple[str, Any]]:
         return list(_walk(self.model))
@@ -495,6 +629,16 @@ class KerasAdapter(ModelAdapter):
         if isinstance(shape, tuple) and len(shape) == 2 and isinstance(shape[-1], int):
             return shape[-1]
         return None
+
+    def expected_image_size(self) -> tuple[int, int] | None:
+        try:
+            shape = self.model.input_shape
+        except (AttributeError, ValueError, RuntimeError):
+            return None
+        if not isinstance(shape, tuple) or len(shape) != 4:
+            return None
+        _, h, w, _ = shape
+        return (h, w) if isinstance(h, int) and isinstance(w, int) else None
 
     def expected_input(self) -> tuple[int | None, int | None]:
         try:

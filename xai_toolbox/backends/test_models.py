@@ -27,7 +27,9 @@ def keras_layout(weight: np.ndarray) -> np.ndarray:
 
 
 def _unknown(architecture: str) -> ValueError:
-    return ValueError(f"no test model {architecture!r}; the built-in frameworks build 'cnn' and 'linear'")
+    return ValueError(
+        f"no test model {architecture!r}; the built-in frameworks build 'cnn', 'linear' and 'demo'"
+    )
 
 
 def torch_model(architecture: str, **options: Any) -> Any:
@@ -36,6 +38,13 @@ def torch_model(architecture: str, **options: Any) -> Any:
     training mode (the contract checks that a call restores it)."""
     import torch
 
+    if architecture == "demo":  # the demo CNN with the given (trained) weights
+        from .demo_models import build_torch_model
+
+        weights = options["weights"]
+        model = build_torch_model(weights["fc.weight"].shape[0])
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+        return model.eval()
     if architecture == "cnn":
         weights, channels, width, classes = (options[k] for k in ("weights", "channels", "width", "classes"))
         t = torch.nn.Sequential()
@@ -64,6 +73,13 @@ def keras_model(architecture: str, **options: Any) -> Any:
     """The Keras twins of :func:`torch_model` (channels-last inputs, same functions)."""
     import keras
 
+    if architecture == "demo":
+        from .demo_models import build_keras_model, copy_state_dict_to_keras
+
+        weights = options["weights"]
+        model = build_keras_model(weights["fc.weight"].shape[0])
+        copy_state_dict_to_keras(weights, model)
+        return model
     if architecture == "cnn":
         weights, channels, width, classes, size = (
             options[k] for k in ("weights", "channels", "width", "classes", "size")

@@ -14,13 +14,16 @@ import eagerpy as ep
 import numpy as np
 import torch
 
+from torch.overrides import TorchFunctionMode
+
 from .._precision import requested
-from ..errors import InputError, LayerError
+from ..errors import InputError, LayerError, UnsupportedModelError
 from .adapter import (
     Draw,
     ModelAdapter,
     ScoreOf,
     as_type_of,
+    check_relu_rule,
     check_replacement,
     float32_array,
     pick_default_layer,
@@ -49,6 +52,8 @@ class TorchAdapter(ModelAdapter):
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__(model, channel_axis=1)
+        # TorchScript modules take no forward hooks, so their inner layers cannot be captured.
+        self.supports_layers = not isinstance(model, torch.jit.ScriptModule)
         self._default_layers: dict[tuple[int, ...], str] = {}
         self._call_parameters: list[torch.nn.Parameter] | None = None
 
@@ -126,6 +131,15 @@ class TorchAdapter(ModelAdapter):
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
 
+    def no_layers_message(self) -> str:
+        if self.supports_layers:
+            return super().no_layers_message()
+        return (
+            "TorchScript models have no module hooks, so layer-based methods such as CAMs cannot "
+            "run on them; load the model with --model package.module:factory [--weights FILE] "
+            "(in Python: pass the nn.Module) instead"
+        )
+
     def forward_pass(self, x: ep.Tensor) -> ep.Tensor:
         precision = requested()
         if precision is None:
@@ -142,6 +156,32 @@ class TorchAdapter(ModelAdapter):
         with self.calling_model(x):
             return ep.astensor(self.model(x.raw))
 
+    def differentiable_activations(self, x: ep.Tensor, layer: str) -> tuple[ep.Tensor, ep.Tensor]:
+        module = self._module(layer)
+        captured: list[torch.Tensor] = []
+        owner = threading.get_ident()
+
+        def hook(_m: torch.nn.Module, _inp: Any, out: Any) -> None:
+            if threading.get_ident() != owner:  # another thread's forward through this module
+                return
+            if not isinstance(out, torch.Tensor):
+                raise LayerError(
+                    f"layer {layer!r} returns {type(out).__name__}, not a tensor; "
+                    "pick a layer with a single tensor output"
+                )
+            captured[:] = [out]
+
+        with _hook_lock:
+            handle = module.register_forward_hook(hook)
+            try:
+                with self.calling_model(x):
+                    outputs = self.model(x.raw)
+            finally:
+                handle.remove()
+        if not captured:
+            raise LayerError(f"layer {layer!r} was not called by the model's forward")
+        return ep.astensor(captured[0]), ep.astensor(outputs)
+
     def value_and_grad_pass(
         self, fn: Callable[[ep.Tensor], ep.Tensor], x: ep.Tensor
     ) -> tuple[ep.Tensor, ep.Tensor]:
@@ -155,6 +195,29 @@ class TorchAdapter(ModelAdapter):
         if grad is None:
             grad = torch.zeros_like(leaf)
         return ep.astensor(value.detach()), ep.astensor(grad)
+
+    @contextlib.contextmanager
+    def relu_backward(self, rule: str) -> Iterator[None]:
+        """ReLU backward rules for the block (see :meth:`ModelAdapter.relu_backward`).
+
+        A :class:`~torch.overrides.TorchFunctionMode`, active in the calling thread only,
+        replaces every ReLU the forward pass applies — ``nn.ReLU`` modules and functional
+        ``F.relu``, ``torch.relu``, ``Tensor.relu`` calls in a custom ``forward``, in place or
+        not — by one whose backward is the rule. Nothing on the model is modified, so there
+        is nothing to restore. TorchScript code and other activations (``ReLU6``,
+        ``LeakyReLU``, GELU, SiLU, ...) are not reached; a block whose passes applied no ReLU
+        at all raises :class:`~xai_toolbox.errors.UnsupportedModelError` at its end.
+        """
+        mode = _ReluRuleMode(guided=check_relu_rule(rule) == "guided")
+        with mode:
+            yield
+        if mode.calls and not mode.applied:
+            raise UnsupportedModelError(
+                f"{rule!r} ReLU rules found no ReLU to apply to in this PyTorch model: it applies no "
+                "nn.ReLU / F.relu / torch.relu with gradients (other activations such as GELU, SiLU, "
+                "LeakyReLU or ReLU6, or TorchScript code, are not overridden), so Guided Backprop "
+                "and DeconvNet would only give its plain gradient; use saliency instead"
+            )
 
     def _module(self, layer: str) -> torch.nn.Module:
         return dict(self.model.named_modules())[self.resolve_layer(layer)]
@@ -396,3 +459,64 @@ def _restore_parameters(saved: list[tuple[Any, bool, Any, Any]]) -> None:
                 p.grad = grad
             if values is not None and not torch.equal(grad, values):
                 grad.copy_(values)
+
+
+# -- ReLU backward rules (Guided Backprop, DeconvNet) ------------------------------------------
+class _ReluWithRule(torch.autograd.Function):
+    """``relu(z)`` forwards (in place when the caller asked for it); backwards ``relu(R)``,
+    gated by ``1[z > 0]`` for the guided rule (``z > 0`` exactly where ``relu(z) > 0``)."""
+
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor, guided: bool, inplace: bool) -> torch.Tensor:
+        if inplace:
+            out = z.clamp_(min=0)
+            ctx.mark_dirty(z)
+        else:
+            out = z.clamp(min=0)
+        ctx.guided = guided
+        if guided:
+            ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        passed = grad.clamp(min=0)
+        if ctx.guided:
+            (out,) = ctx.saved_tensors
+            passed = passed * (out > 0)
+        return passed, None, None
+
+
+# Every public spelling of a ReLU; ``None``: in place if the call says ``inplace=True``.
+_RELU_FUNCTIONS: dict[Any, bool | None] = {
+    torch.relu: False,
+    torch.relu_: True,
+    torch.Tensor.relu: False,
+    torch.Tensor.relu_: True,
+    torch.nn.functional.relu: None,
+}
+
+
+class _ReluRuleMode(TorchFunctionMode):
+    """Routes every ReLU applied to a tensor that needs gradients through :class:`_ReluWithRule`
+    (modes are per thread; inside this handler the mode is off, so nothing recurses)."""
+
+    def __init__(self, guided: bool) -> None:
+        super().__init__()
+        self.guided = guided
+        self.calls = 0
+        self.applied = 0
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        self.calls += 1
+        if func not in _RELU_FUNCTIONS:
+            return func(*args, **kwargs)
+        z = args[0]
+        if not (isinstance(z, torch.Tensor) and z.requires_grad and torch.is_grad_enabled()):
+            return func(*args, **kwargs)
+        inplace = _RELU_FUNCTIONS[func]
+        if inplace is None:
+            inplace = bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
+        self.applied += 1
+        return _ReluWithRule.apply(z, self.guided, inplace)
