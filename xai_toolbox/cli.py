@@ -52,7 +52,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     registry = get_registry()
     print("methods:")
     _print_rows(
-        ["name", "class", "family", "gradients", "layer", "passes/image", "inputs", "package (plugin)"],
+        ["name", "class", "family", "gradients", "layer", "seeded", "passes/image", "inputs", "package (plugin)"],
         [_method_row(e) for _, e in sorted(registry.methods.items())],
     )
     print("metrics:")
@@ -84,7 +84,8 @@ def _method_row(entry: Any) -> list[str]:
         passes = None
     return [
         entry.name, cls.__name__, cls.family, "yes" if cls.needs_gradients else "no",
-        "yes" if cls.needs_layers else "no", "input-dependent" if passes is None else str(passes),
+        "yes" if cls.needs_layers else "no", "yes" if cls.stochastic else "no",
+        "input-dependent" if passes is None else str(passes),
         ", ".join(cls.input_kinds), f"{entry.package} ({entry.plugin})",
     ]
 

@@ -217,8 +217,18 @@ def check_method(
         np.testing.assert_allclose(
             normalized(one), normalized(result), atol=atol, err_msg=f"{where}: depends on batch_size"
         )
+        if getattr(cls, "stochastic", False):
+            _check_seed(cls, params, model, x, targets, result, where)
         maps[framework] = result
     _twins_agree(name, maps, atol)
+
+
+def _check_seed(cls: type, params: dict[str, Any], model: Any, x: Any, targets: Any, result: np.ndarray, where: str) -> None:
+    """A method declaring ``stochastic = True`` takes a ``seed``, and another seed draws anew."""
+    assert "seed" in cls.param_names(), f"{where}: stochastic = True but no seed parameter"
+    seed = params.get("seed", cls(model).get_params().get("seed"))
+    other = as_numpy(cls(model, **{**params, "seed": (seed or 0) + 1})(x, targets))
+    assert not np.array_equal(other, result) or np.ptp(result) == 0, f"{where}: the seed changes nothing"
 
 
 def _twins_agree(name: str, results: dict[str, np.ndarray], atol: float, *, normalize: bool = True) -> None:
