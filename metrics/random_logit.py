@@ -68,9 +68,9 @@ def ssim(a: np.ndarray, b: np.ndarray, *, window: int = 11, sigma: float = 1.5, 
     var_a = local_mean(a * a) - mu_a**2
     var_b = local_mean(b * b) - mu_b**2
     cov = local_mean(a * b) - mu_a * mu_b
-    luminance = (2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1)
-    structure = (2 * cov + c2) / (var_a + var_b + c2)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 where span = 0, replaced below
+        luminance = (2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1)
+        structure = (2 * cov + c2) / (var_a + var_b + c2)
         values = (luminance * structure).mean(axis=(1, 2))
     return np.where(span > 0, values, 1.0)
 
