@@ -23,11 +23,11 @@ from . import _precision
 from . import _validation as v
 from ._targets import ScoreFn, Targets, resolve_targets
 from .backends import ModelAdapter, adapt
-from .backends.adapter import memory_scope, to_numpy
+from .backends.adapter import OutputSelector, memory_scope, output_selector, to_numpy
 from .errors import ParameterError, PluginError, UnsupportedModelError, XaiToolboxError
 
 #: The keyword arguments every method and metric takes (declared once, in the base classes).
-STANDARD_PARAMS = ("batch_size", "score_fn", "progress", "framework")
+STANDARD_PARAMS = ("batch_size", "score_fn", "progress", "framework", "output")
 
 
 class _Configurable:
@@ -43,6 +43,7 @@ class _Configurable:
         score_fn: ScoreFn | None = None,
         progress: bool | None = None,
         framework: str | None = None,
+        output: OutputSelector = None,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -58,6 +59,7 @@ class _Configurable:
         if framework is not None and not isinstance(framework, str):
             raise ParameterError(f"framework must be a framework name (str) or None, got {framework!r}")
         self.framework = framework
+        self.output = output_selector("output", output)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -124,7 +126,7 @@ class _Configurable:
         """The framework adapter for :attr:`model` (created on first use)."""
         adapter = self.__dict__.get("_adapter")
         if adapter is None:
-            adapter = adapt(self.model, getattr(self, "framework", None))
+            adapter = adapt(self.model, getattr(self, "framework", None), getattr(self, "output", None))
             self.__dict__["_adapter"] = adapter
         return adapter
 
@@ -211,6 +213,11 @@ class AttributionMethod(_Configurable, ABC):
         progress: show a progress bar (``None``: only on an interactive terminal).
         framework: force an adapter (``"torch"``, ``"tf"``, ``"numpy"``, ...) instead of
             detecting it.
+        output: which of the model's outputs is explained when it returns a tuple, a dict, a
+            dataclass / Hugging Face ``ModelOutput``: a key or attribute (``"logits"``), an
+            index (``0``) or a callable ``fn(outputs) -> tensor``; ``None`` picks the obvious
+            one (``logits``, or the only tensor) and raises an error showing the structure
+            otherwise.
 
     Calling the method, ``method(inputs, targets=None)``, returns one explanation per input,
     ``(N, H, W)`` for images (channels reduced), in the inputs' type and on their device.
@@ -411,6 +418,7 @@ class Metric(_Configurable, ABC):
         score_fn: as for methods: ``score_fn(outputs, targets) -> (N,)``.
         progress: show a progress bar (``None``: only on an interactive terminal).
         framework: force an adapter (``"torch"``, ``"tf"``, ``"numpy"``, ...).
+        output: which of the model's outputs is scored (as for methods).
 
     Example:
         >>> class MeanAttribution(xt.Metric):
@@ -601,6 +609,8 @@ class MethodMetric(Metric):
             defaults["score_fn"] = self.score_fn
         if self.framework is not None:
             defaults["framework"] = self.framework
+        if self.output is not None:
+            defaults["output"] = self.output
         return _method_object(method, model, {**defaults, **self.method_params})
 
     def explain(self, model: Any, x: ep.Tensor, targets: Targets) -> ep.Tensor:

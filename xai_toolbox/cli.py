@@ -247,6 +247,7 @@ def _explain_or_evaluate(args: argparse.Namespace, with_metrics: bool) -> int:
         progress=False if args.no_progress else None,
         echo=print,
         keep_going=not args.debug,
+        output=args.output,
     )
     job.out.mkdir(parents=True, exist_ok=True)
     _write_maps(args, job.out, inputs.batch, table)
@@ -318,7 +319,9 @@ def _targets(args: argparse.Namespace, job: _Job, inputs: _Inputs) -> tuple[Any,
     from .evaluation import top1
 
     # Raises ScoreFunctionError for a model that is not a classifier: the CLI explains classes.
-    predictions, n_classes = top1(inputs.loaded.model, inputs.model_inputs, batch_size=args.batch_size)
+    predictions, n_classes = top1(
+        inputs.loaded.model, inputs.model_inputs, batch_size=args.batch_size, output=args.output
+    )
     if job.target is not None and job.target >= n_classes:
         raise CliError(
             f"--target {job.target} is out of range: the model has {n_classes} outputs (0..{n_classes - 1})"
@@ -366,6 +369,7 @@ def _write_scores_and_report(
         "images": f"{len(batch.names)} file(s), {batch.images.shape[2]}x{batch.images.shape[1]}",
         "normalisation": {"mean": args.mean or "none", "std": args.std or "none"},
         "target": "top-1 prediction" if job.target is None else f"class {job.target}",
+        "model output": "automatic" if args.output is None else repr(args.output),
         "batch_size": args.batch_size,
         "methods": table.params["methods"],
         "metrics": table.params["metrics"],
@@ -493,6 +497,11 @@ def _add_model_arguments(p: argparse.ArgumentParser, with_metrics: bool) -> None
         "(repeatable; values are JSON, else text)",
     )
     p.add_argument("--batch-size", type=int, default=64, help="model inputs per forward pass (default 64)")
+    p.add_argument(
+        "--output", type=_output_selector, default=None, metavar="KEY|INDEX",
+        help="which model output to explain when the model returns a dict, tuple or dataclass: a key "
+        "(e.g. logits) or an index (e.g. 0); default: the obvious one (logits, or the only tensor)",
+    )
     p.add_argument("--class-names", metavar="FILE", help="text file with one class name per line")
     p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity of the overlays (default 0.5)")
     p.add_argument("--cmap", default="jet", help="colormap of the overlays (default jet)")
@@ -504,6 +513,14 @@ def _add_model_arguments(p: argparse.ArgumentParser, with_metrics: bool) -> None
 def _wrap(text: str) -> str:
     # Raw formatters keep the epilogs' examples as written; descriptions are wrapped here.
     return textwrap.fill(text, width=88)
+
+
+def _output_selector(text: str) -> str | int:
+    """``--output``: an integer index, or a key."""
+    text = text.strip()
+    if not text:
+        raise argparse.ArgumentTypeError("must be a key or an index, got an empty string")
+    return int(text) if re.fullmatch(r"-?\d+", text) else text
 
 
 def _positive(text: str) -> int:

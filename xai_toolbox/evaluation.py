@@ -209,13 +209,15 @@ class Top1(NamedTuple):
     n_classes: int
 
 
-def top1(model: Any, inputs: Any, *, batch_size: int = 64) -> Top1:
+def top1(model: Any, inputs: Any, *, batch_size: int = 64, output: Any = None) -> Top1:
     """The model's top-1 class for each input (the default targets of every method and metric).
 
     Args:
         model: a PyTorch or Keras model, a NumPy callable or an adapter.
         inputs: the batch, in the framework's layout (native tensor or NumPy).
         batch_size: model inputs per forward pass.
+        output: which of the model's outputs holds the class scores (see
+            :func:`~xai_toolbox.adapt`); ``None``: the obvious one.
 
     Returns:
         ``Top1(classes, n_classes)``: the classes ``(N,)`` as int64 NumPy, and ``K`` of the
@@ -229,7 +231,7 @@ def top1(model: Any, inputs: Any, *, batch_size: int = 64) -> Top1:
         >>> table = xt.evaluate(model, images, classes, methods=["gradcam"], metrics=["deletion"])
     """
     batch_size = v.positive_int("batch_size", batch_size)
-    adapter = adapt(model)
+    adapter = adapt(model, output=output)
     inputs = v.as_array_like(inputs)
     v.check_inputs(adapter, inputs)
     x = adapter.to_model(inputs)
@@ -259,6 +261,7 @@ def evaluate(
     progress: bool | None = None,
     keep_going: bool = False,
     echo: Echo | None = None,
+    output: Any = None,
 ) -> EvaluationTable:
     """Explain ``inputs`` with every method once, and score each explanation with every metric.
 
@@ -286,6 +289,9 @@ def evaluate(
             model call.
         echo: called with one line per method (time spent explaining and scoring) and per
             failure, e.g. ``print``; ``None``: silent.
+        output: which of the model's outputs is explained and scored, for every method and
+            metric (a key, an index or a callable; ``None``: the obvious one, e.g. the
+            ``logits`` of a Hugging Face model; see :func:`~xai_toolbox.adapt`).
 
     Returns:
         An :class:`EvaluationTable` with one record per (method, metric), in the given order,
@@ -310,7 +316,7 @@ def evaluate(
 
     # One adapter for every method and metric built here: a Keras model is traced once, not
     # once per object (an adapter passed as the model is used as is).
-    model = adapt(model)
+    model = adapt(model, output=output)
     common = {"batch_size": batch_size, "progress": progress}
     built_methods = _build("method", methods, method_params, model, common, keep_going)
     built_metrics = _build("metric", metrics, metric_params, model, common, keep_going)

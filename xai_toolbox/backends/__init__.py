@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ParameterError, UnsupportedModelError
-from .adapter import ModelAdapter
+from .adapter import ModelAdapter, OutputSelector, output_selector
 from .frameworks import Framework
 
 
@@ -81,19 +81,25 @@ def frameworks_where(capability: str) -> list[str]:
     return [f.display_name for f in frameworks() if getattr(f, attribute, False)]
 
 
-def adapt(model: Any, framework: str | None = None) -> ModelAdapter:
+def adapt(model: Any, framework: str | None = None, output: OutputSelector = None) -> ModelAdapter:
     """The adapter for ``model``: the first plugin's ``adapt_model`` that accepts it.
 
     ``framework`` (any registered spelling: "torch", "pytorch", "tf", "keras", "numpy", ...)
-    forces a choice where a model could fit several. An adapter passed in is returned as is.
+    forces a choice where a model could fit several. ``output`` picks the tensor to explain
+    among structured model outputs (a key, an index or a callable; ``None``: the obvious one,
+    see :func:`~xai_toolbox.extend.select_output`). An adapter passed in is returned as is
+    (with ``output`` given: a copy selecting it).
 
     Example:
         >>> adapter = adapt(model)            # TorchAdapter, KerasAdapter, NumpyAdapter, ...
         >>> adapter.framework, adapter.channel_axis
         ('torch', 1)
+        >>> adapt(hf_model, output="logits").output
+        'logits'
     """
+    output = output_selector("output", output)
     if isinstance(model, ModelAdapter):
-        return model
+        return model if output is None else model.with_output(output)
     fw = canonical_framework(framework) if framework else None
     if fw is not None:
         framework_info(fw)  # an unknown name fails here, listing the registered frameworks
@@ -105,7 +111,7 @@ def adapt(model: Any, framework: str | None = None) -> ModelAdapter:
             f"no backend accepts a model of type {type(model).__module__}.{type(model).__qualname__}"
             f"{forced}; expected {', '.join(accepted) or 'a model of a registered framework'}"
         )
-    return adapter
+    return adapter if output is None else adapter.with_output(output)
 
 
 __all__ = [

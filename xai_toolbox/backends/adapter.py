@@ -41,11 +41,13 @@ error, then call the passes above): :meth:`~ModelAdapter.forward`,
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import inspect
 import math
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -58,6 +60,7 @@ from ..errors import (
     LayerError,
     ModelError,
     OutOfMemoryWarning,
+    ParameterError,
     ScoreFunctionError,
     UnsupportedModelError,
     XaiToolboxError,
@@ -136,6 +139,168 @@ def weighted_score(outputs: ep.Tensor, weights: ep.Tensor) -> ep.Tensor:
             "(N, K) outputs — pass score_fn=... for other outputs"
         )
     return (outputs * weights).sum(axis=1)
+
+
+# -- model outputs ---------------------------------------------------------------------------
+# Models return tensors, tuples, dicts, dataclasses (Hugging Face ``ModelOutput``) or Keras dict
+# outputs. Every adapter passes the raw result of each model call through
+# ``ModelAdapter.select_output``, which picks the one tensor that is explained: by the
+# ``output=`` selector when one is given, else the obvious one (``logits``, or the only tensor).
+
+#: What ``output=`` accepts: ``None`` (the obvious tensor: a tensor as it is, the ``logits``
+#: of a dict or dataclass, the only tensor of a tuple), a key or attribute name (``"logits"``),
+#: an index into a tuple or list (``0``), or a callable ``fn(outputs) -> tensor``.
+OutputSelector = str | int | Callable[[Any], Any] | None
+
+_SHOWN_ITEMS = 6
+
+
+def output_selector(name: str, value: Any) -> OutputSelector:
+    """Validate an ``output=`` selector (see :data:`OutputSelector`).
+
+    Raises :class:`~xai_toolbox.errors.ParameterError` for anything else.
+
+    Example:
+        >>> output_selector("output", "logits")
+        'logits'
+    """
+    if value is None or callable(value) or (isinstance(value, str) and value):
+        return value
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        return int(value)
+    raise ParameterError(
+        f"{name} must be None (automatic), a key or attribute name (str), an index (int) or a "
+        f"callable fn(outputs) -> tensor; got {value!r}"
+    )
+
+
+def _fields(outputs: Any) -> list[tuple[str | int, Any]] | None:
+    """``(key, value)`` pairs of a structured output, or ``None`` for a leaf."""
+    if isinstance(outputs, Mapping):  # dicts, Hugging Face ModelOutput (its non-None fields)
+        return list(outputs.items())
+    if dataclasses.is_dataclass(outputs) and not isinstance(outputs, type):
+        return [(f.name, getattr(outputs, f.name)) for f in dataclasses.fields(outputs)]
+    if isinstance(outputs, tuple) and hasattr(outputs, "_fields"):  # named tuples
+        return list(zip(outputs._fields, outputs, strict=True))
+    if isinstance(outputs, tuple | list):
+        return list(enumerate(outputs))
+    return None
+
+
+def describe_output(outputs: Any, is_tensor: Callable[[Any], bool], depth: int = 0) -> str:
+    """A one-line description of a model's outputs: the structure and each tensor's shape.
+
+    Used in the errors of :func:`select_output`, so a user sees what the model returned.
+
+    Example:
+        >>> describe_output({"logits": np.zeros((2, 10)), "aux": (np.zeros(2),)}, lambda t: isinstance(t, np.ndarray))
+        "dict(logits=tensor (2, 10), aux=(tensor (2,)))"
+    """
+    if is_tensor(outputs):
+        dims = ["N" if d is None else str(int(d)) for d in outputs.shape]
+        return f"tensor ({', '.join(dims)}{',' if len(dims) == 1 else ''})"
+    fields = _fields(outputs)
+    if fields is None:
+        return "None" if outputs is None else type(outputs).__name__
+    if depth >= 2:
+        return f"{type(outputs).__name__} of {len(fields)}"
+    parts = [
+        (f"{k}=" if isinstance(k, str) else "") + describe_output(v, is_tensor, depth + 1)
+        for k, v in fields[:_SHOWN_ITEMS]
+    ]
+    if len(fields) > _SHOWN_ITEMS:
+        parts.append(f"... {len(fields)} in all")
+    inner = ", ".join(parts)
+    if type(outputs) in (tuple, list):
+        return f"({inner})" if type(outputs) is tuple else f"[{inner}]"
+    return f"{type(outputs).__name__}({inner})"
+
+
+def select_output(outputs: Any, selector: OutputSelector, is_tensor: Callable[[Any], bool]) -> Any:
+    """The one tensor to explain among a model's raw ``outputs`` (see :data:`OutputSelector`).
+
+    Without a selector: a tensor is returned as it is; a dict or dataclass with a ``logits``
+    entry gives it (Hugging Face ``ModelOutput``); a tuple, list or dict holding exactly one
+    tensor gives that one. Anything else raises
+    :class:`~xai_toolbox.errors.UnsupportedModelError` showing the structure and the
+    ``output=`` that would pick a tensor; a selector that does not fit the structure raises
+    :class:`~xai_toolbox.errors.ParameterError` the same way.
+
+    Example:
+        >>> is_array = lambda t: isinstance(t, np.ndarray)
+        >>> select_output({"logits": np.ones((2, 3))}, None, is_array).shape
+        (2, 3)
+        >>> select_output((np.ones((2, 3)), np.ones((2, 5))), 1, is_array).shape
+        (2, 5)
+    """
+    if selector is None:
+        if is_tensor(outputs):
+            return outputs
+        return _obvious_output(outputs, is_tensor)
+    if callable(selector):
+        picked = selector(outputs)
+        if not is_tensor(picked):
+            raise ParameterError(
+                f"output= {getattr(selector, '__name__', type(selector).__name__)} returned "
+                f"{describe_output(picked, is_tensor)}; it must return one tensor of the model's "
+                f"framework (the model returned {describe_output(outputs, is_tensor)})"
+            )
+        return picked
+    shown = describe_output(outputs, is_tensor)
+    if is_tensor(outputs):
+        raise ParameterError(
+            f"output={selector!r} selects among structured outputs, but the model returns a single "
+            f"{shown}; leave output=None"
+        )
+    fields = _fields(outputs)
+    picked, found = None, False
+    if isinstance(selector, str):
+        named = dict(fields or [])
+        if selector in named:
+            picked, found = named[selector], True
+        elif fields is None and hasattr(outputs, selector):
+            picked, found = getattr(outputs, selector), True
+    elif fields is not None and -len(fields) <= selector < len(fields):
+        picked, found = fields[selector][1], True
+    if not found:
+        raise ParameterError(f"output={selector!r} is not in the model's outputs: {shown}; {_fix(outputs, is_tensor)}")
+    if not is_tensor(picked):
+        raise ParameterError(
+            f"output={selector!r} is {describe_output(picked, is_tensor)}, not a tensor (the model "
+            f"returned {shown}); select further with a callable, e.g. output=lambda out: ..."
+        )
+    return picked
+
+
+def _obvious_output(outputs: Any, is_tensor: Callable[[Any], bool]) -> Any:
+    fields = _fields(outputs)
+    if fields is None:
+        logits = getattr(outputs, "logits", None)
+        if is_tensor(logits):
+            return logits
+        raise UnsupportedModelError(
+            f"the model returned {describe_output(outputs, is_tensor)}, not a tensor; pass "
+            "output=lambda out: ... returning the tensor to explain"
+        )
+    named = dict(fields)
+    if is_tensor(named.get("logits")):
+        return named["logits"]
+    tensors = [v for _, v in fields if is_tensor(v)]
+    if len(tensors) == 1:
+        return tensors[0]
+    raise UnsupportedModelError(
+        f"the model returned {describe_output(outputs, is_tensor)}: which output to explain is "
+        f"ambiguous; {_fix(outputs, is_tensor)}"
+    )
+
+
+def _fix(outputs: Any, is_tensor: Callable[[Any], bool]) -> str:
+    """What to pass as ``output=``, from the tensors that the structure holds."""
+    fields = _fields(outputs) or []
+    choices = [repr(k) for k, v in fields if is_tensor(v)]
+    if choices:
+        return f"pass output= one of {', '.join(choices)} (or a callable fn(outputs) -> tensor)"
+    return "pass output=lambda out: ... returning the tensor to explain"
 
 
 def rows(t: Any) -> Any:
@@ -393,10 +558,39 @@ class ModelAdapter(ABC):
                 "(strings: the canonical framework name and the name shown in messages)"
             )
 
+    #: The ``output=`` selector of this adapter (see :data:`OutputSelector`): which tensor
+    #: among the model's outputs is explained. Set by :func:`~xai_toolbox.adapt`.
+    output: OutputSelector = None
+
     def __init__(self, model: Any, channel_axis: int) -> None:
         self.model = model
         #: Axis of the channels in image (rank 4) and series (rank 3) inputs.
         self.channel_axis = channel_axis
+
+    def select_output(self, outputs: Any) -> Any:
+        """The native tensor to explain among the raw ``outputs`` of one model call, by
+        :attr:`output` (see :func:`select_output`). Adapters call it on the result of every
+        model call (forward, differentiable and layer passes), so methods only see tensors.
+
+        Example:
+            >>> logits = self.select_output(self.model(x.raw))
+        """
+        return select_output(outputs, self.output, self.is_native)
+
+    def with_output(self, output: OutputSelector) -> ModelAdapter:
+        """This adapter with another ``output`` selector: a shallow copy sharing the model (and
+        its compiled passes), or ``self`` when the selector is the same.
+
+        Example:
+            >>> adapter.with_output("logits").output
+            'logits'
+        """
+        output = output_selector("output", output)
+        if output is self.output:
+            return self
+        other = copy.copy(self)
+        other.output = output
+        return other
 
     # == data =================================================================================
     @abstractmethod

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import is_dataclass
 from typing import Any
 
 import eagerpy as ep
 import numpy as np
 
 from ..errors import UnsupportedModelError
-from .adapter import ModelAdapter, as_type_of, float32_array
+from .adapter import ModelAdapter, as_type_of, float32_array, select_output
 
 
 class NumpyModel:
@@ -68,7 +69,10 @@ class NumpyAdapter(ModelAdapter):
 
     def forward_pass(self, x: ep.Tensor) -> ep.Tensor:
         with self.calling_model(x):
-            out = np.asarray(self.model(x.raw), dtype=np.float32)
+            raw = self.model(x.raw)
+            if self.output is not None or isinstance(raw, Mapping) or is_dataclass(raw):
+                raw = select_output(raw, self.output, lambda t: hasattr(t, "shape") and hasattr(t, "dtype"))
+            out = np.asarray(raw, dtype=np.float32)
         if out.ndim == 1:
             out = out[:, None]
         if out.ndim != 2 or out.shape[0] != x.shape[0]:

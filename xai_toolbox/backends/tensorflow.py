@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..errors import InputError, LayerError, UnsupportedModelError
+from ..errors import InputError, LayerError, UnsupportedModelError, XaiToolboxError
 from .adapter import (
     Draw,
     ModelAdapter,
@@ -24,6 +25,7 @@ from .adapter import (
     check_replacement,
     float32_array,
     pick_default_layer,
+    select_output,
     weighted_score,
 )
 
@@ -69,9 +71,12 @@ class _Forward:
     keep (log handlers hold their arguments) must not keep models alive.
     """
 
-    def __init__(self, model: Any, shared: _Compiled | None) -> None:
+    def __init__(self, model: Any, shared: _Compiled | None, select: Callable[[Any], Any] | None = None) -> None:
         self.model_ref = weakref.ref(model)
         self.shared_ref = None if shared is None else weakref.ref(shared)
+        # The adapter's output selection (dict outputs, output=): a plain function, so the
+        # compiled pass does not keep the adapter, hence the model, alive.
+        self.select = select or functools.partial(select_output, selector=None, is_tensor=tf.is_tensor)
 
     def _model(self) -> Any:
         """The model, counting a trace (Python only runs here while tracing, or eagerly)."""
@@ -80,8 +85,12 @@ class _Forward:
             shared.traces += 1
         return self.model_ref()
 
+    def outputs(self, model: Any, x: Any) -> Any:
+        """The selected output of ``model`` on ``x``, as a tensor."""
+        return tf.convert_to_tensor(self.select(model(x, training=False)))
+
     def __call__(self, x: Any) -> Any:
-        return tf.convert_to_tensor(self._model()(x, training=False))
+        return self.outputs(self._model(), x)
 
 
 class _WeightedGradient(_Forward):
@@ -93,7 +102,7 @@ class _WeightedGradient(_Forward):
         model = self._model()
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(x)
-            outputs = tf.convert_to_tensor(model(x, training=False))
+            outputs = self.outputs(model, x)
             if outputs.shape.rank != 2:  # no class axis: the caller raises (an error raised
                 return outputs, None, False  # while tracing would come out wrapped by AutoGraph)
             score = weighted_score(ep.astensor(outputs), ep.astensor(weights)).raw
@@ -110,8 +119,10 @@ class _LayerPass(_Forward):
     they are.
     """
 
-    def __init__(self, model: Any, shared: _Compiled | None, layer: Any, name: str) -> None:
-        super().__init__(model, shared)
+    def __init__(
+        self, model: Any, shared: _Compiled | None, layer: Any, name: str, select: Callable[[Any], Any] | None = None
+    ) -> None:
+        super().__init__(model, shared, select)
         self.layer_ref = weakref.ref(layer)
         self.name = name
 
@@ -143,7 +154,7 @@ class _LayerPass(_Forward):
                 return out
 
             with _patch_lock, _CallPatch(layer, capture), calling("ran"):
-                outputs = tf.convert_to_tensor(model(x, training=False))
+                outputs = self.outputs(model, x)
             if not captured:
                 raise LayerError(f"layer {self.name!r} was not called by the model")
             if score_of is None:
@@ -161,8 +172,10 @@ class _Substituted(_Forward):
     the layer's ``call`` is wrapped while tracing (without AutoGraph, so shape errors come out
     as they are)."""
 
-    def __init__(self, model: Any, shared: _Compiled | None, layer: Any, name: str) -> None:
-        super().__init__(model, shared)
+    def __init__(
+        self, model: Any, shared: _Compiled | None, layer: Any, name: str, select: Callable[[Any], Any] | None = None
+    ) -> None:
+        super().__init__(model, shared, select)
         self.layer_ref = weakref.ref(layer)
         self.name = name
 
@@ -181,11 +194,38 @@ class _Substituted(_Forward):
             return tf.cast(activations, out.dtype)
 
         with _patch_lock, _CallPatch(layer, substitute):
-            outputs = tf.convert_to_tensor(model(x, training=False))
+            outputs = self.outputs(model, x)
         if not produced:
             raise LayerError(f"layer {self.name!r} was not called by the model (or returns no tensor)")
         check_replacement(self.name, produced[0], tuple(activations.shape))
         return outputs
+
+
+def _toolbox_error(exc: BaseException) -> XaiToolboxError | None:
+    """The first toolbox error in ``exc``'s chain of causes and contexts, innermost first."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    found = [e for e in reversed(chain) if isinstance(e, XaiToolboxError)]
+    return found[0] if found else None
+
+
+def _check_one_input(model: Any) -> None:
+    """Models are explained with respect to one input tensor: a model that declares several
+    is refused before any call (instead of an AutoGraph trace from deep inside Keras)."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return
+    if isinstance(inputs, list | tuple) and len(inputs) > 1:
+        names = ", ".join(repr(getattr(t, "name", "?")) for t in inputs)
+        raise UnsupportedModelError(
+            f"the Keras model takes {len(inputs)} inputs ({names}); xai-toolbox explains a model "
+            "with respect to one input tensor — wrap it in a model of one input that fixes the "
+            "others, e.g. keras.Model(image, model([image, constant_inputs]))"
+        )
 
 
 def _walk(layer: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -369,7 +409,22 @@ class KerasAdapter(ModelAdapter):
         that cannot be traced fall back to eager calls.
         """
         spec = tf.TensorSpec((None, *raw.shape[1:]), raw.dtype)
-        return self._compiled_call((spec,), "forward", lambda shared: _Forward(self.model, shared), raw)
+        return self._compiled_call((spec,), "forward", lambda shared: _Forward(self.model, shared, self._select), raw)
+
+    @property
+    def _select(self) -> Callable[[Any], Any]:
+        """This adapter's output selection as a plain function (no reference to the adapter)."""
+        return functools.partial(select_output, selector=self.output, is_tensor=tf.is_tensor)
+
+    def _output_key(self) -> Any:
+        """The output selector in the keys of compiled passes (the selector itself, so a
+        callable's id is never reused while its traces are cached)."""
+        try:
+            hash(self.output)
+        except TypeError:
+            return ("unhashable", id(self.output))
+        return self.output
+
 
     def _compiled_call(
         self, specs: tuple[Any, ...], path: str, make: Callable[[_Compiled | None], Any], *args: Any,
@@ -378,7 +433,7 @@ class KerasAdapter(ModelAdapter):
         """``make(shared)`` as a ``tf.function`` over ``specs``, traced once and cached by input
         shapes and ``path``, run on ``args``; ``make(None)`` run eagerly for models that cannot
         be traced."""
-        key = (*((tuple(sp.shape[1:]), sp.dtype.name) for sp in specs), path)
+        key = (*((tuple(sp.shape[1:]), sp.dtype.name) for sp in specs), self._output_key(), path)
         fn = self._compiled.get(key)
         if fn is not None:
             return fn(*args)
@@ -388,7 +443,16 @@ class KerasAdapter(ModelAdapter):
         with _patch_lock:  # never trace while another thread has a layer's call wrapped
             try:
                 return fn(*args)
-            except (TypeError, NotImplementedError, tf.errors.OperatorNotAllowedInGraphError):
+            except Exception as exc:
+                # A toolbox error raised while tracing (e.g. an ambiguous output) comes out of
+                # AutoGraph as a copy or a StagingError with the trace in its message: the
+                # original is raised instead, and nothing half-traced is kept.
+                original = _toolbox_error(exc)
+                if original is not None:
+                    self._compiled.pop(key, None)
+                    raise original from None
+                if not isinstance(exc, TypeError | NotImplementedError | tf.errors.OperatorNotAllowedInGraphError):
+                    raise
                 fn = self._compiled[key] = make(None)
                 return fn(*args)
 
@@ -421,7 +485,7 @@ class KerasAdapter(ModelAdapter):
             return out
 
         with _patch_lock, _CallPatch(target, capture), self.calling_model(x):
-            outputs = tf.convert_to_tensor(self.model(x.raw, training=False))
+            outputs = tf.convert_to_tensor(self.select_output(self.model(x.raw, training=False)))
         if not captured:
             raise LayerError(f"layer {layer!r} was not called by the model")
         return ep.astensor(captured[0]), ep.astensor(outputs)
@@ -447,7 +511,7 @@ class KerasAdapter(ModelAdapter):
         )
         with self.calling_model(x, "differentiated"):
             value, grad, scored = self._compiled_call(
-                specs, "gradient", lambda shared: _WeightedGradient(self.model, shared), raw, weights.raw
+                specs, "gradient", lambda shared: _WeightedGradient(self.model, shared, self._select), raw, weights.raw
             )
         if not scored:  # the outputs came back instead of a score: raises the score's error
             weighted_score(ep.astensor(value), weights)
@@ -498,7 +562,7 @@ class KerasAdapter(ModelAdapter):
         if score_of is None:
             return self._layer_pass(x, layer, None)
         # Any Python score: taped eagerly, the model included.
-        layer_pass = _LayerPass(self.model, None, self._layer(layer), layer)
+        layer_pass = _LayerPass(self.model, None, self._layer(layer), layer, self._select)
         acts, grad, outputs = layer_pass.run(x.raw, score_of, lambda doing: self.calling_model(x, doing))
         return ep.astensor(acts), ep.astensor(grad), ep.astensor(outputs)
 
@@ -521,7 +585,8 @@ class KerasAdapter(ModelAdapter):
         path = f"layer {layer}" + ("" if weights is None else " gradient")
         with self.calling_model(x, "ran" if weights is None else "differentiated"):
             acts, grad, outputs = self._compiled_call(
-                tuple(specs), path, lambda shared: _LayerPass(self.model, shared, self._layer(layer), layer), *args,
+                tuple(specs), path,
+                lambda shared: _LayerPass(self.model, shared, self._layer(layer), layer, self._select), *args,
                 autograph=False,
             )
         return ep.astensor(acts), None if grad is None else ep.astensor(grad), ep.astensor(outputs)
@@ -535,7 +600,7 @@ class KerasAdapter(ModelAdapter):
         with self.calling_model(x):
             outputs = self._compiled_call(
                 specs, f"replace {layer}",
-                lambda shared: _Substituted(self.model, shared, self._layer(layer), layer), raw, acts,
+                lambda shared: _Substituted(self.model, shared, self._layer(layer), layer, self._select), raw, acts,
                 autograph=False,
             )
         return ep.astensor(outputs)
@@ -575,7 +640,9 @@ class KerasAdapter(ModelAdapter):
                     f"failed ({clone_error}); give the model a get_config() or use a "
                     "functional/Sequential model"
                 ) from clone_error
-        return KerasAdapter(clone)
+        adapter = KerasAdapter(clone)
+        adapter.output = self.output
+        return adapter
 
     def _display_name(self, qualified: str) -> str:
         short = qualified.rsplit("/", 1)[-1]
@@ -622,6 +689,8 @@ class KerasAdapter(ModelAdapter):
         return tuple(np.asarray(w).tobytes() for w in self.model.get_weights())
 
     def output_width(self) -> int | None:
+        if self.output is not None:  # a selected output: its width is known by running the model
+            return None
         try:
             shape = self.model.output_shape
         except (AttributeError, ValueError, RuntimeError):

@@ -144,17 +144,17 @@ class TorchAdapter(ModelAdapter):
         precision = requested()
         if precision is None:
             with torch.no_grad(), self.calling_model(x):
-                return ep.astensor(self.model(x.raw))
+                return ep.astensor(self.select_output(self.model(x.raw)))
         device = x.raw.device.type
         dtype = _AUTOCAST_DTYPES.get(precision) or (torch.float16 if device == "cuda" else torch.bfloat16)
         with torch.no_grad(), self.calling_model(x), torch.autocast(device, dtype=dtype):
-            outputs = self.model(x.raw)
+            outputs = self.select_output(self.model(x.raw))
         # Scores, softmax and curves are computed in float32 whatever the model ran in.
         return ep.astensor(outputs.float() if outputs.dtype in (torch.float16, torch.bfloat16) else outputs)
 
     def differentiable_forward(self, x: ep.Tensor) -> ep.Tensor:
         with self.calling_model(x):
-            return ep.astensor(self.model(x.raw))
+            return ep.astensor(self.select_output(self.model(x.raw)))
 
     def differentiable_activations(self, x: ep.Tensor, layer: str) -> tuple[ep.Tensor, ep.Tensor]:
         module = self._module(layer)
@@ -175,7 +175,7 @@ class TorchAdapter(ModelAdapter):
             handle = module.register_forward_hook(hook)
             try:
                 with self.calling_model(x):
-                    outputs = self.model(x.raw)
+                    outputs = self.select_output(self.model(x.raw))
             finally:
                 handle.remove()
         if not captured:
@@ -248,13 +248,13 @@ class TorchAdapter(ModelAdapter):
             try:
                 if score_of is None:
                     with torch.no_grad(), self.calling_model(x):
-                        outputs = self.model(x.raw)
+                        outputs = self.select_output(self.model(x.raw))
                     if not captured:
                         raise LayerError(f"layer {layer!r} was not called by the model's forward")
                     return ep.astensor(captured[0]), None, ep.astensor(outputs)
                 with torch.enable_grad():
                     with self.calling_model(x):
-                        outputs = self.model(x.raw)
+                        outputs = self.select_output(self.model(x.raw))
                     if not captured:
                         raise LayerError(f"layer {layer!r} was not called by the model's forward")
                     score = score_of(ep.astensor(outputs)).raw
@@ -287,7 +287,7 @@ class TorchAdapter(ModelAdapter):
             handle = module.register_forward_hook(hook)
             try:
                 with torch.no_grad(), self.calling_model(x):
-                    outputs = self.model(x.raw)
+                    outputs = self.select_output(self.model(x.raw))
             finally:
                 handle.remove()
         if not replaced:
@@ -315,7 +315,9 @@ class TorchAdapter(ModelAdapter):
                     p.copy_(torch.from_numpy(np.asarray(a)).to(device=p.device, dtype=p.dtype))
 
     def clone(self) -> TorchAdapter:
-        return TorchAdapter(copy.deepcopy(self.model))
+        clone = TorchAdapter(copy.deepcopy(self.model))
+        clone.output = self.output
+        return clone
 
     def default_layer(self, x: ep.Tensor) -> str:
         key = tuple(x.shape[1:])
@@ -353,6 +355,8 @@ class TorchAdapter(ModelAdapter):
         return _leaf(self.model, 0), _leaf(self.model, -1)
 
     def output_width(self) -> int | None:
+        if self.output is not None:  # a selected output: its width is known by running the model
+            return None
         _, last = self._first_and_last()
         return last.out_features if isinstance(last, torch.nn.Linear) else None
 
