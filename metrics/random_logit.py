@@ -10,7 +10,6 @@ from typing import Any
 
 import eagerpy as ep
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 import xai_toolbox as xt
 from xai_toolbox import extend as xe
@@ -62,7 +61,7 @@ def ssim(a: np.ndarray, b: np.ndarray, *, window: int = 11, sigma: float = 1.5, 
     c2 = ((k2 * span) ** 2)[:, None, None]
 
     def local_mean(m: np.ndarray) -> np.ndarray:
-        return np.einsum("nijkl,kl->nij", sliding_window_view(m, (size, size), axis=(1, 2)), w)
+        return np.einsum("nijkl,kl->nij", np.lib.stride_tricks.sliding_window_view(m, (size, size), axis=(1, 2)), w)
 
     mu_a, mu_b = local_mean(a), local_mean(b)
     var_a = local_mean(a * a) - mu_a**2

@@ -21,8 +21,7 @@ from typing import Any
 
 import eagerpy as ep
 import numpy as np
-from scipy import sparse
-from scipy.sparse.linalg import spsolve
+import scipy
 
 import xai_toolbox as xt
 from xai_toolbox import extend as xe
@@ -69,12 +68,12 @@ def linear_imputation(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
         a_vals.append(np.full(int(unknown.sum()), -weight))
         known = ~unknown
         np.add.at(rhs, src[known], weight * image[:, nr[known], nc[known]].T)
-    matrix = sparse.csc_matrix(
+    matrix = scipy.sparse.csc_matrix(
         (np.concatenate([*a_vals, diagonal]),
          (np.concatenate([*a_rows, np.arange(m)]), np.concatenate([*a_cols, np.arange(m)]))),
         shape=(m, m),
     )
-    solution = np.asarray(spsolve(matrix, rhs)).reshape(m, channels)
+    solution = np.asarray(scipy.sparse.linalg.spsolve(matrix, rhs)).reshape(m, channels)
     out = image.copy()
     out[:, rows, cols] = solution.T
     return out
