@@ -84,6 +84,19 @@ class UniformNoise:
         return self.adapter.from_numpy(self.like, out)
 
 
+def positive_number(name: str, value: Any) -> float:
+    """``value`` as a float > 0, else a :class:`~xai_toolbox.errors.ParameterError` naming it.
+
+    Example:
+        >>> positive_number("radius", 0.02)
+        0.02
+    """
+    number = xe.number(name, value)
+    if number <= 0:
+        raise xt.ParameterError(f"{name} must be positive, got {value}")
+    return number
+
+
 def flat_norm(t: ep.Tensor) -> ep.Tensor:
     """The L2 (Frobenius) norm of each row of ``t``, ``(B,)``."""
     return (t.reshape((t.shape[0], -1)) ** 2).sum(axis=1).sqrt()
@@ -152,9 +165,7 @@ class SensitivityMax(MethodMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
-        self.radius = xe.number("radius", radius)
-        if self.radius <= 0:
-            raise xt.ParameterError(f"radius must be positive, got {radius}")
+        self.radius = positive_number("radius", radius)
         self.nb_samples = xe.positive_int("nb_samples", nb_samples)
         self.relative = xe.flag("relative", relative)
         self.seed = seed
@@ -211,9 +222,7 @@ class LocalLipschitz(MethodMetric):
     ) -> None:
         super().__init__(model, **kwargs)
         self.nb_samples = xe.positive_int("nb_samples", nb_samples)
-        self.std = xe.number("std", std)
-        if self.std <= 0:
-            raise xt.ParameterError(f"std must be positive, got {std}")
+        self.std = positive_number("std", std)
         self.seed = seed
 
     def score_batch(
@@ -279,9 +288,7 @@ class Infidelity(xt.Metric):
     ) -> None:
         super().__init__(model, **kwargs)
         self.nb_samples = xe.positive_int("nb_samples", nb_samples)
-        self.std = xe.number("std", std)
-        if self.std <= 0:
-            raise xt.ParameterError(f"std must be positive, got {std}")
+        self.std = positive_number("std", std)
         self.normalize = xe.flag("normalize", normalize)
         self.activation = xe.activation("activation", activation)
         self.seed = seed

@@ -15,7 +15,7 @@ from xai_toolbox import extend as xe
 from xai_toolbox.extend import Chunk, MethodMetric, Targets
 
 from .mufidelity import rowwise_correlation
-from .robustness import explain_pairs, flat_norm, host_draw
+from .robustness import explain_pairs, flat_norm, host_draw, positive_number
 
 
 class AverageStability(MethodMetric):
@@ -57,9 +57,7 @@ class AverageStability(MethodMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
-        self.radius = xe.number("radius", radius)
-        if self.radius <= 0:
-            raise xt.ParameterError(f"radius must be positive, got {radius}")
+        self.radius = positive_number("radius", radius)
         self.nb_samples = xe.positive_int("nb_samples", nb_samples)
         self.distance = xe.one_of("distance", distance, ("l2", "l1"))
         self.seed = seed
