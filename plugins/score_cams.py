@@ -1,0 +1,215 @@
+"""Class activation maps weighted by forward passes: Score-CAM and Ablation-CAM.
+
+Neither differentiates the model. Each feature map ``A^k`` of the layer gets a weight from the
+model's score on a modified input — the image masked by the feature map (Score-CAM), or the
+layer's activations with the channel switched off (Ablation-CAM) — and the map is the weighted
+sum of the feature maps.
+
+Both enumerate the (image, channel) pairs of the whole call and stream them through the model
+``batch_size`` at a time across images (:func:`xai_toolbox.extend.chunks`), building each
+chunk's masked images or ablated activations on the device from the captured feature maps and
+writing its scores into one buffer (:class:`xai_toolbox.extend.PairScores`): memory depends on
+``batch_size`` alone, and the scores reach the host never (Ablation-CAM) or once per call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import eagerpy as ep
+import numpy as np
+
+import xai_toolbox as xt
+from xai_toolbox import extend as xe
+from xai_toolbox.extend import CAMMethod, Explanation, LayerCapture, Targets
+
+
+def framework_layout(a: ep.Tensor, channel_axis: int) -> ep.Tensor:
+    """Channels-first activations ``(N, K, h, w)`` back in the framework's layout (the
+    inverse of :func:`xai_toolbox.extend.channels_first`).
+
+    Example:
+        >>> framework_layout(acts, adapter.channel_axis)   # (N, K, h, w) -> (N, h, w, K) for Keras
+    """
+    return a if channel_axis == 1 else a.transpose((0, 2, 3, 1))
+
+
+class PairStreamCAM(CAMMethod):
+    """A CAM whose weights come from forward passes over (image, channel) pairs.
+
+    The layer is captured in chunks of ``batch_size`` images and the chunks are joined into
+    one :class:`~xai_toolbox.extend.LayerCapture` for the call, so the pairs of all images are
+    streamed in full chunks of ``batch_size`` (the feature maps are far smaller than the
+    masked inputs built from them).
+
+    Example:
+        >>> class MyCAM(PairStreamCAM):
+        ...     def channel_weights(self, capture):      # capture holds every image of the call
+        ...         ...
+    """
+
+    needs_gradients = False  # forward passes only: models without gradients work too
+
+    def captures(self, x: ep.Tensor, targets: Targets, layer: str) -> list[LayerCapture]:
+        parts = super().captures(x, targets, layer)
+        if len(parts) == 1:
+            return parts
+        acts = ep.concatenate([p.activations for p in parts], axis=0)
+        outputs = ep.concatenate([p.outputs for p in parts], axis=0)
+        return [LayerCapture(x, targets, layer, acts, None, outputs)]
+
+    def passes_per_image(self) -> int | None:
+        """``1 + K`` (``K`` channels of the layer), unknown before the model is run."""
+        return None
+
+    def pair_chunks(self, n_pairs: int) -> Any:
+        """The chunks of ``batch_size`` pairs, with a progress bar when asked."""
+        todo = xe.chunks(1, n_pairs, self.batch_size)
+        return xe.progress(todo, enabled=self.progress, total=len(todo), desc=self._plugin_name())
+
+
+class ScoreCAM(PairStreamCAM):
+    """Score-CAM (Wang, Wang, Du, Yang, Zhang, Ding, Mardziel, Hu — CVPR Workshops 2020).
+
+    Each feature map, upsampled bilinearly to the input and min-max normalised to ``H_k``,
+    masks the image; the score of ``x ⊙ H_k`` weighs the feature map:
+
+    * ``variant="official"`` (the authors' code, haofanwang/Score-CAM): ``s_k`` = the class
+      probability of ``x ⊙ H_k`` (``activation="softmax"``), feature maps constant over the
+      layer's positions are skipped (no pass, weight 0), and
+      ``L = ReLU(Σ_k s_k · Up(A^k))`` (ReLU after upsampling).
+    * ``variant="pytorch_grad_cam"``: every channel is scored (a constant one masks the image
+      to 0), the weights are the softmax *across channels* of the scores, and
+      ``L = Up(ReLU(Σ_k w_k A^k))``. pytorch-grad-cam's default scores the raw logit: pass
+      ``activation=None`` too.
+
+    Masks multiply the input as given (a 0 is the value 0 in the model's input space). The map
+    is not min-max normalised (the official code normalises it for display). Costs ``1 + K``
+    forward passes per image (``K`` channels of the layer), streamed ``batch_size`` at a time.
+
+    Args:
+        layer: layer whose feature maps mask the image (as for Grad-CAM); default: the last
+            spatial layer.
+        variant: ``"official"`` or ``"pytorch_grad_cam"`` (see above).
+        activation: applied to the model outputs before the target score: ``"softmax"``
+            (class probability, the official code), ``None`` (the raw output, e.g. for a
+            model that ends in a softmax already) or ``"sigmoid"``.
+
+    Example:
+        >>> maps = xt.ScoreCAM(model, layer="layer4", batch_size=128)(images, labels)
+        >>> grad_cam_like = xt.ScoreCAM(model, variant="pytorch_grad_cam", activation=None)
+    """
+
+    name = "scorecam"
+
+    def __init__(
+        self, model: Any, *, variant: str = "official", activation: str | None = "softmax", **kwargs: Any
+    ) -> None:
+        super().__init__(model, **kwargs)
+        self.variant = xe.one_of("variant", variant, ("official", "pytorch_grad_cam"))
+        self.activation = xe.activation("activation", activation)
+
+    def explain_batch(self, x: ep.Tensor, targets: Targets) -> Explanation:
+        explanation = super().explain_batch(x, targets)
+        # The official ReLU comes after upsampling; the other variant's is already applied.
+        return Explanation(explanation.maps.maximum(0.0), explanation.extras)
+
+    def cam(self, capture: LayerCapture) -> ep.Tensor:
+        combined = (self.channel_weights(capture)[:, :, None, None] * capture.activations).sum(axis=1)
+        return combined if self.variant == "official" else combined.maximum(0.0)
+
+    def channel_weights(self, capture: LayerCapture) -> ep.Tensor:
+        n, k, h, w = capture.activations.shape
+        feature_maps = capture.activations.reshape((n * k, h, w))
+        if self.variant == "official":  # one host read per call: which pairs need a pass
+            varying = feature_maps.max(axis=(1, 2)) > feature_maps.min(axis=(1, 2))
+            pairs = np.flatnonzero(varying.numpy())
+        else:
+            pairs = np.arange(n * k)
+        weights = self.pair_weights(capture, pairs, feature_maps).reshape((n, k))
+        return weights if self.variant == "official" else weights.softmax(axis=1)
+
+    def pair_weights(self, capture: LayerCapture, pairs: np.ndarray, feature_maps: ep.Tensor) -> ep.Tensor:
+        """The scores of the masked images of ``pairs`` (indices ``image · K + channel``) as a
+        ``(N · K,)`` vector, 0 for the pairs not scored."""
+        adapter = self.adapter
+        k = capture.activations.shape[1]
+        size = xe.input_size(capture.x, adapter.channel_axis)
+        scores = xe.PairScores(1, len(pairs), adapter)
+        for chunk in self.pair_chunks(len(pairs)):
+            index = pairs[chunk.start : chunk.stop]
+            items = index // k
+            masks = xe.normalize_per_item(xe.resize(adapter.take_rows(feature_maps, index), size, "bilinear"))
+            masked = adapter.take_rows(capture.x, items) * xe.expand_to_inputs(
+                masks, capture.x.ndim, adapter.channel_axis
+            )
+            outputs = xe.activate(adapter.forward(masked), self.activation)
+            scores.put(chunk, capture.targets.take(items).score(outputs))
+        if len(pairs) == len(feature_maps):
+            return scores.result().reshape((-1,))
+        if len(pairs) == 0:  # every feature map constant: nothing to weigh
+            return ep.zeros(feature_maps, (len(feature_maps),))
+        # Scatter as a gather: pair p reads its score, unscored pairs read the trailing 0.
+        position = np.full(len(feature_maps), len(pairs), dtype=np.int64)
+        position[pairs] = np.arange(len(pairs))
+        padded = ep.concatenate([scores.result().reshape((-1,)), ep.zeros(feature_maps, (1,))], axis=0)
+        return adapter.take_rows(padded, position)
+
+
+class AblationCAM(PairStreamCAM):
+    """Ablation-CAM (Desai & Ramaswamy, WACV 2020).
+
+    ``w_k = (y_c − y_c^{(k)}) / y_c``, with ``y_c`` the explained score and ``y_c^{(k)}`` the
+    score when channel ``k`` of the layer is replaced by ``ablation_value`` (the rest of the
+    network run on the modified activations); ``L = ReLU(Σ_k w_k A^k)``, upsampled. Where
+    ``y_c = 0`` the drops are not divided.
+
+    The activations are captured once; the ``K`` ablated copies of each image's activations
+    are streamed ``batch_size`` at a time across images through
+    :meth:`~xai_toolbox.extend.ModelAdapter.forward_with_activations`. Costs ``1 + K``
+    forward passes per image. Dividing by ``y_c`` flips every weight when the score is
+    negative (and explodes near 0): explain positive scores (logits of the predicted class,
+    or probabilities with a ``score_fn``).
+
+    Args:
+        layer: layer whose channels are ablated (as for Grad-CAM); default: the last spatial
+            layer.
+        ablation_value: the value an ablated channel takes (paper: 0, "off" after a ReLU).
+            pytorch-grad-cam uses 0 when the layer's minimum is 0 and ``min − 10⁷`` otherwise.
+
+    Example:
+        >>> maps = xt.AblationCAM(model, layer="layer4", batch_size=128)(images, labels)
+    """
+
+    name = "ablationcam"
+
+    def __init__(self, model: Any, *, ablation_value: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.ablation_value = xe.number("ablation_value", ablation_value)
+
+    def channel_weights(self, capture: LayerCapture) -> ep.Tensor:
+        adapter = self.adapter
+        acts = capture.activations
+        n, k = acts.shape[:2]
+        eye = xe.on_device(acts, ("ablationcam-eye", k), np.eye(k, dtype=np.float32))
+        ablated_scores = xe.PairScores(n, k, adapter)
+        for chunk in self.pair_chunks(n * k):
+            pairs = np.arange(chunk.start, chunk.stop)
+            items, channels = pairs // k, pairs % k
+            off = adapter.take_rows(eye, channels)[:, :, None, None]  # (B, K, 1, 1): 1 at k
+            ablated = adapter.take_rows(acts, items) * (1.0 - off) + self.ablation_value * off
+            outputs = adapter.forward_with_activations(
+                adapter.take_rows(capture.x, items), capture.layer,
+                framework_layout(ablated, adapter.channel_axis),
+            )
+            ablated_scores.put(chunk, capture.targets.take(items).score(outputs))
+        score = capture.targets.score(capture.outputs)[:, None]
+        divisor = ep.where(score != 0, score, ep.ones_like(score))
+        return (score - ablated_scores.result().reshape((n, k))) / divisor
+
+
+@xt.hookimpl
+def register_methods(register: Callable[[str, type], None]) -> None:
+    register(ScoreCAM.name, ScoreCAM)
+    register(AblationCAM.name, AblationCAM)
