@@ -68,6 +68,11 @@ def __getattr__(name: str) -> Any:
         cls = find_class(name)
         if cls is not None:
             return cls
+    if name in ("explain_dataset", "datasets"):  # whole datasets (zarr/pyarrow/ray when used)
+        import importlib
+
+        module = importlib.import_module(".datasets", __name__)
+        return module if name == "datasets" else module.explain_dataset
     if name in ("evaluate", "plot"):
         import importlib
 

@@ -5,7 +5,9 @@
   scored by every metric, with a ranked table and ``xai-demo/report.html``;
 * ``xai-toolbox explain`` — explanations of your own model on your images (``.npy`` maps and
   PNG overlays);
-* ``xai-toolbox evaluate`` — the same plus metric scores and an HTML report.
+* ``xai-toolbox evaluate`` — the same plus metric scores and an HTML report;
+* ``xai-toolbox run`` / ``report`` — whole datasets, stored and resumable, locally or on Ray
+  (:mod:`xai_toolbox.datasets.cli`).
 
 Errors print one line, ``xai-toolbox: error: ...``, and exit non-zero; ``--debug`` shows the
 traceback instead.
@@ -591,6 +593,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_arguments(p, with_metrics=True)
     p.set_defaults(func=_cmd_evaluate)
+
+    from .datasets.cli import add_commands as add_dataset_commands
+
+    add_dataset_commands(sub, common)
     return parser
 
 
