@@ -83,7 +83,19 @@ DEMO_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
         # The paper's 15 px at 224 px (6.7 % of the side) scaled to the 64 px demo images.
         "pointing_game": {"tolerance": 4},
         "energy_pointing_game": {},
+        "relevance_mass_accuracy": {},
+        "relevance_rank_accuracy": {},
+        "infidelity": {"seed": 0},
+        "complexity": {},
+        "sparseness": {},
         "randomization": {},
+        # Opt-in (DEFAULT_EXCLUDED_METRICS): each re-explains or imputes every image many times.
+        "road_morf": {"percentiles": [0.2, 0.5, 0.8], "seed": 0},
+        "road_lerf": {"percentiles": [0.2, 0.5, 0.8], "seed": 0},
+        "average_stability": {"seed": 0},
+        "sensitivity_max": {"seed": 0},
+        "local_lipschitz": {"nb_samples": 20, "std": 0.05, "seed": 0},
+        "random_logit": {},
     },
 }
 
@@ -109,7 +121,12 @@ QUICK_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
 #: Metrics left out of the default demo run (ask for them with ``--metrics``). The model
 #: randomisation check re-explains every image with every method on a copy of the model
 #: whose top layers are re-initialised: it doubles the time spent explaining.
-DEFAULT_EXCLUDED_METRICS: tuple[str, ...] = ("randomization",)
+#: The stability metrics re-explain every image 10-200 times, ROAD imputes it (a sparse solve)
+#: at every percentile, and MeGe needs models trained on folds of the data.
+DEFAULT_EXCLUDED_METRICS: tuple[str, ...] = (
+    "randomization", "random_logit", "average_stability", "sensitivity_max", "local_lipschitz",
+    "road_morf", "road_lerf", "mege",
+)
 
 Echo = Callable[[str], None]
 
