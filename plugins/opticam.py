@@ -267,12 +267,7 @@ class OptiCAM(CAMMethod):
         for start in range(0, x.shape[0], self.batch_size):
             rows = slice(start, start + self.batch_size)
             a, _, _ = self.adapter.layer_activations(x[rows], layer)
-            if a.ndim != 4:
-                raise xt.LayerError(
-                    f"layer {layer!r} has output shape {tuple(a.shape)}; {self.name} needs a spatial "
-                    "layer with a 4-D output (N, C, H, W) / (N, H, W, C)"
-                )
-            acts.append(xe.channels_first(a, self.adapter.channel_axis))
+            acts.append(self.feature_maps(x[rows], layer, a))  # spatial or token layers
         return acts[0] if len(acts) == 1 else ep.concatenate(acts, axis=0)
 
     def _finish(

@@ -12,16 +12,24 @@ run the model again on masked inputs (Score-CAM, Ablation-CAM) fit as well as gr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import eagerpy as ep
+import numpy as np
 
 from . import _validation as v
 from ._targets import Targets
+from .backends.adapter import token_grid
 from .base import AttributionMethod, Explanation
-from .errors import LayerError
+from .errors import LayerError, ParameterError
 from .ops import channels_first, resize
+
+#: What ``reshape=`` accepts: ``None`` (token layers ``(N, tokens, C)`` mapped to their patch
+#: grid automatically), a grid ``(h, w)`` or ``h`` (square), or a callable taking the layer's
+#: native output and returning a rank-4 tensor in the framework's layout.
+Reshape = Callable[[Any], Any] | int | tuple[int, int] | None
 
 
 @dataclass(frozen=True)
@@ -32,7 +40,8 @@ class LayerCapture:
         x: the images, in the model's layout, on its device ``(B, ...)``.
         targets: the targets of these images (score outputs, take gradients).
         layer: the qualified name of the captured layer.
-        activations: the layer's output, channels first ``(B, K, h, w)``.
+        activations: the layer's output, channels first ``(B, K, h, w)`` (a token layer's
+            patch tokens on their grid, see ``reshape=``).
         gradients: the explained score's gradient with respect to ``activations``, same
             shape, when the method has ``needs_gradients``; else ``None``.
         outputs: the model outputs ``(B, classes)`` of the pass that captured the layer.
@@ -75,10 +84,22 @@ class CAMMethod(AttributionMethod):
 
     Args:
         layer: layer name (PyTorch dotted module name, Keras layer name — also inside nested
-            models, or ``"outer/inner"``); default: the last spatial layer.
+            models, or ``"outer/inner"``); default: the last spatial layer, or for a
+            transformer the last token layer on whose patch tokens the outputs depend (the
+            normalisation at the input of the last block of a ViT, see
+            :func:`~xai_toolbox.extend.token_layers`).
+        reshape: how a token layer's output ``(N, tokens, C)`` becomes feature maps
+            ``(N, C, h, w)``. ``None``: the leading class / distillation / register tokens
+            are dropped and the patch tokens laid on the patch grid found from the input size
+            and the token count (:func:`~xai_toolbox.extend.token_grid`); ``(h, w)`` (or
+            ``h`` for a square grid): the last ``h·w`` tokens on that grid; a callable: takes
+            the layer's native output and returns a rank-4 tensor in the framework's layout
+            (``(N, C, h, w)`` PyTorch, ``(N, h, w, C)`` Keras), applied to the activations and
+            to their gradients (e.g. ``lambda t: t.permute(0, 3, 1, 2)`` for torchvision Swin
+            blocks, which output ``(N, h, w, C)``).
 
-    After a call, ``extras["layer"]`` of :meth:`~xai_toolbox.AttributionMethod.explain_with_extras`
-    names the layer used.
+    After a call, ``layer_`` and ``extras["layer"]`` of
+    :meth:`~xai_toolbox.AttributionMethod.explain_with_extras` name the layer used.
 
     Example:
         >>> class MeanCAM(CAMMethod):                        # Grad-CAM in four lines
@@ -92,9 +113,12 @@ class CAMMethod(AttributionMethod):
     family: ClassVar[str] = "cam"
     input_kinds: ClassVar[tuple[str, ...]] = ("image",)
 
-    def __init__(self, model: Any, *, layer: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, model: Any, *, layer: str | None = None, reshape: Reshape = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         self.layer = v.layer_name("layer", layer)
+        self.reshape = reshape_param("reshape", reshape)
+        #: The layer used by the last call (``None`` before the first call).
+        self.layer_: str | None = None
 
     def check_call(self, x: ep.Tensor) -> None:
         input_size(x, self.adapter.channel_axis, self._plugin_name())
@@ -107,8 +131,11 @@ class CAMMethod(AttributionMethod):
         return 1
 
     def layer_for(self, x: ep.Tensor) -> str:
-        """The layer this method captures for inputs like ``x``: ``layer=`` or the default."""
-        return self.layer or self.adapter.default_layer(x)
+        """The layer this method captures for inputs like ``x``: ``layer=`` or the default
+        (remembered as ``layer_``)."""
+        layer = self.layer or self.adapter.default_layer(x)
+        self.layer_ = layer
+        return layer
 
     def captures(self, x: ep.Tensor, targets: Targets, layer: str) -> list[LayerCapture]:
         """The layer captured for all of ``x``, in chunks of ``batch_size`` images."""
@@ -124,15 +151,42 @@ class CAMMethod(AttributionMethod):
             acts, grads, outputs = targets.layer_gradient(adapter, x, layer)
         else:
             acts, grads, outputs = adapter.layer_activations(x, layer)
-        if acts.ndim != 4:
-            raise LayerError(
-                f"layer {layer!r} has output shape {tuple(acts.shape)}; {self._plugin_name()} needs a "
-                "spatial layer with a 4-D output (N, C, H, W) / (N, H, W, C)"
-            )
-        axis = adapter.channel_axis
-        return LayerCapture(
-            x, targets, layer, channels_first(acts, axis),
-            None if grads is None else channels_first(grads, axis), outputs,
+        acts, grads = self.feature_maps(x, layer, acts), None if grads is None else self.feature_maps(x, layer, grads)
+        return LayerCapture(x, targets, layer, acts, grads, outputs)
+
+    def feature_maps(self, x: ep.Tensor, layer: str, values: ep.Tensor) -> ep.Tensor:
+        """A layer's output (or its gradient) for the images ``x`` as channels-first feature
+        maps ``(B, K, h, w)``: spatial layers as they are, token layers ``(B, tokens, C)``
+        on their patch grid (see ``reshape=``). Every CAM, its own capture code included
+        (Opti-CAM), goes through it.
+
+        Example:
+            >>> acts, _, _ = self.adapter.layer_activations(x, layer)
+            >>> maps = self.feature_maps(x, layer, acts)           # (B, K, h, w)
+        """
+        name, axis = self._plugin_name(), self.adapter.channel_axis
+        if callable(self.reshape):
+            shaped = self.reshape(values.raw)
+            if not hasattr(shaped, "shape") or len(shaped.shape) != 4:
+                raise LayerError(
+                    f"reshape= must return a rank-4 tensor (N, C, h, w) / (N, h, w, C); for layer "
+                    f"{layer!r} of output shape {tuple(values.shape)} it returned "
+                    f"{tuple(shaped.shape) if hasattr(shaped, 'shape') else type(shaped).__name__}"
+                )
+            return channels_first(ep.astensor(shaped), axis)
+        if values.ndim == 3:
+            return _patch_grid(values, layer, input_size(x, axis, name), self.reshape, name)
+        if values.ndim == 4:
+            if self.reshape is not None:
+                raise LayerError(
+                    f"reshape={self.reshape!r} lays token layers (N, tokens, C) on a grid, but layer "
+                    f"{layer!r} is already spatial {tuple(values.shape)}: leave reshape=None"
+                )
+            return channels_first(values, axis)
+        raise LayerError(
+            f"layer {layer!r} has output shape {tuple(values.shape)}; {name} needs a spatial layer "
+            "with a 4-D output (N, C, H, W) / (N, H, W, C) or a token layer (N, tokens, C) (pass "
+            "reshape= for other layouts)"
         )
 
     def explain_batch(self, x: ep.Tensor, targets: Targets) -> Explanation:
@@ -151,3 +205,48 @@ class CAMMethod(AttributionMethod):
     def channel_weights(self, capture: LayerCapture) -> ep.Tensor:
         """``(B, K)`` weights of the feature maps; implement this or :meth:`cam`."""
         raise NotImplementedError(f"{type(self).__name__} must implement channel_weights() or cam()")
+
+
+def reshape_param(name: str, value: Any) -> Reshape:
+    """Validate a ``reshape=`` parameter (see :class:`CAMMethod`): ``None``, a callable, a grid
+    side ``h`` or a grid ``(h, w)`` of positive integers.
+
+    Example:
+        >>> reshape_param("reshape", (14, 14))
+        (14, 14)
+    """
+    if value is None or callable(value):
+        return value
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        side = v.positive_int(name, value)
+        return (side, side)
+    if isinstance(value, tuple | list) and len(value) == 2:
+        return (v.positive_int(f"{name}[0]", value[0]), v.positive_int(f"{name}[1]", value[1]))
+    raise ParameterError(
+        f"{name} must be None (automatic), a grid (h, w), a grid side h, or a callable returning "
+        f"rank-4 feature maps; got {value!r}"
+    )
+
+
+def _patch_grid(
+    tokens: ep.Tensor, layer: str, size: tuple[int, int], grid: tuple[int, int] | None, method: str
+) -> ep.Tensor:
+    """Token values ``(B, T, C)`` → the patch tokens on their grid, channels first ``(B, C, h, w)``."""
+    n, count, channels = (int(d) for d in tokens.shape)
+    if grid is None:
+        found = token_grid(count, size)
+        if found is None:
+            raise LayerError(
+                f"layer {layer!r} outputs {count} tokens (shape {tuple(tokens.shape)}), which do not "
+                f"form a grid of square patches over {size[0]}×{size[1]} images after at most a few "
+                f"leading tokens; pass reshape=(h, w) or a callable to {method}"
+            )
+        prefix, h, w = found
+    else:
+        h, w = grid
+        prefix = count - h * w
+        if prefix < 0:
+            raise LayerError(
+                f"reshape=({h}, {w}) needs {h * w} patch tokens, but layer {layer!r} outputs only {count}"
+            )
+    return tokens[:, prefix:, :].reshape((n, h, w, channels)).transpose((0, 3, 1, 2))

@@ -31,7 +31,9 @@ What is here, by purpose:
 * **Adapters** (a new framework): :class:`ModelAdapter` (the contract), :class:`Framework`,
   :func:`rows` / :func:`current_rows` (out-of-memory row windows), :func:`memory_scope`,
   :func:`to_numpy`, :func:`float32_array`, :func:`as_type_of`, :func:`pick_default_layer`,
-  :func:`resolve_qualified`, :func:`adapt`, :func:`frameworks`, :func:`framework_info`,
+  :func:`token_grid` / :func:`token_layers` / :func:`last_informative` (transformers' token
+  layers and their default CAM layer), :func:`select_output` / :func:`describe_output`
+  (structured model outputs, ``output=``), :func:`resolve_qualified`, :func:`adapt`, :func:`frameworks`, :func:`framework_info`,
   :func:`canonical_framework`, and :data:`hookimpl` to mark hook functions.
 
 Stability: :data:`API_VERSION` is ``MAJOR.MINOR``. Within a major version, names in
@@ -105,14 +107,19 @@ from .backends.adapter import (
     ScoreOf,
     as_type_of,
     current_rows,
+    describe_output,
     float32_array,
     item_seed,
+    last_informative,
     memory_scope,
     pick_default_layer,
     resolve_qualified,
     rows,
+    select_output,
     standard_normal,
     to_numpy,
+    token_grid,
+    token_layers,
     weighted_score,
 )
 from .backends.frameworks import Framework
@@ -197,6 +204,7 @@ __all__ = [
     "check_grid",
     "chunks",
     "current_rows",
+    "describe_output",
     "expand_to_inputs",
     "explanation_shape",
     "flag",
@@ -212,6 +220,7 @@ __all__ = [
     "input_size",
     "interpolation_matrix",
     "item_seed",
+    "last_informative",
     "layer_name",
     "matmul",
     "memory_scope",
@@ -234,10 +243,13 @@ __all__ = [
     "resolve_qualified",
     "rows",
     "seed",
+    "select_output",
     "spatial_filter",
     "standard_normal",
     "stream_scores",
     "to_numpy",
+    "token_grid",
+    "token_layers",
     "upsample_nearest",
     "weighted_score",
 ]

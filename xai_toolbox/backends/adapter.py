@@ -426,6 +426,84 @@ def pick_default_layer(records: list[tuple[str, tuple[int, ...]]], channel_axis:
     return None
 
 
+#: Leading tokens (class, distillation, register tokens) a token layer may carry before its
+#: patch tokens.
+MAX_PREFIX_TOKENS = 16
+
+
+def token_grid(tokens: int, size: tuple[int, int]) -> tuple[int, int, int] | None:
+    """``(prefix, h, w)``: how a token layer's ``tokens`` cover images of ``size`` ``(H, W)``:
+    the fewest leading tokens (class, distillation, register tokens; at most
+    :data:`MAX_PREFIX_TOKENS`, and fewer than half the patches) whose removal leaves an
+    ``h × w`` grid (more than one cell) of square patches ``p × p`` tiling the image
+    (``H = h·p``, ``W = w·p``); ``None`` if there is none.
+
+    Patch tokens are in row-major order, as every ViT flattens its patch grid.
+
+    Example:
+        >>> token_grid(197, (224, 224))        # ViT-B/16: a class token and 14 × 14 patches
+        (1, 14, 14)
+        >>> token_grid(49, (224, 224))         # Swin's last stage: 7 × 7, no class token
+        (0, 7, 7)
+    """
+    height, width = size
+    for prefix in range(min(MAX_PREFIX_TOKENS, tokens - 2) + 1):
+        n = tokens - prefix
+        if prefix and 2 * prefix >= n:  # leading tokens are few beside the patches
+            break
+        h = max(1, round(math.sqrt(n * height / width)))
+        for rows in (h - 1, h, h + 1):  # rounding of the aspect ratio
+            if rows < 1 or n % rows:
+                continue
+            cols = n // rows
+            if height % rows == 0 and width % cols == 0 and height // rows == width // cols:
+                return prefix, rows, cols
+    return None
+
+
+def token_layers(
+    records: list[tuple[str, tuple[int, ...]]], size: tuple[int, int], norms: set[str] | frozenset[str] = frozenset()
+) -> list[tuple[str, int]]:
+    """``(name, prefix)`` of the token layers of a transformer: the records after the last
+    rank-4 output whose output ``(N, tokens, C)`` is a patch grid of images of ``size`` (see
+    :func:`token_grid`), the normalisation layers among them (names in ``norms``) only when
+    there are any. Empty for convolutional networks.
+
+    Adapters pick the default CAM layer of a transformer among these: the last one on whose
+    patch tokens the model's outputs depend. For a ViT whose head reads the class token this
+    is the normalisation at the input of the last block (``blocks[-1].norm1``, the layer
+    pytorch-grad-cam recommends: after it, patch tokens no longer reach the class token);
+    for a model that pools its patch tokens, the final normalisation.
+
+    Example:
+        >>> token_layers([("patch", (1, 8, 4, 4)), ("norm1", (1, 17, 8)), ("fc", (1, 10))], (16, 16), {"norm1"})
+        [('norm1', 1)]
+    """
+    last_spatial = max((i for i, (_, shape) in enumerate(records) if len(shape) == 4), default=-1)
+    found = []
+    for name, shape in records[last_spatial + 1 :]:
+        grid = token_grid(int(shape[1]), size) if len(shape) == 3 else None
+        if grid is not None:
+            found.append((name, grid[0]))
+    normalised = [(name, prefix) for name, prefix in found if name in norms]
+    return normalised or found
+
+
+def last_informative(candidates: list[tuple[str, int]], patch_gradients: dict[str, float]) -> str:
+    """The last of ``candidates`` (from :func:`token_layers`) whose patch tokens received a
+    non-zero gradient of the model's outputs (``patch_gradients``: largest absolute value per
+    name); the last candidate when none did.
+
+    Example:
+        >>> last_informative([("a", 1), ("b", 1)], {"a": 0.3, "b": 0.0})
+        'a'
+    """
+    for name, _ in reversed(candidates):
+        if patch_gradients.get(name, 0.0) > 0.0:
+            return name
+    return candidates[-1][0]
+
+
 def resolve_qualified(layer: str, names: list[str], display_name: str) -> str:
     """The one naming rule for layers of nested models: ``layer`` is a full qualified name from
     ``names`` (``"outer/inner"`` or ``"outer.inner"``), or the last part of exactly one of them.
@@ -867,7 +945,9 @@ class ModelAdapter(ABC):
         return resolve_qualified(layer, self.layer_names(), self.display_name)
 
     def default_layer(self, x: ep.Tensor) -> str:
-        """The last layer whose output is spatial (rank 4 with more than one position)."""
+        """The default CAM layer for inputs like ``x``: the last layer whose output is spatial
+        (rank 4 with more than one position) — or, for a transformer, the last token layer
+        whose patch tokens the outputs depend on (see :func:`token_layers`)."""
         raise UnsupportedModelError(self.no_layers_message())
 
     def unknown_layer(self, layer: str) -> LayerError:

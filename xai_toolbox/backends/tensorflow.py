@@ -24,8 +24,10 @@ from .adapter import (
     check_relu_rule,
     check_replacement,
     float32_array,
+    last_informative,
     pick_default_layer,
     select_output,
+    token_layers,
     weighted_score,
 )
 
@@ -675,7 +677,9 @@ class KerasAdapter(ModelAdapter):
                 finally:
                     for p in reversed(entered):
                         p.__exit__(None, None, None)
-            chosen = pick_default_layer(records, self.channel_axis)
+            norms = {n for n, obj in leaves if "normalization" in type(obj).__name__.lower()}
+            tokens = token_layers(records, (int(x.shape[1]), int(x.shape[2])), norms) if x.ndim == 4 else []
+            chosen = self._informative(x, tokens) if tokens else pick_default_layer(records, self.channel_axis)
             if chosen is None:
                 raise LayerError(
                     "the model has no layer with a spatial (N, H, W, C) output; a CAM method "
@@ -683,6 +687,38 @@ class KerasAdapter(ModelAdapter):
                 )
             self._default_layers[key] = self._display_name(chosen)
         return self._default_layers[key]
+
+    def _informative(self, x: ep.Tensor, candidates: list[tuple[str, int]]) -> str:
+        """The last token layer whose patch tokens the outputs depend on: one eager pass on one
+        input under a tape, the gradient of the outputs' sum taken at every candidate."""
+        layers = dict(self._named_layers())
+        captured: dict[str, Any] = {}
+        owner = threading.get_ident()
+        with tf.GradientTape(watch_accessed_variables=False, persistent=False) as tape:
+            patches = []
+            for name, _ in candidates:
+
+                def keep(out: Any, name: str = name) -> Any:
+                    if tf.is_tensor(out) and threading.get_ident() == owner:
+                        tape.watch(out)
+                        captured[name] = out
+                    return out
+
+                patches.append(_CallPatch(layers[name], keep))
+            with _patch_lock, contextlib.ExitStack() as stack, self.calling_model(x[:1]):
+                for patch in patches:
+                    stack.enter_context(patch)
+                outputs = tf.convert_to_tensor(self.select_output(self.model(x.raw[:1], training=False)))
+                score = tf.reduce_sum(tf.cast(outputs, tf.float32))
+        names = [name for name, _ in candidates if name in captured]
+        grads = tape.gradient(score, [captured[n] for n in names])
+        prefix = dict(candidates)
+        largest = {
+            n: 0.0 if g is None else float(tf.reduce_max(tf.abs(g[:, prefix[n] :])))
+            for n, g in zip(names, grads, strict=True)
+        }
+        return last_informative(candidates, largest)
+
 
     def model_state(self) -> Any:
         """The weights (Keras models have no training flag or stored gradients)."""

@@ -26,7 +26,9 @@ from .adapter import (
     check_relu_rule,
     check_replacement,
     float32_array,
+    last_informative,
     pick_default_layer,
+    token_layers,
 )
 
 # Models shared by several adapters or threads: eval mode is entered once and the original
@@ -340,7 +342,8 @@ class TorchAdapter(ModelAdapter):
             finally:
                 for h in handles:
                     h.remove()
-            chosen = pick_default_layer(records, self.channel_axis)
+            tokens = token_layers(records, _image_size(x), _norm_layers(self.model)) if x.ndim == 4 else []
+            chosen = self._informative(x, tokens) if tokens else pick_default_layer(records, self.channel_axis)
             if chosen is None:
                 raise LayerError(
                     "the model has no layer with a spatial (N, C, H, W) output; a CAM method "
@@ -348,6 +351,36 @@ class TorchAdapter(ModelAdapter):
                 )
             self._default_layers[key] = chosen
         return self._default_layers[key]
+
+    def _informative(self, x: ep.Tensor, candidates: list[tuple[str, int]]) -> str:
+        """The last token layer whose patch tokens the outputs depend on: one forward and
+        backward pass on one input, the gradient of the outputs' sum taken at every candidate."""
+        modules = dict(self.model.named_modules())
+        captured: dict[str, torch.Tensor] = {}
+        owner = threading.get_ident()
+        handles = []
+        for name, _ in candidates:
+
+            def keep(_m: Any, _i: Any, out: Any, name: str = name) -> None:
+                if isinstance(out, torch.Tensor) and threading.get_ident() == owner:
+                    captured[name] = out
+
+            handles.append(modules[name].register_forward_hook(keep))
+        leaf = x.raw[:1].detach().requires_grad_(True)  # a graph even with frozen weights
+        try:
+            with _hook_lock, torch.enable_grad(), self.calling_model(x[:1]):
+                score = self.select_output(self.model(leaf)).float().sum()
+                names = [name for name, _ in candidates if name in captured and captured[name].requires_grad]
+                grads = torch.autograd.grad(score, [captured[n] for n in names], allow_unused=True)
+        finally:
+            for h in handles:
+                h.remove()
+        prefix = dict(candidates)
+        largest = {
+            n: 0.0 if g is None else float(g[:, prefix[n] :].abs().max()) for n, g in zip(names, grads, strict=True)
+        }
+        return last_informative(candidates, largest)
+
 
     def _first_and_last(self) -> tuple[torch.nn.Module | None, torch.nn.Module | None]:
         if not isinstance(self.model, torch.nn.Sequential):
@@ -432,6 +465,15 @@ class TorchAdapter(ModelAdapter):
         if parameters is not None:
             return parameters[-1] if parameters else None
         return super().last_parameter()
+
+
+def _image_size(x: ep.Tensor) -> tuple[int, int]:
+    return int(x.shape[2]), int(x.shape[3])
+
+
+def _norm_layers(model: torch.nn.Module) -> set[str]:
+    """Names of the normalisation modules (LayerNorm, RMSNorm, ... by class name)."""
+    return {name for name, m in model.named_modules() if name and "norm" in type(m).__name__.lower()}
 
 
 def _leaf(module: torch.nn.Module, end: int) -> torch.nn.Module:
