@@ -1,5 +1,11 @@
 """Plotting for notebooks: heatmap overlays, method grids and deletion/insertion curves.
 
+Maps are shown the way Captum's ``visualize_image_attr`` and Xplique's ``plot_attributions``
+show them: the sign chosen (``sign="all"`` on a diverging colormap centred on zero for signed
+maps such as Gradient×Input, ``"positive"``, ``"negative"`` or ``"absolute"``; ``"auto"``
+picks), the largest values clipped at a percentile so a few pixels do not wash out the rest,
+a perceptually uniform colormap by default, and a colourbar saying what the colours mean.
+
 Everything here accepts native tensors (PyTorch, TensorFlow) or NumPy arrays, in either
 layout: a PyTorch tensor is read channels-first, a TensorFlow tensor channels-last, and a
 NumPy array by looking for the axis of size 1, 3 or 4 (pass ``channels_first=`` to decide
@@ -13,6 +19,8 @@ Example:
     >>> fig = xt.plot.grid(images, maps, image_titles=["cat", "dog"])
     >>> fig.savefig("maps.png")
     >>> rgb = xt.plot.overlay(images[0], maps["gradcam"][0], alpha=0.4)   # (H, W, 3) in [0, 1]
+    >>> scale = xt.plot.map_scale(maps["saliency"])                       # what the colours mean
+    >>> scale.sign, scale.describe()
 """
 
 from __future__ import annotations
@@ -24,6 +32,17 @@ import numpy as np
 
 from .backends import native_framework
 from .backends.adapter import to_numpy
+from .colours import (
+    DIVERGING_CMAP,
+    SEQUENTIAL_CMAP,
+    SIGNS,
+    MapScale,
+    auto_sign,
+    colormap,
+    heatmap,
+    map_scale,
+    palette,
+)
 from .errors import InputError, ParameterError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,7 +50,24 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .base import MetricResult
 
-__all__ = ["colormap", "curves", "display_images", "grid", "overlay", "to_numpy"]
+__all__ = [
+    "DIVERGING_CMAP",
+    "SEQUENTIAL_CMAP",
+    "SIGNS",
+    "MapScale",
+    "auto_sign",
+    "colormap",
+    "curve_band",
+    "curve_labels",
+    "curves",
+    "display_images",
+    "grid",
+    "heatmap",
+    "map_scale",
+    "overlay",
+    "palette",
+    "to_numpy",
+]
 
 _CHANNEL_SIZES = (1, 3, 4)
 
@@ -124,12 +160,6 @@ def _maps_array(maps: Any, batch: bool) -> np.ndarray:
     return np.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _normalize(m: np.ndarray) -> np.ndarray:
-    """Min-max to ``[0, 1]`` per map (a constant map becomes 0)."""
-    lo, hi = float(m.min()), float(m.max())
-    return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
-
-
 def _resize_map(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if m.shape == shape:
         return m
@@ -141,74 +171,33 @@ def _resize_map(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(img.resize((shape[1], shape[0]), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
-# -- colours -------------------------------------------------------------------------------------
-# Matplotlib's "jet" segment data (x, value) per channel, so the fallback draws the same colours.
-_JET = (
-    ((0.0, 0.35, 0.66, 0.89, 1.0), (0.0, 0.0, 1.0, 1.0, 0.5)),
-    ((0.0, 0.125, 0.375, 0.64, 0.91, 1.0), (0.0, 0.0, 1.0, 1.0, 0.0, 0.0)),
-    ((0.0, 0.11, 0.34, 0.65, 1.0), (0.5, 1.0, 1.0, 0.0, 0.0)),
-)
-
-
-def _builtin_jet(v: np.ndarray) -> np.ndarray:
-    v = np.clip(np.asarray(v, dtype=np.float64), 0.0, 1.0)
-    return np.stack([np.interp(v, xs, ys) for xs, ys in _JET], axis=-1).astype(np.float32)
-
-
-def _builtin_gray(v: np.ndarray) -> np.ndarray:
-    v = np.clip(np.asarray(v, dtype=np.float32), 0.0, 1.0)
-    return np.repeat(v[..., None], 3, axis=-1)
-
-
-_BUILTIN: dict[str, Callable[[np.ndarray], np.ndarray]] = {"jet": _builtin_jet, "gray": _builtin_gray}
-
-
-def colormap(cmap: str | Callable[[np.ndarray], np.ndarray] = "jet") -> Callable[[np.ndarray], np.ndarray]:
-    """A function mapping values in ``[0, 1]`` (any shape) to RGB floats (shape ``+ (3,)``).
-
-    Matplotlib's colormap of that name when matplotlib is installed; without it, the built-in
-    ``"jet"`` and ``"gray"``. A callable is returned unchanged.
-
-    Example:
-        >>> colormap("jet")(np.array([0.0, 1.0])).round(2)
-        array([[0. , 0. , 0.5],
-               [0.5, 0. , 0. ]], dtype=float32)
-    """
-    if callable(cmap):
-        return cmap
-    if not isinstance(cmap, str):
-        raise ParameterError(f"cmap must be a colormap name or a callable, got {type(cmap).__name__}")
-    try:
-        import matplotlib
-    except ImportError:
-        if cmap in _BUILTIN:
-            return _BUILTIN[cmap]
-        raise ParameterError(
-            f"colormap {cmap!r} needs matplotlib (pip install matplotlib); without it only "
-            f"{sorted(_BUILTIN)} are available"
-        ) from None
-    try:
-        mpl_cmap = matplotlib.colormaps[cmap]
-    except KeyError:
-        raise ParameterError(f"unknown matplotlib colormap {cmap!r}") from None
-
-    def apply(v: np.ndarray) -> np.ndarray:
-        return np.asarray(mpl_cmap(v), dtype=np.float32)[..., :3]
-
-    return apply
-
-
 # -- public API ----------------------------------------------------------------------------------
+BACKGROUNDS = ("gray", "color", "none")
+
+
 def overlay(
     images: Any,
     maps: Any,
-    alpha: float = 0.5,
-    cmap: str | Callable[[np.ndarray], np.ndarray] = "jet",
+    alpha: float = 0.8,
+    cmap: str | Callable[[np.ndarray], np.ndarray] | None = None,
     *,
+    sign: str = "auto",
+    clip_percentile: float = 0.5,
+    fade: bool = True,
+    background: str = "gray",
+    shared_scale: bool = False,
     channels_first: bool | None = None,
     normalize: bool = True,
 ) -> np.ndarray:
-    """Blend heatmaps onto images: ``(1 - alpha) * image + alpha * cmap(map)``.
+    """Heatmaps drawn over their images.
+
+    Each map is put on its colour scale (:func:`map_scale`: the sign shown, percentile
+    clipping, a diverging colormap centred on zero for signed maps, a perceptually uniform one
+    otherwise) and blended onto the image: ``(1 - a) * image + a * cmap(value)`` with opacity
+    ``a = alpha * |value|`` (``fade``, the default: zero attribution shows the image itself,
+    not a colour that looks important) or ``a = alpha`` everywhere. The image is shown in grey
+    under the colours by default (as Captum's blended heat map), which keeps the colours
+    readable on colourful photos.
 
     Args:
         images: one image ``(H, W)`` / ``(C, H, W)`` / ``(H, W, C)``, or a batch
@@ -217,36 +206,59 @@ def overlay(
         maps: explanations ``(H, W)`` for one image, ``(N, H, W)`` for a batch (a batch
             with a channel axis, ``(N, C, H, W)``/``(N, H, W, C)``, is averaged over it); a map
             of another size than its image is resized bilinearly.
-        alpha: weight of the heatmap, in ``[0, 1]``.
-        cmap: a colormap name (matplotlib's, or the built-in ``"jet"``/``"gray"``) or a
-            function from ``[0, 1]`` values to RGB.
+        alpha: opacity of the heatmap at the ends of its scale, in ``[0, 1]``.
+        cmap: a colormap name (matplotlib's, or the built-in ``"viridis"``/``"RdBu_r"``/
+            ``"jet"``/``"gray"``) or a function from ``[0, 1]`` values to RGB; ``None``: by sign.
+        sign, clip_percentile: which sign is shown and how much saturates (:func:`map_scale`).
+        fade: opacity proportional to ``|value|`` on the scale (``False``: uniform ``alpha``).
+        background: the image under the heatmap: ``"gray"``, ``"color"`` or ``"none"``
+            (the heatmap alone).
+        shared_scale: one colour scale for the whole batch instead of one per map.
         channels_first: the images' layout; ``None`` reads it from the tensor type or guesses.
-        normalize: min-max each map to ``[0, 1]`` first (else values are clipped to it).
+        normalize: put the maps on their scale first (``False``: the maps are already in
+            ``[0, 1]``, or ``[-1, 1]`` for ``sign="all"``, and are only clipped to it).
 
     Returns:
         float32 RGB in ``[0, 1]``: ``(H, W, 3)`` for one image, ``(N, H, W, 3)`` for a batch.
 
     Example:
-        >>> rgb = overlay(images, maps, alpha=0.4)        # (N, H, W, 3)
+        >>> rgb = overlay(images, maps, alpha=0.7, sign="all")        # (N, H, W, 3)
         >>> Image.fromarray((rgb[0] * 255).astype("uint8")).save("overlay.png")
     """
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:
         raise ParameterError(f"alpha must be in [0, 1], got {alpha}")
+    if background not in BACKGROUNDS:
+        raise ParameterError(f"background must be one of {', '.join(BACKGROUNDS)}; got {background!r}")
     batch = len(getattr(maps, "shape", np.shape(maps))) >= 3
     rgb = display_images(images, channels_first=channels_first, batch=batch)
     m = _maps_array(maps, batch)
     if batch and len(m) != len(rgb):
         raise InputError(f"got {len(rgb)} images but {len(m)} maps")
-    colour = colormap(cmap)
     rgb_b, m_b = (rgb, m) if batch else (rgb[None], m[None])
-    out = np.empty_like(rgb_b)
-    for i, (img, mp) in enumerate(zip(rgb_b, m_b, strict=True)):
-        mp = _resize_map(mp, img.shape[:2])
-        mp = _normalize(mp) if normalize else np.clip(mp, 0.0, 1.0)
-        out[i] = (1.0 - alpha) * img + alpha * colour(mp)
+    m_b = np.stack([_resize_map(mp, img.shape[:2]) for img, mp in zip(rgb_b, m_b, strict=True)])
+    scale = map_scale(m_b, sign=sign, clip_percentile=clip_percentile, shared=shared_scale, cmap=cmap)
+    if normalize:
+        values = scale.normalize(m_b)
+    else:
+        values = np.clip(m_b, -1.0 if scale.diverging else 0.0, 1.0).astype(np.float32)
+    colours = scale.colours(values)
+    opacity = alpha * (np.abs(values) if fade else np.ones_like(values))
+    under = _background(rgb_b, background)
+    out = (1.0 - opacity[..., None]) * under + opacity[..., None] * colours
+    if background == "none":
+        out = colours
     out = np.clip(out, 0.0, 1.0).astype(np.float32)
     return out if batch else out[0]
+
+
+def _background(rgb: np.ndarray, background: str) -> np.ndarray:
+    if background == "color":
+        return rgb
+    if background == "gray":  # luma (ITU-R BT.601), lightened so dark images stay legible
+        luma = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return np.repeat((0.2 + 0.6 * luma)[..., None], 3, axis=-1)
+    return np.ones_like(rgb)
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -263,21 +275,34 @@ def grid(
     titles: Sequence[str] | None = None,
     *,
     image_titles: Sequence[str] | None = None,
-    alpha: float = 0.5,
-    cmap: str | Callable[[np.ndarray], np.ndarray] = "jet",
+    alpha: float = 0.8,
+    cmap: str | Callable[[np.ndarray], np.ndarray] | None = None,
+    sign: str | Mapping[str, str] = "auto",
+    clip_percentile: float = 0.5,
+    fade: bool = True,
+    background: str = "gray",
+    shared_scale: bool = False,
+    colorbar: bool = True,
     channels_first: bool | None = None,
     show_input: bool = True,
     max_images: int | None = None,
     cell_size: float = 1.8,
 ) -> Figure:
-    """A figure with one row per image: the input, then one overlay per method.
+    """A figure with one row per image: the input, then one overlay per method, and under
+    each method's column a colourbar saying what its colours mean.
 
     Args:
         images: a batch ``(N, ...)`` in either layout (see :func:`overlay`).
         maps_by_method: ``{method name: maps (N, H, W)}``, in column order.
         titles: column titles for the methods (default: the dict's keys).
         image_titles: one label per row (e.g. the class), shown on the left.
-        alpha, cmap, channels_first: as for :func:`overlay`.
+        alpha, cmap, clip_percentile, fade, background, shared_scale, channels_first: as for
+            :func:`overlay`.
+        sign: as for :func:`overlay`, for every method, or ``{method: sign}`` (missing:
+            ``"auto"``).
+        colorbar: a colourbar under each method's column (``−s 0 +s`` for signed maps,
+            ``0 s`` otherwise, ``s`` the per-map clipping value; actual values with
+            ``shared_scale=True``).
         show_input: add a first column with the plain input.
         max_images: show only the first ``max_images`` rows.
         cell_size: size of one panel in inches.
@@ -286,7 +311,8 @@ def grid(
         a :class:`matplotlib.figure.Figure` (no pyplot state involved).
 
     Example:
-        >>> fig = grid(images, {"gradcam": cam, "rise": rise}, image_titles=["cat", "dog"])
+        >>> fig = grid(images, {"gradcam": cam, "integrated_gradients": ig},
+        ...            image_titles=["cat", "dog"])
         >>> fig.savefig("grid.png", dpi=120)
     """
     if not maps_by_method:
@@ -297,17 +323,27 @@ def grid(
         raise ParameterError(f"got {len(titles)} titles for {len(names)} methods")
     rgb = display_images(images, channels_first=channels_first)
     n = len(rgb) if max_images is None else min(len(rgb), int(max_images))
-    overlays = []
+    if image_titles is not None and len(image_titles) < n:
+        raise ParameterError(f"got {len(image_titles)} image_titles for {n} images")
+    signs = sign if isinstance(sign, Mapping) else dict.fromkeys(names, sign)
+    overlays, scales = [], []
     for name in names:
         m = _maps_array(maps_by_method[name], batch=True)
         if len(m) != len(rgb):
             raise InputError(f"method {name!r}: got {len(m)} maps for {len(rgb)} images")
-        overlays.append(overlay(rgb[:n], m[:n], alpha=alpha, cmap=cmap, channels_first=False))
-    if image_titles is not None and len(image_titles) < n:
-        raise ParameterError(f"got {len(image_titles)} image_titles for {n} images")
+        options = {"sign": signs.get(name, "auto"), "clip_percentile": clip_percentile,
+                   "shared": shared_scale, "cmap": cmap}
+        scales.append(map_scale(m[:n], **options))
+        overlays.append(overlay(rgb[:n], m[:n], alpha=alpha, cmap=cmap, sign=options["sign"],
+                                clip_percentile=clip_percentile, fade=fade, background=background,
+                                shared_scale=shared_scale, channels_first=False))
     cols = len(names) + int(show_input)
-    fig = _figure(cell_size * cols, cell_size * n)
-    axes = np.asarray(fig.subplots(n, cols, squeeze=False))
+    bar_rows = int(colorbar)
+    fig = _figure(cell_size * cols, cell_size * (n + 0.35 * bar_rows))
+    axes = np.asarray(
+        fig.subplots(n + bar_rows, cols, squeeze=False,
+                     gridspec_kw={"height_ratios": [1.0] * n + [0.12] * bar_rows})
+    )
     for row in range(n):
         panels = ([("input", rgb[row])] if show_input else []) + [
             (title, ov[row]) for title, ov in zip(titles, overlays, strict=True)
@@ -321,7 +357,24 @@ def grid(
                 ax.set_title(title, fontsize=9)
             if col == 0 and image_titles is not None:
                 ax.set_ylabel(str(image_titles[row]), fontsize=9)
+    if colorbar:
+        first = int(show_input)
+        if show_input:
+            axes[n, 0].set_axis_off()
+        for col, scale in enumerate(scales, start=first):
+            _colorbar(axes[n, col], scale)
     return fig
+
+
+def _colorbar(ax: Any, scale: MapScale) -> None:
+    """A horizontal colourbar of ``scale`` drawn as an image in ``ax``."""
+    lo = -1.0 if scale.diverging else 0.0
+    ramp = np.linspace(lo, 1.0, 128, dtype=np.float32)[None, :]
+    ax.imshow(scale.colours(ramp), aspect="auto", extent=(lo, 1.0, 0.0, 1.0))
+    ax.set_yticks([])
+    ticks = [-1.0, 0.0, 1.0] if scale.diverging else [0.0, 1.0]
+    ax.set_xticks(ticks, labels=list(scale.tick_labels()), fontsize=7)
+    ax.tick_params(length=2, pad=1)
 
 
 def curve_axis(result: MetricResult) -> np.ndarray:
@@ -335,27 +388,79 @@ def curve_axis(result: MetricResult) -> np.ndarray:
     return np.linspace(0.0, 1.0, steps)
 
 
+#: What the x-axis of each known curve metric measures (others: "fraction of the input").
+CURVE_X_LABELS = {
+    "deletion": "fraction of pixels removed (most relevant first)",
+    "insertion": "fraction of pixels inserted (most relevant first)",
+}
+
+
+def curve_labels(result: MetricResult) -> tuple[str, str]:
+    """``(x label, y label)`` of a curve metric's chart: what is perturbed, and the model
+    output the curve follows (its ``activation`` detail, when the metric reports one).
+
+    Example:
+        >>> curve_labels(deletion_result)
+        ('fraction of pixels removed (most relevant first)', 'model score')
+    """
+    x = CURVE_X_LABELS.get(result.name.split("#", 1)[0], "fraction of the input perturbed")
+    activation = result.details.get("activation")
+    y = {"softmax": "class probability", "sigmoid": "class probability"}.get(str(activation), "model score")
+    return x, y
+
+
+def curve_band(result: MetricResult, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The mean curve over the inputs and a ``confidence`` band around it: ``(mean, low, high)``
+    per step, the band ``mean ± z · std / sqrt(n)`` (normal approximation of the interval of
+    the mean; ``low == high == mean`` with one input).
+
+    Example:
+        >>> mean, low, high = curve_band(result)
+    """
+    from statistics import NormalDist
+
+    assert result.curves is not None
+    curves = np.asarray(result.curves, dtype=np.float64)
+    mean = np.nanmean(curves, axis=0)
+    n = np.sum(np.isfinite(curves), axis=0)
+    std = np.nanstd(curves, axis=0, ddof=1) if curves.shape[0] > 1 else np.zeros_like(mean)
+    z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
+    half = np.where(n > 1, z * np.nan_to_num(std) / np.sqrt(np.maximum(n, 1)), 0.0)
+    return mean, mean - half, mean + half
+
+
+#: Line styles cycled with the colours, so curves stay apart in grey print too.
+DASHES = ("solid", (0, (5, 2)), (0, (1, 1.5)), (0, (4, 1.5, 1, 1.5)))
+
+
 def curves(
     results: MetricResult | Mapping[str, MetricResult],
     *,
     title: str | None = None,
     individual: bool = False,
+    band: bool = True,
     figsize: tuple[float, float] = (5.0, 3.5),
 ) -> Figure:
-    """Mean curve (with its AUC in the legend) of a curve metric, per method.
+    """Mean curve (with its AUC in the legend) of a curve metric, per method, with the 95 %
+    band of the mean over the inputs.
+
+    Each method gets its own colour (and a line style, so curves stay apart in grey print);
+    the axes say what is perturbed and which model output is followed; the y range follows
+    the data, so small scores are not flattened against a ``[0, 1]`` axis.
 
     Args:
         results: one :class:`~xai_toolbox.MetricResult` with ``curves`` (deletion,
             insertion, ...), or ``{label: MetricResult}`` to compare methods on one axis.
         title: the axes title (default: the metric's name).
         individual: also draw each input's curve, thin and transparent.
+        band: shade the 95 % interval of the mean curve (:func:`curve_band`).
         figsize: figure size in inches.
 
     Returns:
         a :class:`matplotlib.figure.Figure`.
 
     Example:
-        >>> res = {m: xt.metric("deletion", model).evaluate(m, images, labels) for m in methods}
+        >>> res = {m: xt.metric("deletion", model)(images, labels, maps[m]) for m in maps}
         >>> curves(res).savefig("deletion.png")
     """
     from .base import MetricResult
@@ -371,24 +476,29 @@ def curves(
             raise ParameterError(f"{label!r}: metric {res.name!r} has no curves (not a curve metric)")
     fig = _figure(*figsize)
     ax = fig.subplots()
-    import matplotlib
-
-    palette = matplotlib.colormaps["tab10" if len(results) <= 10 else "tab20"]
+    colours = palette(len(results))
     for i, (label, res) in enumerate(results.items()):
         assert res.curves is not None
         x = curve_axis(res)
-        mean = np.nanmean(res.curves, axis=0)
-        colour = palette(i % palette.N)
-        ax.plot(x, mean, label=f"{label} (AUC {res.mean:.3f})", linewidth=1.8, color=colour)
+        mean, low, high = curve_band(res)
+        colour = colours[i]
+        ax.plot(x, mean, label=f"{label} (AUC {res.mean:.3f})", linewidth=1.8, color=colour,
+                linestyle=DASHES[(i // 10) % len(DASHES)])
+        if band and res.curves.shape[0] > 1:
+            ax.fill_between(x, low, high, color=colour, alpha=0.15, linewidth=0)
         if individual:
             for c in res.curves:
                 ax.plot(x, c, color=colour, alpha=0.2, linewidth=0.6)
     metric_names = sorted({res.name for res in results.values()})
+    first = next(iter(results.values()))
+    x_label, y_label = curve_labels(first)
     ax.set_title(title if title is not None else ", ".join(metric_names))
-    ax.set_xlabel("fraction of pixels")
-    ax.set_ylabel("score")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.margins(x=0)
     if len(results) > 4:  # many methods: the legend beside the axes, not over the curves
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5),
+                  ncols=1 + len(results) // 15)
     else:
         ax.legend(fontsize=8)
     ax.grid(True, alpha=0.3)
