@@ -23,6 +23,7 @@ from . import _compat
 _compat.apply()
 
 from . import extend  # noqa: E402
+from . import scores  # noqa: E402
 from ._precision import autocast  # noqa: E402
 from .api import explain, list_methods, list_metrics, method, metric  # noqa: E402
 from .backends import ModelAdapter, adapt  # noqa: E402
@@ -48,6 +49,7 @@ __all__ = [
     "autocast",
     "bootstrap_ci",
     "extend",
+    "scores",
     "explain",
     "hookimpl",
     "list_methods",
