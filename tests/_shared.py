@@ -20,6 +20,10 @@ FAST_METHOD_PARAMS: dict[str, dict[str, Any]] = {
     "hsic": {"grid_size": 4, "nb_design": 16},
     "occlusion": {"patch_size": 8, "stride": 8},
     "opticam": {"max_iter": 3},
+    "lime": {"nb_samples": 16, "grid_size": 4},
+    "kernel_shap": {"nb_samples": 16, "grid_size": 4},
+    "shapley_value_sampling": {"nb_samples": 1, "grid_size": 4},
+    "feature_ablation": {"grid_size": 4},
 }
 FAST_METRIC_PARAMS: dict[str, dict[str, Any]] = {
     "deletion": {"steps": 4},
@@ -70,3 +74,28 @@ def install_dist(root: Path, dist: str, entry_points: str, modules: dict[str, st
     (info / "entry_points.txt").write_text("[xai_toolbox]\n" + textwrap.dedent(entry_points))
     for name, source in modules.items():
         (root / f"{name}.py").write_text(textwrap.dedent(source))
+
+
+def relative_error(a: Any, b: Any) -> float:
+    """``max |a − b|`` relative to ``max |b|`` (maps compared up to float error)."""
+    return float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(b).max())
+
+
+def exact_shapley(f: Any, m: int) -> np.ndarray:
+    """Shapley values of the set function ``f(z)`` (``z`` a 0/1 vector of ``m`` players) by
+    enumerating every coalition with the weights ``|S|! (m − |S| − 1)! / m!``."""
+    import itertools
+    import math
+
+    phi = np.zeros(m)
+    for j in range(m):
+        others = [k for k in range(m) if k != j]
+        for size in range(m):
+            weight = math.factorial(size) * math.factorial(m - size - 1) / math.factorial(m)
+            for subset in itertools.combinations(others, size):
+                z = np.zeros(m, int)
+                z[list(subset)] = 1
+                with_j = z.copy()
+                with_j[j] = 1
+                phi[j] += weight * (f(with_j) - f(z))
+    return phi

@@ -28,6 +28,10 @@ METHODS: dict[str, dict[str, Any]] = {
     "occlusion": {"patch_size": 4, "stride": 2},
     "smoothgrad": {"nb_samples": 48, "noise_source": "device"},
     "integrated_gradients": {"steps": 48},
+    "lime": {"nb_samples": 48, "grid_size": 4},
+    "kernel_shap": {"nb_samples": 48, "grid_size": 4},
+    "shapley_value_sampling": {"nb_samples": 15, "grid_size": 2},  # 2 + 15 · 3 = 47
+    "feature_ablation": {"grid_size": 7},  # 49 + 1
 }
 METRICS: dict[str, dict[str, Any]] = {
     "deletion": {"steps": 47},

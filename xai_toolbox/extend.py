@@ -20,6 +20,12 @@ What is here, by purpose:
   :func:`image_size`, :func:`check_grid`, :func:`perturbation_params`; noise sources
   :class:`HostNoise`, :class:`DeviceNoise`, :func:`noise_source`, :func:`standard_normal`,
   :func:`item_seed`.
+* **Segments** (methods over grid cells, superpixels or feature groups):
+  :class:`SegmentMethod` (segmentation parameters, per-call ``segments=``, streaming of
+  coalitions), :class:`Segments`, :func:`grid_labels`, :func:`superpixel_labels`
+  (scikit-image, optional), :func:`segment_labels`, :data:`SEGMENTATIONS`; weighted linear
+  surrogates :func:`fit_linear_surrogate` (scikit-learn where installed, else NumPy),
+  :func:`linear_regressor`, :data:`LINEAR_REGRESSORS`.
 * **Tensor operations EagerPy lacks**, identical in every framework: :func:`resize`,
   :func:`gaussian_blur`, :func:`box_blur`, :func:`spatial_filter`, :func:`interpolation_matrix`,
   :func:`matmul`, :func:`on_device`, :func:`expand_to_inputs`, :func:`reduce_channels`,
@@ -74,6 +80,14 @@ from ._perturbation import (
     reference_images,
     upsample_nearest,
 )
+from ._segments import (
+    SEGMENTATIONS,
+    SegmentMethod,
+    Segments,
+    grid_labels,
+    segment_labels,
+    superpixel_labels,
+)
 from ._streaming import (
     Chunk,
     ItemSums,
@@ -85,6 +99,7 @@ from ._streaming import (
     progress,
     stream_scores,
 )
+from ._surrogate import LINEAR_REGRESSORS, fit_linear_surrogate, linear_regressor
 from ._targets import ScoreFn, Targets
 from ._validation import (
     activation,
@@ -143,7 +158,7 @@ from .ops import (
 from .registry import hookimpl
 
 #: Version of the extension API, ``MAJOR.MINOR`` (see the module docs for the promise).
-API_VERSION = "1.0"
+API_VERSION = "1.1"
 
 
 def require_api(version: str) -> None:
@@ -171,7 +186,9 @@ def require_api(version: str) -> None:
 __all__ = [
     "ACTIVATIONS",
     "API_VERSION",
+    "LINEAR_REGRESSORS",
     "PERTURBATIONS",
+    "SEGMENTATIONS",
     "AttributionMethod",
     "BlockSampler",
     "CAMMethod",
@@ -191,6 +208,8 @@ __all__ = [
     "PerturbationMethod",
     "ScoreFn",
     "ScoreOf",
+    "SegmentMethod",
+    "Segments",
     "Targets",
     "activate",
     "activation",
@@ -206,12 +225,14 @@ __all__ = [
     "current_rows",
     "describe_output",
     "expand_to_inputs",
+    "fit_linear_surrogate",
     "explanation_shape",
     "flag",
     "float32_array",
     "framework_info",
     "frameworks",
     "gaussian_blur",
+    "grid_labels",
     "has_non_finite",
     "hookimpl",
     "image_size",
@@ -222,6 +243,7 @@ __all__ = [
     "item_seed",
     "last_informative",
     "layer_name",
+    "linear_regressor",
     "matmul",
     "memory_scope",
     "noise_source",
@@ -243,9 +265,11 @@ __all__ = [
     "resolve_qualified",
     "rows",
     "seed",
+    "segment_labels",
     "select_output",
     "spatial_filter",
     "standard_normal",
+    "superpixel_labels",
     "stream_scores",
     "to_numpy",
     "token_grid",
