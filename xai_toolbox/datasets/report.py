@@ -4,8 +4,8 @@ Sections: the scores (per method and metric, the mean with its 95 % confidence i
 best of each column marked, methods ranked by mean rank), a per-class breakdown, the best and
 worst images of each method on each metric with their maps, the failures, and the settings.
 
-Built from the page pieces of :mod:`xai_toolbox.report` (same style, same escaping: every
-string from the store is HTML-escaped). Images are shown again where they can be read again
+Pictures are encoded by :mod:`xai_toolbox.report`'s public helpers; every string from the store
+is HTML-escaped. Images are shown again where they can be read again
 (files of an image folder, rows of a ``.npy`` file); otherwise the maps are shown alone.
 
 The confidence interval of a mean over ``n`` images is Student's ``t`` interval,
@@ -15,24 +15,17 @@ and the bootstrap intervals).
 
 from __future__ import annotations
 
+import html
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..plot import display_images, overlay
-from ..report import (
-    Score,
-    _img,
-    _page_head,
-    _render_value,
-    esc,
-    png_data_uri,
-    rank_methods,
-    software_versions,
-)
+from ..report import png_data_uri, software_versions
 from .runner import DatasetResults, open_results
 
 __all__ = ["mean_interval", "write_dataset_report"]
@@ -300,3 +293,79 @@ def _missing(value: Any) -> bool:
 
     return bool(pd.isna(value))
 
+
+
+# -- page pieces -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Score:
+    """One cell of the scores table."""
+
+    method: str
+    metric: str
+    mean: float
+    higher_is_better: bool
+    std: float
+    n: int
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def rank_methods(scores: Sequence[Score]) -> list[tuple[str, float]]:
+    """Methods by mean rank over the metrics (ties share the average rank; 1 = best)."""
+    methods = list(dict.fromkeys(s.method for s in scores))
+    ranks: dict[str, list[float]] = {m: [] for m in methods}
+    for metric in dict.fromkeys(s.metric for s in scores):
+        cells = [s for s in scores if s.metric == metric and math.isfinite(s.mean)]
+        keys = np.array([(-1.0 if s.higher_is_better else 1.0) * s.mean for s in cells])
+        for s, k in zip(cells, keys, strict=True):
+            ranks[s.method].append(float(np.sum(keys < k)) + (float(np.sum(keys == k)) + 1.0) / 2.0)
+    ranked = [(m, float(np.mean(r)) if r else float("nan")) for m, r in ranks.items()]
+    return sorted(ranked, key=lambda item: (not math.isfinite(item[1]), item[1]))
+
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5rem auto;max-width:1400px;
+padding:0 1rem;color:#222;line-height:1.4}
+h1{font-size:1.6rem}h2{font-size:1.25rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
+h3{font-size:1.05rem;margin-bottom:.3rem}.muted{color:#777;font-size:.9em}
+table.scores{border-collapse:collapse;font-variant-numeric:tabular-nums;margin-bottom:1rem}
+table.scores th,table.scores td{border:1px solid #ddd;padding:.3rem .6rem;text-align:right}
+table.scores td:nth-child(2),table.scores th:first-child{text-align:left}
+table.scores thead th{background:#f4f4f4}td.best{background:#e6f4ea;font-weight:700}
+.row{display:flex;gap:.4rem;margin-bottom:.9rem;align-items:flex-start;overflow-x:auto}
+.row figure{flex:none;text-align:center;font-size:.75rem;width:140px;margin:0}
+.row figure.input{width:60px}
+.row img{image-rendering:pixelated;display:block;margin:0 auto .2rem}
+table.kv{border-collapse:collapse;font-size:.9rem}
+table.kv th,table.kv td{border:1px solid #e3e3e3;padding:.2rem .5rem;text-align:left;vertical-align:top}
+table.kv th{background:#fafafa;font-weight:600}
+"""
+
+
+def _page_head(title: str) -> list[str]:
+    return [
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{esc(title)}</title>", f"<style>{_STYLE}</style>", "</head>", "<body>",
+    ]
+
+
+def _render_value(value: Any) -> str:
+    """Nested settings as key-value tables."""
+    if isinstance(value, Mapping):
+        if not value:
+            return '<span class="muted">none</span>'
+        rows = "".join(f"<tr><th>{esc(k)}</th><td>{_render_value(v)}</td></tr>" for k, v in value.items())
+        return f'<table class="kv">{rows}</table>'
+    if isinstance(value, list | tuple):
+        if all(isinstance(v, int | float | str | bool) or v is None for v in value):
+            return esc(", ".join(str(v) for v in value))
+        return "<ul>" + "".join(f"<li>{_render_value(v)}</li>" for v in value) + "</ul>"
+    return esc(value)
+
+
+def _img(uri: str, alt: str, width: int, height: int, side: int = 136) -> str:
+    scale = side / max(width, height)
+    return f'<img src="{uri}" alt="{esc(alt)}" width="{round(width * scale)}" height="{round(height * scale)}">'
