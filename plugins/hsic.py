@@ -26,7 +26,9 @@ import numpy as np
 
 import xai_toolbox as xt
 from xai_toolbox import extend as xe
-from xai_toolbox.extend import PerturbationMethod, Targets, matmul, resize
+from xai_toolbox.extend import PerturbationMethod, Targets, matmul
+
+from .sobol import check_perturbation
 
 SAMPLERS = ("lhs", "sobol", "random")
 BANDWIDTHS = ("median_heuristic", "median_output")
@@ -188,7 +190,7 @@ class HsicAttribution(PerturbationMethod):
 
     name = "hsic"
     stochastic = True
-    input_kinds = ("image",)
+    input_kinds = ("image", "series", "tabular")
 
     def passes_per_image(self) -> int | None:
         return self.nb_design
@@ -224,21 +226,22 @@ class HsicAttribution(PerturbationMethod):
         self.seed = seed
 
     def check_call(self, x: ep.Tensor) -> None:
-        xe.check_grid(self.grid_size, xe.image_size(x, self.adapter.channel_axis, self.name), self.name)
+        xe.cell_geometry(x, self.adapter.channel_axis, self.grid_size, self.name)
+        check_perturbation(self.perturbation, x, self.name)
 
     def explain_batch(self, x: ep.Tensor, targets: Targets) -> ep.Tensor:
         adapter = self.adapter
-        size = xe.image_size(x, adapter.channel_axis, self.name)
-        g, n = self.grid_size, self.nb_design
+        cells, positions = xe.cell_geometry(x, adapter.channel_axis, self.grid_size, self.name)
+        n = self.nb_design
         seed = self.seed if self.seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
-        design = hsic_design(n, g * g, self.sampler, seed)                      # (n, d) low-res
+        design = hsic_design(n, int(np.prod(cells)), self.sampler, seed)        # (n, d) low-res
         reference = xe.reference_images(x, adapter.channel_axis, self.perturbation, self.baseline, self.blur_size)
         scores = xe.PairScores(x.shape[0], n, adapter)
         todo = xe.chunks(x.shape[0], n, self.batch_size)
         for chunk in xe.progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
             items = chunk.items
-            low = design[chunk.samples].reshape((-1, g, g))
-            masks = xe.upsample_nearest(adapter.from_numpy(x, low), size)  # no GPU sync per chunk
+            low = design[chunk.samples].reshape((-1, *cells))
+            masks = xe.upsample_cells(adapter.from_numpy(x, low), positions)  # no GPU sync per chunk
             ref = adapter.broadcast_rows(reference, items) if isinstance(reference, ep.Tensor) else reference
             perturbed = xe.perturb(
                 adapter.broadcast_rows(x, items), masks, adapter.channel_axis, self.perturbation, ref,
@@ -249,7 +252,7 @@ class HsicAttribution(PerturbationMethod):
         z = adapter.from_numpy(x, (design - design.mean(axis=0, keepdims=True, dtype=np.float64)).astype(np.float32))
         y_host = y.numpy()  # one small transfer per call: n scores per image, for the bandwidth
         maps = [hsic_scores(z, y[i], output_bandwidth(y_host[i], self.bandwidth)) for i in range(x.shape[0])]
-        return resize(ep.stack(maps, axis=0).reshape((x.shape[0], g, g)), size, "bicubic")
+        return xe.upsample_cells(ep.stack(maps, axis=0).reshape((x.shape[0], *cells)), positions, "bicubic")
 
 
 Register = Callable[[str, type], None]

@@ -7,7 +7,8 @@ each mask keeps that pixel:
 
 Masks: ``s × s`` grids of Bernoulli(p) "keep" cells, bilinearly upsampled to ``(s + 1) · cell``
 pixels (``cell = ceil(H / s)``) and cropped at a random shift in ``[0, cell)`` per axis, as in
-the official code. Grids and shifts are drawn on the host at low resolution; the masks are built
+the official code. Series get the same masks along time (``s`` cells); tabular rows one
+Bernoulli(p) cell per feature, unsmoothed. Grids and shifts are drawn on the host at low resolution; the masks are built
 on the device from a cached table of cropped interpolation matrices: ``M = R_h[dy] · G · R_w[dx]ᵀ``.
 """
 
@@ -61,15 +62,23 @@ class RiseMasks:
         >>> grids, dy, dx = masks.low_res(np.arange(8))        # (8, 7, 7), (8,), (8,)
     """
 
-    def __init__(self, seed: int | None, grid_size: int, probability: float, size: tuple[int, int]) -> None:
-        self.grid_size, self.probability, self.size = grid_size, probability, size
-        self.cells = (math.ceil(size[0] / grid_size), math.ceil(size[1] / grid_size))
+    def __init__(
+        self, seed: int | None, grid_size: int, probability: float, size: tuple[int, ...], *, smooth: bool = True
+    ) -> None:
+        self.grid_size, self.probability, self.size, self.smooth = grid_size, probability, size, smooth
+        self.cells = tuple(math.ceil(n / grid_size) for n in size)
         self.sampler = BlockSampler(seed, self._draw)
-        th, tw = crop_tables(grid_size, size)
-        self._tables = (th, np.ascontiguousarray(tw.transpose(0, 2, 1)))   # (cell_h, H, s), (cell_w, s, W)
+        if len(size) == 2:
+            th, tw = crop_tables(grid_size, size)  # type: ignore[arg-type]
+            self._tables = (th, np.ascontiguousarray(tw.transpose(0, 2, 1)))   # (cell_h, H, s), (cell_w, s, W)
+        elif smooth:  # series: one axis, (cell, T, s)
+            self._tables = (crop_tables(grid_size, (size[0], size[0]))[0],)
 
     def _draw(self, rng: np.random.Generator, k: int) -> tuple[np.ndarray, ...]:
         s = self.grid_size
+        if len(self.size) == 1:  # series (smoothed along time) or tabular rows (one cell per feature)
+            grids = (rng.random((k, s)) < self.probability).astype(np.float32)
+            return grids, rng.integers(0, self.cells[0], size=k), np.zeros(k, np.int64)
         grids = (rng.random((k, s, s)) < self.probability).astype(np.float32)
         dy = rng.integers(0, self.cells[0], size=k)
         dx = rng.integers(0, self.cells[1], size=k)
@@ -81,8 +90,16 @@ class RiseMasks:
         return grids, dy, dx
 
     def full(self, adapter: ModelAdapter, like: ep.Tensor, samples: np.ndarray) -> ep.Tensor:
-        """Masks ``(B, H, W)`` of the given samples, built on ``like``'s device."""
+        """Masks ``(B, H, W)`` (series ``(B, T)``, tabular ``(B, F)``) of the given samples,
+        built on ``like``'s device."""
         grids, dy, dx = self.low_res(samples)
+        if len(self.size) == 1:
+            g = adapter.from_numpy(like, grids)
+            if not self.smooth:
+                return g
+            key = ("rise-crops-1d", self.grid_size, self.size[0])
+            r = on_device(like, key, self._tables[0])[adapter.from_numpy(like, dy.astype(np.int64))]
+            return matmul(r, g[:, :, None])[:, :, 0]
         key = ("rise-crops", self.grid_size, *self.size)
         rows = on_device(like, (*key, "h"), self._tables[0])
         cols = on_device(like, (*key, "w"), self._tables[1])
@@ -113,7 +130,7 @@ class Rise(PerturbationMethod):
 
     name = "rise"
     stochastic = True
-    input_kinds = ("image",)
+    input_kinds = ("image", "series", "tabular")
 
     def passes_per_image(self) -> int | None:
         return self.nb_samples
@@ -141,22 +158,22 @@ class Rise(PerturbationMethod):
         self.seed = seed
 
     def check_call(self, x: ep.Tensor) -> None:
-        xe.check_grid(self.grid_size, xe.image_size(x, self.adapter.channel_axis, self.name), self.name)
+        xe.cell_geometry(x, self.adapter.channel_axis, self.grid_size, self.name)
 
     def explain_batch(self, x: ep.Tensor, targets: Targets) -> ep.Tensor:
         adapter = self.adapter
-        size = xe.image_size(x, adapter.channel_axis, self.name)
-        masks = RiseMasks(self.seed, self.grid_size, self.preservation_probability, size)
+        cells, size = xe.cell_geometry(x, adapter.channel_axis, self.grid_size, self.name)
+        masks = RiseMasks(self.seed, cells[0], self.preservation_probability, size, smooth=x.ndim > 2)
         sums = xe.ItemSums(x.shape[0], adapter)
         mask_sums = xe.ItemSums(x.shape[0], adapter) if self.normalization == "mask_sum" else None
         todo = xe.chunks(x.shape[0], self.nb_samples, self.batch_size)
         for chunk in xe.progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
             items = chunk.items
-            m = masks.full(adapter, x, chunk.samples)                          # (B, H, W)
+            m = masks.full(adapter, x, chunk.samples)                          # (B, *positions)
             rows = adapter.broadcast_rows(x, items)
             perturbed = xe.perturb(rows, m, adapter.channel_axis, "inpainting", self.baseline)
             scores = targets.take(items).score(adapter.forward(perturbed))      # (B,)
-            sums.add(chunk, scores.reshape((-1, 1, 1)) * m)
+            sums.add(chunk, scores.reshape((-1,) + (1,) * (m.ndim - 1)) * m)
             if mask_sums is not None:
                 mask_sums.add(chunk, m)
         if mask_sums is not None:

@@ -24,7 +24,7 @@ import numpy as np
 
 import xai_toolbox as xt
 from xai_toolbox import extend as xe
-from xai_toolbox.extend import PerturbationMethod, Targets, resize
+from xai_toolbox.extend import PerturbationMethod, Targets
 
 #: Lower bound of the output variance in the Jansen estimator (as Xplique), so a constant
 #: output gives indices 0 instead of 0 / 0.
@@ -110,7 +110,9 @@ class SobolAttribution(PerturbationMethod):
     """Sobol attribution method (Fel et al., 2021): total-order Sobol indices of grid cells.
 
     Every image is explained with the same ``nb_design · (grid_size² + 2)`` masks (forward
-    passes per image), streamed ``batch_size`` at a time across images.
+    passes per image), streamed ``batch_size`` at a time across images. Series are cut in
+    ``grid_size`` segments of time and tabular rows in one cell per feature (``d`` cells:
+    ``nb_design · (d + 2)`` passes).
 
     Args:
         grid_size: cells per side of the grid (``d = grid_size²`` variables).
@@ -126,9 +128,10 @@ class SobolAttribution(PerturbationMethod):
     """
 
     name = "sobol"
-    input_kinds = ("image",)
+    input_kinds = ("image", "series", "tabular")
 
     def passes_per_image(self) -> int | None:
+        """For images; series use ``grid_size`` cells, tabular rows one per feature."""
         return self.nb_design * (self.grid_size**2 + 2)
 
     def __init__(
@@ -153,13 +156,14 @@ class SobolAttribution(PerturbationMethod):
         )
 
     def check_call(self, x: ep.Tensor) -> None:
-        xe.check_grid(self.grid_size, xe.image_size(x, self.adapter.channel_axis, self.name), self.name)
+        xe.cell_geometry(x, self.adapter.channel_axis, self.grid_size, self.name)
+        check_perturbation(self.perturbation, x, self.name)
 
     def explain_batch(self, x: ep.Tensor, targets: Targets) -> ep.Tensor:
         adapter = self.adapter
-        size = xe.image_size(x, adapter.channel_axis, self.name)
-        g, n = self.grid_size, self.nb_design
-        d = g * g
+        cells, positions = xe.cell_geometry(x, adapter.channel_axis, self.grid_size, self.name)
+        n = self.nb_design
+        d = int(np.prod(cells))
         ab = sobol_design(n, 2 * d).astype(np.float32)
         a, b = ab[:, :d], ab[:, d:]
         per_item = n * (d + 2)
@@ -168,8 +172,8 @@ class SobolAttribution(PerturbationMethod):
         todo = xe.chunks(x.shape[0], per_item, self.batch_size)
         for chunk in xe.progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
             items = chunk.items
-            low = replicated_rows(a, b, chunk.samples).reshape((-1, g, g))
-            masks = xe.upsample_nearest(adapter.from_numpy(x, low), size)  # no GPU sync per chunk
+            low = replicated_rows(a, b, chunk.samples).reshape((-1, *cells))
+            masks = xe.upsample_cells(adapter.from_numpy(x, low), positions)  # no GPU sync per chunk
             ref = adapter.broadcast_rows(reference, items) if isinstance(reference, ep.Tensor) else reference
             perturbed = xe.perturb(
                 adapter.broadcast_rows(x, items), masks, adapter.channel_axis, self.perturbation, ref,
@@ -178,7 +182,16 @@ class SobolAttribution(PerturbationMethod):
             scores.put(chunk, targets.take(items).score(adapter.forward(perturbed)))
         y = scores.result()
         st = jansen_total_order(y[:, :n], y[:, 2 * n :], n)                      # (N_img, d)
-        return resize(st.reshape((x.shape[0], g, g)), size, "bicubic")
+        return xe.upsample_cells(st.reshape((x.shape[0], *cells)), positions, "bicubic")
+
+
+def check_perturbation(perturbation: str, x: ep.Tensor, method: str) -> None:
+    """Blurring is an image operation: tabular rows and series take inpainting or amplitude."""
+    if perturbation == "blurring" and x.ndim != 4:
+        raise xt.ParameterError(
+            f"{method}: perturbation='blurring' blurs images; for inputs of shape {tuple(x.shape)} "
+            "use 'inpainting' or 'amplitude'"
+        )
 
 
 Register = Callable[[str, type], None]

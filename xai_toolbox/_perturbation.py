@@ -25,7 +25,7 @@ import numpy as np
 from . import _validation as v
 from .base import AttributionMethod
 from .errors import InputError, ParameterError
-from .ops import box_blur, expand_to_inputs, resize
+from .ops import box_blur, expand_to_inputs, interpolation_matrix, matmul, on_device, resize
 
 PERTURBATIONS = ("inpainting", "blurring", "amplitude")
 
@@ -75,6 +75,54 @@ def check_grid(grid_size: int, size: tuple[int, int], method: str) -> None:
             f"{method}: grid_size={grid_size} is larger than the image ({size[0]}×{size[1]}); "
             f"use grid_size <= {min(size)}"
         )
+
+
+def cell_geometry(
+    x: ep.Tensor, channel_axis: int, grid_size: int, method: str
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(cells, positions)`` of a grid-based perturbation method for the batch ``x``:
+
+    * images: ``grid_size × grid_size`` cells over ``(H, W)`` (a grid larger than the image is
+      a :class:`~xai_toolbox.errors.ParameterError`);
+    * series ``(N, C, T)`` / ``(N, T, C)``: ``grid_size`` segments of time over ``(T,)``;
+    * tabular rows ``(N, F)``: one cell per feature, ``(F,)`` over ``(F,)`` (``grid_size`` does
+      not apply, as for MuFidelity).
+
+    Example:
+        >>> cell_geometry(x_series, adapter.channel_axis, 8, "sobol")      # ((8,), (128,))
+    """
+    if x.ndim == 4:
+        size = image_size(x, channel_axis, method)
+        check_grid(grid_size, size, method)
+        return (grid_size, grid_size), size
+    if x.ndim == 3:
+        length = int(x.shape[2] if channel_axis == 1 else x.shape[1])
+        if grid_size > length:
+            raise ParameterError(
+                f"{method}: grid_size={grid_size} is longer than the series ({length} steps); "
+                f"use grid_size <= {length}"
+            )
+        return (grid_size,), (length,)
+    if x.ndim == 2:
+        return (int(x.shape[1]),), (int(x.shape[1]),)
+    raise InputError(f"{method} explains images, series or tabular rows; got inputs of shape {tuple(x.shape)}")
+
+
+def upsample_cells(cells: ep.Tensor, positions: tuple[int, ...], mode: str = "nearest") -> ep.Tensor:
+    """Values per cell ``(B, *cells)`` on the positions ``(B, *positions)`` of
+    :func:`cell_geometry`: resized over images (``mode`` as :func:`resize`), interpolated along
+    time for series, unchanged for tabular rows.
+
+    Example:
+        >>> masks = upsample_cells(adapter.from_numpy(x, low), positions)       # (B, *positions)
+    """
+    grid = tuple(cells.shape[1:])
+    if grid == tuple(positions):
+        return cells
+    if len(positions) == 2:
+        return resize(cells, positions, mode)  # type: ignore[arg-type]
+    matrix = interpolation_matrix(grid[0], positions[0], mode).T.copy()            # (g, T)
+    return matmul(cells, on_device(cells, ("cells-1d", grid[0], positions[0], mode), matrix))
 
 
 # -- random low-resolution draws ---------------------------------------------------------------

@@ -29,6 +29,9 @@ from .errors import ParameterError, PluginError, UnsupportedModelError, XaiToolb
 #: The keyword arguments every method and metric takes (declared once, in the base classes).
 STANDARD_PARAMS = ("batch_size", "score_fn", "progress", "framework", "output")
 
+#: Input kind by rank: what ``input_kinds`` of methods name.
+INPUT_KINDS = {2: "tabular", 3: "series", 4: "image"}
+
 
 class _Configurable:
     """Stores constructor parameters as attributes and shows them in ``repr``."""
@@ -171,8 +174,14 @@ class _Configurable:
         v.check_inputs(self.adapter, inputs)
         x = self.adapter.to_model(inputs)
         v.check_finite(x)
+        self.check_input_kind(x)
         self.check_call(x)  # nothing has called the model yet
         return inputs, x
+
+    def check_input_kind(self, x: ep.Tensor) -> None:
+        """Reject inputs of a kind this object does not explain (see ``input_kinds``), before
+        any model call. Metrics accept every kind; methods check theirs."""
+
 
     def explanation_shape(self, x: ep.Tensor) -> tuple[int, ...]:
         """The shape of the explanations of ``x``: ``(N, H, W)`` for images whatever the
@@ -287,6 +296,22 @@ class AttributionMethod(_Configurable, ABC):
             for key, value in explanation.extras.items()
         }
         return adapter.restore(explanation.maps.float32(), inputs), extras
+
+    def check_input_kind(self, x: ep.Tensor) -> None:
+        """An :class:`~xai_toolbox.errors.InputError` naming the kind of ``x`` (rank 2 tabular,
+        3 series, 4 image) and the methods that explain it, when :attr:`input_kinds` lacks it."""
+        kind = INPUT_KINDS.get(x.ndim, f"rank-{x.ndim}")
+        if kind in self.input_kinds:
+            return
+        from .errors import InputError
+        from .registry import get_registry
+
+        able = sorted(name for name, e in get_registry().methods.items() if kind in e.cls.input_kinds)
+        raise InputError(
+            f"{self._plugin_name()} explains {' and '.join(self.input_kinds)} inputs; these are {kind} "
+            f"inputs of shape {tuple(x.shape)}"
+            + (f"; methods for {kind} inputs: {', '.join(able)}" if able else "")
+        )
 
     def _check_capabilities(self, adapter: ModelAdapter) -> None:
         if self.needs_gradients and not adapter.supports_gradients:

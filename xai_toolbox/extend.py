@@ -17,7 +17,9 @@ What is here, by purpose:
   :func:`stream_scores`, :func:`batched_forward`, :func:`batched_scores`, :func:`index_column`, :func:`progress`.
 * **Perturbations and randomness**: :class:`BlockSampler` (draws reproducible for any
   chunking), :func:`perturb`, :func:`reference_images`, :func:`upsample_nearest`,
-  :func:`image_size`, :func:`check_grid`, :func:`perturbation_params`; noise sources
+  :func:`image_size`, :func:`check_grid`, :func:`perturbation_params`,
+  :func:`cell_geometry` / :func:`upsample_cells` (grids over images, segments of time of
+  series, one cell per feature of tabular rows); noise sources
   :class:`HostNoise`, :class:`DeviceNoise`, :func:`noise_source`, :func:`standard_normal`,
   :func:`item_seed`.
 * **Segments** (methods over grid cells, superpixels or feature groups):
@@ -73,11 +75,13 @@ from ._perturbation import (
     PERTURBATIONS,
     BlockSampler,
     PerturbationMethod,
+    cell_geometry,
     check_grid,
     image_size,
     perturb,
     perturbation_params,
     reference_images,
+    upsample_cells,
     upsample_nearest,
 )
 from ._segments import (
@@ -219,6 +223,7 @@ __all__ = [
     "batched_scores",
     "box_blur",
     "canonical_framework",
+    "cell_geometry",
     "channels_first",
     "check_grid",
     "chunks",
@@ -274,6 +279,7 @@ __all__ = [
     "to_numpy",
     "token_grid",
     "token_layers",
+    "upsample_cells",
     "upsample_nearest",
     "weighted_score",
 ]
