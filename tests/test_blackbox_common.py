@@ -163,11 +163,13 @@ def test_occlusion_window_rank_must_match_the_positions() -> None:
 
 
 @pytest.mark.parametrize("name", ["rise", "sobol", "hsic"])
-def test_grid_methods_reject_non_image_inputs_before_any_model_call(name: str) -> None:
+def test_grid_methods_check_series_before_any_model_call(name: str) -> None:
+    # tabular rows and series are explained (tests/test_tabular_series.py); a grid longer
+    # than the series is refused before the model runs
     calls = []
     model = lambda b: (calls.append(1), b.reshape(len(b), -1)[:, :2])[1]  # noqa: E731
-    with pytest.raises(xt.InputError, match="use occlusion"):
-        xt.method(name, model)(np.ones((3, 10), np.float32), [0, 1, 0])
+    with pytest.raises(xt.ParameterError, match="longer than the series"):
+        xt.method(name, model, grid_size=11)(np.ones((3, 10, 2), np.float32), [0, 1, 0])
     assert not calls
 
 
