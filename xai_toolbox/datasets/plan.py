@@ -227,6 +227,9 @@ def import_callable(spec: str, what: str) -> Callable[..., Any]:
     if not sep or not module_spec or not attr:
         raise ParameterError(f"{what} must look like package.module:function or file.py:function, got {spec!r}")
     if module_spec.endswith(".py"):
+        # Not io's factory loader: that one registers the module in sys.modules, and a function
+        # of a registered module is pickled by reference, which Ray actors could not import.
+        # Left unregistered, the function travels to the actors by value.
         path = Path(module_spec)
         if not path.is_file():
             raise ParameterError(f"{what}: file not found: {module_spec!r}")
