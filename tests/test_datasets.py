@@ -380,6 +380,8 @@ def test_store_refuses_other_data_and_a_second_writer(fw: str, tmp_path: Path) -
     explain_dataset(x, model, out=out, methods=["saliency"])
     with pytest.raises(StoreError, match="another run setup"):
         explain_dataset(x[:3], model, out=out, methods=["saliency"])
+    with pytest.raises(StoreError, match="first_image"):  # same shape, other images
+        explain_dataset(np.ascontiguousarray(x[::-1]), model, out=out, methods=["saliency"])
     with pytest.raises(StoreError, match="group_size"):
         explain_dataset(x, model, out=out, methods=["saliency"], group_size=3)
     from xai_toolbox.datasets import ResultStore

@@ -3,7 +3,9 @@ disk, resumable, on one machine or a Ray cluster."""
 
 from __future__ import annotations
 
+import collections
 import datetime as _dt
+import hashlib
 import inspect
 import itertools
 import math
@@ -291,6 +293,8 @@ def _prepare(
         "data": source.describe(), "model": spec.describe(),
         "inputs": {"preprocess": _name_of(preprocess), "mean": mean, "std": std, "image_shape": list(plan.image_shape)},
         "targets": settings["targets"], "group_size": group_size,
+        # A fingerprint of the data's content too: the first readable image.
+        "first_image": hashlib.sha256(np.ascontiguousarray(first.image).tobytes()).hexdigest()[:16],
     }
     store = ResultStore(out)
     if store.path.exists() and not store.path.is_dir():
@@ -436,8 +440,8 @@ class _Runner:
         status = "interrupted"
         try:
             tasks = self._tasks()
-            if self.source.addressable:
-                tasks = iter(list(tasks))  # metadata only: counts what is already stored first
+            if self.source.addressable:  # plan first (metadata only): counts what is stored
+                tasks = _drain(collections.deque(tasks))
             self._open_bar()
             for result in self._engine(tasks):
                 self._commit(result)
@@ -555,6 +559,12 @@ class _Runner:
 
         self.bar = tqdm(total=self.source.length, initial=self.result.skipped, unit="img",
                         desc="explain_dataset", file=sys.stderr, dynamic_ncols=True)
+
+
+def _drain(pending: collections.deque[GroupTask]) -> Iterator[GroupTask]:
+    """The planned tasks, each let go once handed out (stored maps it read are freed)."""
+    while pending:
+        yield pending.popleft()
 
 
 class _Lazy:
