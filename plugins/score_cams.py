@@ -14,7 +14,9 @@ writing its scores into one buffer (:class:`xai_toolbox.extend.PairScores`): mem
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import eagerpy as ep
@@ -23,16 +25,6 @@ import numpy as np
 import xai_toolbox as xt
 from xai_toolbox import extend as xe
 from xai_toolbox.extend import CAMMethod, Explanation, LayerCapture, Targets
-
-
-def framework_layout(a: ep.Tensor, channel_axis: int) -> ep.Tensor:
-    """Channels-first activations ``(N, K, h, w)`` back in the framework's layout (the
-    inverse of :func:`xai_toolbox.extend.channels_first`).
-
-    Example:
-        >>> framework_layout(acts, adapter.channel_axis)   # (N, K, h, w) -> (N, h, w, K) for Keras
-    """
-    return a if channel_axis == 1 else a.transpose((0, 2, 3, 1))
 
 
 class PairStreamCAM(CAMMethod):
@@ -55,9 +47,14 @@ class PairStreamCAM(CAMMethod):
         parts = super().captures(x, targets, layer)
         if len(parts) == 1:
             return parts
-        acts = ep.concatenate([p.activations for p in parts], axis=0)
-        outputs = ep.concatenate([p.outputs for p in parts], axis=0)
-        return [LayerCapture(x, targets, layer, acts, None, outputs)]
+        joined: dict[str, Any] = {"x": x, "targets": targets}
+        for field in dataclasses.fields(parts[0]):
+            value = getattr(parts[0], field.name)
+            if field.name not in joined:  # tensors of every chunk, one row per image
+                joined[field.name] = ep.concatenate([getattr(p, field.name) for p in parts], axis=0) if isinstance(
+                    value, ep.Tensor
+                ) else value
+        return [type(parts[0])(**joined)]
 
     def passes_per_image(self) -> int | None:
         """``1 + K`` (``K`` channels of the layer), unknown before the model is run."""
@@ -157,6 +154,19 @@ class ScoreCAM(PairStreamCAM):
         return adapter.take_rows(padded, position)
 
 
+@dataclass(frozen=True)
+class NativeCapture(LayerCapture):
+    """A :class:`~xai_toolbox.extend.LayerCapture` that also keeps the layer's output as the
+    model produced it (``native``: the framework's layout, tokens not laid on a grid), which
+    is what :meth:`~xai_toolbox.extend.ModelAdapter.forward_with_activations` takes back.
+
+    Example:
+        >>> capture.native.shape          # (B, K, h, w), (B, h, w, K) or (B, tokens, K)
+    """
+
+    native: ep.Tensor
+
+
 class AblationCAM(PairStreamCAM):
     """Ablation-CAM (Desai & Ramaswamy, WACV 2020).
 
@@ -168,15 +178,18 @@ class AblationCAM(PairStreamCAM):
     The activations are captured once; the ``K`` ablated copies of each image's activations
     are streamed ``batch_size`` at a time across images through
     :meth:`~xai_toolbox.extend.ModelAdapter.forward_with_activations`. Costs ``1 + K``
-    forward passes per image. Dividing by ``y_c`` flips every weight when the score is
-    negative (and explodes near 0): explain positive scores (logits of the predicted class,
-    or probabilities with a ``score_fn``).
+    forward passes per image. On a token layer ``(N, tokens, K)`` channel ``k`` is ablated in
+    every token, class tokens included (as pytorch-grad-cam's ``AblationLayerVit``). Dividing
+    by ``y_c`` flips every weight when the score is negative (and explodes near 0): explain
+    positive scores (logits of the predicted class, or probabilities with a ``score_fn``).
 
     Args:
         layer: layer whose channels are ablated (as for Grad-CAM); default: the last spatial
-            layer.
+            layer (of a transformer: its last token layer).
         ablation_value: the value an ablated channel takes (paper: 0, "off" after a ReLU).
             pytorch-grad-cam uses 0 when the layer's minimum is 0 and ``min − 10⁷`` otherwise.
+        reshape: as for Grad-CAM, except a callable: the ablation is written back into the
+            layer's own output, whose channel axis a callable does not tell.
 
     Example:
         >>> maps = xt.AblationCAM(model, layer="layer4", batch_size=128)(images, labels)
@@ -187,22 +200,32 @@ class AblationCAM(PairStreamCAM):
     def __init__(self, model: Any, *, ablation_value: float = 0.0, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         self.ablation_value = xe.number("ablation_value", ablation_value)
+        if callable(self.reshape):
+            raise xt.ParameterError(
+                "AblationCAM writes the ablated channels back into the layer's own output, whose "
+                "channel axis a reshape= callable does not tell; pass a grid (h, w) or None"
+            )
+
+    def capture(self, x: ep.Tensor, targets: Targets, layer: str) -> LayerCapture:
+        acts, _, outputs = self.adapter.layer_activations(x, layer)
+        return NativeCapture(x, targets, layer, self.feature_maps(x, layer, acts), None, outputs, acts)
 
     def channel_weights(self, capture: LayerCapture) -> ep.Tensor:
+        assert isinstance(capture, NativeCapture)
         adapter = self.adapter
-        acts = capture.activations
-        n, k = acts.shape[:2]
-        eye = xe.on_device(acts, ("ablationcam-eye", k), np.eye(k, dtype=np.float32))
+        native = capture.native
+        n, k = capture.activations.shape[:2]
+        # Where the channels are in the layer's own output: tokens and Keras last, PyTorch 1.
+        axis = 1 if native.ndim == 4 and adapter.channel_axis == 1 else native.ndim - 1
+        eye = xe.on_device(native, ("ablationcam-eye", k), np.eye(k, dtype=np.float32))
         ablated_scores = xe.PairScores(n, k, adapter)
         for chunk in self.pair_chunks(n * k):
             pairs = np.arange(chunk.start, chunk.stop)
-            items, channels = pairs // k, pairs % k
-            off = adapter.take_rows(eye, channels)[:, :, None, None]  # (B, K, 1, 1): 1 at k
-            ablated = adapter.take_rows(acts, items) * (1.0 - off) + self.ablation_value * off
-            outputs = adapter.forward_with_activations(
-                adapter.take_rows(capture.x, items), capture.layer,
-                framework_layout(ablated, adapter.channel_axis),
-            )
+            items = pairs // k
+            along = tuple(chunk.size if i == 0 else k if i == axis else 1 for i in range(native.ndim))
+            off = adapter.take_rows(eye, pairs % k).reshape(along)  # 1 at the ablated channel
+            ablated = adapter.take_rows(native, items) * (1.0 - off) + self.ablation_value * off
+            outputs = adapter.forward_with_activations(adapter.take_rows(capture.x, items), capture.layer, ablated)
             ablated_scores.put(chunk, capture.targets.take(items).score(outputs))
         score = capture.targets.score(capture.outputs)[:, None]
         divisor = ep.where(score != 0, score, ep.ones_like(score))

@@ -147,6 +147,52 @@ def test_ablationcam_ablation_value(framework: str) -> None:
     np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-5 * expected.max())
 
 
+def test_ablationcam_on_a_vit_ablates_a_channel_of_every_token(torch: Any) -> None:
+    """A token layer (N, tokens, K): channel k is set to 0 in every token (class token too),
+    the model run on with a hook of its own; the weights then multiply the patch tokens' grid."""
+    from _vit_models import torch_vit, vit_weights
+
+    model = torch_vit(vit_weights(0))
+    layer, x, targets = "blocks.1.norm1", _images(2), np.array([0, 4])
+    module = dict(model.named_modules())[layer]
+    seen: dict[str, Any] = {}
+    handle = module.register_forward_hook(lambda _m, _i, out: seen.__setitem__("tokens", out.detach().clone()))
+    with torch.no_grad():
+        y = model(torch.from_numpy(x))[np.arange(2), targets].numpy().astype(np.float64)
+    handle.remove()
+    tokens = seen["tokens"].numpy().astype(np.float64)                      # (2, 1 + 16, K)
+    k = tokens.shape[2]
+    drops = np.zeros((2, k))
+    for channel in range(k):
+        def ablate(_m: Any, _i: Any, out: Any, channel: int = channel) -> Any:
+            out = out.clone()
+            out[..., channel] = 0.0
+            return out
+
+        handle = module.register_forward_hook(ablate)
+        with torch.no_grad():
+            drops[:, channel] = y - model(torch.from_numpy(x))[np.arange(2), targets].numpy()
+        handle.remove()
+    grid = tokens[:, 1:].reshape(2, 4, 4, k).transpose(0, 3, 1, 2)
+    expected = upsample(np.maximum(((drops / y[:, None])[:, :, None, None] * grid).sum(axis=1), 0), 16)
+    maps = explain("torch", model, "ablationcam", x, targets, layer=layer, batch_size=5)
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-5 * expected.max())
+    assert expected.max() > 0
+    with pytest.raises(xt.ParameterError, match="reshape"):
+        xt.AblationCAM(model, reshape=lambda t: t)
+
+
+@pytest.mark.parametrize("key", ["scorecam", "ablationcam"])
+def test_twin_vits_agree(both: None, key: str) -> None:
+    from _vit_models import twin_vit
+
+    x, maps = _images(2), []
+    for framework, model in zip(("torch", "tf"), twin_vit(0), strict=True):
+        maps.append(explain(framework, model, key, x, [0, 4], batch_size=7))
+    assert np.abs(maps[0] - maps[1]).max() <= 1e-4 * np.abs(maps[0]).max()
+    assert np.abs(maps[0]).max() > 0
+
+
 # -- both: streaming, contract, twins, errors ---------------------------------------------------
 STREAMED = {
     "scorecam": {},
