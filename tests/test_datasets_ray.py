@@ -1,6 +1,6 @@
 """The Ray engine gives the local engine's results, bit for bit: deterministic and seeded methods
 and metrics, actors reading an image folder (corrupt files included), a stream sent in windows,
-the command line on an existing cluster. One local Ray cluster of 2 CPUs is started for the
+a Ray Dataset as the data, the command line on an existing cluster. One local Ray cluster of 2 CPUs is started for the
 module and shut down after it (tox env ``ray``; skipped where Ray is not installed)."""
 
 from __future__ import annotations
@@ -72,6 +72,10 @@ def test_ray_reads_folders_in_actors_and_streams_in_windows(torch: Any, ray_clus
     explain_dataset(iter(rows), out=tmp_path / "stream-local", **kw)
     explain_dataset(iter(rows), out=tmp_path / "stream-ray", engine="ray", workers=2, window=2, **kw)
     assert_same_store(tmp_path / "stream-local", tmp_path / "stream-ray")
+    # A Ray Dataset as the data (read by the driver, in order): the same results again.
+    items = [{"image": x[i], "label": int(labels[i]), "id": str(i)} for i in range(5)]
+    explain_dataset(ray_cluster.data.from_items(items), out=tmp_path / "ray-dataset", **kw)
+    assert_same_store(tmp_path / "stream-local", tmp_path / "ray-dataset")
 
 
 def test_ray_command_line(torch: Any, ray_cluster: Any, tmp_path: Path) -> None:
