@@ -133,6 +133,7 @@ def test_report_is_well_formed_and_self_contained(page: str) -> None:
     s = check_html(page)
     # Per image: the input + one overlay per method.
     assert len(s.images) == 3 * (1 + 3)
+    assert "cdn" not in page.lower() and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
     for img in s.images[:4]:
         raw = base64.b64decode(str(img["src"]).split(",", 1)[1])
         from PIL import Image
@@ -156,9 +157,9 @@ def test_scores_table_marks_the_best_per_column(page: str) -> None:
     table = page[page.index('<table class="scores">') : page.index("</table>", page.index('<table class="scores">'))]
     rows = re.findall(r"<tr>(.*?)</tr>", table)
     header, body = rows[0], rows[1:]
-    columns = re.findall(r"<th>(.*?)</th>", header)
+    columns = re.findall(r"<th[^>]*>(.*?)</th>", header)
     assert columns[:3] == ["rank", "method", "mean rank"]
-    assert columns[3:6] == ["deletion ↓", "insertion ↑", "pointing_game ↑"]
+    assert columns[3:6] == ["deletion ↓", "insertion ↑", "pointing_<wbr>game ↑"]
     best = {}
     for row in body:
         cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
@@ -166,19 +167,114 @@ def test_scores_table_marks_the_best_per_column(page: str) -> None:
         for col, cell_html in zip(columns[3:6], re.findall(r"<td([^>]*)>", row)[3:6], strict=True):
             if 'class="best"' in cell_html:
                 best.setdefault(col, []).append(method)
-    assert best == {"deletion ↓": ["a"], "insertion ↑": ["b"], "pointing_game ↑": ["a"]}
+    assert best == {"deletion ↓": ["a"], "insertion ↑": ["b"], "pointing_<wbr>game ↑": ["a"]}
     # Ranked by mean rank: a (1, 3, 1) -> 1.67, b (3, 1, 3) -> 2.33, EVIL (2, 2, 2) -> 2.
     assert [re.findall(r"<td[^>]*>(.*?)</td>", r)[1] for r in body] == ["a", "&lt;script&gt;alert(1)&lt;/script&gt;", "b"]
 
 
 def test_curves_are_inline_svg(page: str) -> None:
-    assert page.count("<svg") == 2  # deletion and insertion; pointing_game has no curves
+    charts = re.findall(r'<figure class="chart">.*?</figure>', page, re.DOTALL)
+    assert len(charts) == 2  # deletion and insertion; pointing_game has no curves
     assert page.count("<polyline") == 2 * 3
+    assert page.count("<polygon") == 2 * 3  # a 95 % band per method (3 images each)
     assert "data:image/svg" not in page
+    deletion = charts[0]
+    assert "fraction of pixels removed (most relevant first)" in deletion  # x-axis label
+    assert "model score" in deletion  # y-axis label
+    strokes = re.findall(r'<polyline fill="none" stroke="(#[0-9a-f]{6})"', deletion)
+    assert len(set(strokes)) == 3  # one colour per method
+
+
+def test_curve_axes_follow_small_scores() -> None:
+    """Small scores get their own axis range and round ticks, not a flat line on [0, 1]."""
+    from xai_toolbox._report_svg import curve_chart, nice_ticks
+
+    curves = np.linspace(0.004, 0.001, 6)[None, :] + np.array([[0.0], [0.0005]])
+    res = MetricResult("deletion", curves.mean(axis=1), False, curves)
+    chart = curve_chart("deletion", {"m": res}, {"m": "#1f77b4"})
+    ticks = re.findall(r'text-anchor="end">([^<]*)</text>', chart)
+    assert ticks == ["0.001", "0.002", "0.003", "0.004", "0.005"]
+    assert nice_ticks(0.0, 0.93) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert nice_ticks(-0.3, 2.7) == [-1.0, 0.0, 1.0, 2.0, 3.0]
 
 
 def test_prediction_mistakes_are_flagged(page: str) -> None:
     assert page.count('class="wrong"') == 1  # image 1: label EVIL, predicted dog
+
+
+def test_gallery_rows_are_methods_and_pages_fit_1280_px() -> None:
+    from xai_toolbox._report_gallery import gallery_width
+
+    rng = np.random.default_rng(8)
+    images = rng.random((11, 8, 8, 3), dtype=np.float32)
+    signed = rng.normal(size=(11, 8, 8)).astype(np.float32)
+    maps = {f"m{i}": rng.random((11, 8, 8), dtype=np.float32) for i in range(12)} | {"signed": signed}
+    page = render_report(images=images, maps=maps, per_page=4, names=[f"img{i}" for i in range(11)])
+    check_html(page)
+    pages = re.findall(r'<details class="page"( open)?>', page)
+    assert pages == [" open", "", ""]  # 4 + 4 + 3 images, the first page open
+    assert "Images 9–11 of 11" in page
+    first = page[page.index('<table class="gallery"') : page.index("</table>", page.index('<table class="gallery"'))]
+    assert first.count('<th scope="row" class="method">') == 13  # one row per method
+    assert first.count("<img") == 4 + 13 * 4  # the inputs on top, then 4 overlays per method
+    widths = [int(w) for w in re.findall(r'class="gallery" style="width:(\d+)px"', page)]
+    assert widths == [gallery_width(4)] * 2 + [gallery_width(3)]
+    assert gallery_width(8) <= 1280 - 2 * 16  # the default page of 8 fits a 1280 px window
+    signed_row = first[first.index(">signed<svg") :]
+    assert "−s" in signed_row.split("</tr>")[0] and ">signed</span>" in signed_row.split("</tr>")[0]
+    assert ">positive part</span>" in first
+
+
+def test_hovering_a_picture_shows_its_scores_and_scale(page: str) -> None:
+    titles = re.findall(r'<img [^>]*alt="a on ok.png"[^>]*title="([^"]*)"', page)
+    assert len(titles) == 1
+    tip = titles[0]
+    assert tip.startswith("a on ok.png&#10;s = ")
+    assert "deletion: 0.1" in tip and "insertion: 0.5" in tip and "pointing_game: 1" in tip
+    cells = re.findall(r'<td class="best" title="([^"]*)"', page)
+    assert any("per image: 0.100, 0.100, 0.100" in c for c in cells)
+
+
+def test_many_metrics_split_the_score_table_by_family() -> None:
+    rng = np.random.default_rng(9)
+    results = {}
+    for method in ("a", "b"):
+        results[method] = {}
+        for i in range(12):
+            name = f"fid{i}" if i < 8 else f"loc{i}"
+            res = MetricResult(name, rng.random(4), True, family="fidelity" if i < 8 else "localisation")
+            results[method][name] = res
+    page = render_report(images=rng.random((4, 8, 8, 3)), maps={"a": rng.random((4, 8, 8))}, results=results)
+    check_html(page)
+    captions = re.findall(r'<table class="scores"><caption>([^<]*)</caption>', page)
+    assert captions == ["fidelity", "localisation"]
+
+
+def test_resolved_parameters_and_reproduce_command() -> None:
+    from xai_toolbox.evaluation import EvaluationTable
+    from xai_toolbox.report import reproduce_command
+
+    rng = np.random.default_rng(10)
+    table = EvaluationTable(params={"methods": {"rise": {"nb_samples": 50}}, "metrics": {}})
+    table.resolved_params = {
+        "methods": {"rise": {"nb_samples": 50, "grid_size": 7, "seed": None, "progress": None},
+                    "gradcam": {"layer": "features.3", "batch_size": 64}},
+        "metrics": {"deletion": {"steps": 20, "activation": "softmax", "score_fn": np.mean}},
+    }
+    page = render_report(images=rng.random((2, 8, 8, 3)), maps={"rise": rng.random((2, 8, 8))},
+                         results=table, settings={"methods": {"rise": {}}, "seed": 3},
+                         command="xai-toolbox demo --quick")
+    check_html(page)
+    settings = page[page.index('<section id="settings">') :]
+    assert '<pre class="command"><code>xai-toolbox demo --quick</code></pre>' in settings
+    assert "<tr><th>nb_samples</th><td><strong>50</strong></td></tr>" in settings  # given: bold
+    assert "<tr><th>grid_size</th><td>7</td></tr>" in settings  # a default, resolved
+    assert "<tr><th>layer</th><td>features.3</td></tr>" in settings  # the layer the CAM picked
+    assert "(unseeded)" in settings and "<th>progress</th>" not in settings
+    assert "<td>mean</td>" in settings  # a callable by name
+    assert ">defaults<" not in page
+    assert reproduce_command(["/venv/bin/xai-toolbox", "demo", "--out", "my dir"]) == "xai-toolbox demo --out 'my dir'"
+    assert reproduce_command(["/usr/bin/pytest", "-q"]) is None
 
 
 def test_settings_and_versions(page: str) -> None:

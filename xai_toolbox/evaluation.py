@@ -58,6 +58,10 @@ class EvaluationTable(list):
             an instance's ``get_params()``.
         failures: ``{"method" or "method/metric": "ErrorType: message"}`` for the steps that
             raised under ``keep_going=True``.
+        resolved_params: ``{"methods": {label: params}, "metrics": {label: params}}``: every
+            parameter each method and metric ran with (``get_params()``, defaults included),
+            and for a method that picks an inner layer (``layer_``), the layer it used — what
+            a report needs to reproduce the run.
 
     Example:
         >>> table.pivot()                     # {"saliency": {"deletion": 0.12, ...}, ...}
@@ -85,6 +89,7 @@ class EvaluationTable(list):
         self.params: dict[str, dict[str, dict[str, Any]]] = {"methods": {}, "metrics": {}}
         self.params.update({kind: dict(p) for kind, p in (params or {}).items()})
         self.failures: dict[str, str] = dict(failures or {})
+        self.resolved_params: dict[str, dict[str, dict[str, Any]]] = {"methods": {}, "metrics": {}}
 
     @property
     def methods(self) -> list[str]:
@@ -325,6 +330,7 @@ def evaluate(
         targets = _top1_targets(model, inputs, batch_size)
 
     table = EvaluationTable(params=_params_used(built_methods, built_metrics))
+    table.resolved_params = _params_resolved(built_methods, built_metrics)
     steps = _Steps(len(built_methods) * (1 + len(built_metrics)), progress, echo)
     run = _Run(table, steps, keep_going, inputs, targets, masks)
     try:
@@ -387,6 +393,9 @@ class _Run:
         native_maps = _ready(method.obj)(self.inputs, self.targets)
         self.table.timings[method.label] = time.perf_counter() - start
         self.table.maps[method.label] = to_numpy(native_maps).astype(np.float32)
+        layer = getattr(method.obj, "layer_", None)  # the layer a CAM picked by default
+        if layer is not None:
+            self.table.resolved_params["methods"].setdefault(method.label, {})["layer"] = layer
         return native_maps  # on the device, for the metrics; dropped after them
 
     def _apply(self, method: _Built, maps: Any, metric: _Built) -> None:
@@ -518,6 +527,15 @@ def _build(
 
 def _params_used(methods: list[_Built], metrics: list[_Built]) -> dict[str, dict[str, dict[str, Any]]]:
     return {"methods": {b.label: b.params for b in methods}, "metrics": {b.label: b.params for b in metrics}}
+
+
+def _params_resolved(methods: list[_Built], metrics: list[_Built]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every parameter of each built method and metric (a constructor that failed: the given)."""
+
+    def resolved(b: _Built) -> dict[str, Any]:
+        return b.obj.get_params() if hasattr(b.obj, "get_params") else dict(b.params)
+
+    return {"methods": {b.label: resolved(b) for b in methods}, "metrics": {b.label: resolved(b) for b in metrics}}
 
 
 def _params_by_name(

@@ -11,9 +11,16 @@ Sections:
    metrics grouped by family with their direction; marked best: the methods whose interval no
    other method beats; a paired test of the two best means per metric), with the methods
    ranked by their mean rank over metrics;
-2. deletion / insertion (any curve metric) mean curves per method;
-3. per image: the input and one heatmap overlay per method, side by side;
-4. the settings and the software versions used.
+2. deletion / insertion (any curve metric): the mean curve per method with its 95 % band;
+3. the gallery: one row per method, one column per image, paged so that it never needs
+   horizontal scrolling; a colourbar per method, signed maps on a diverging scale centred on
+   zero; hovering a picture shows the image's scores;
+4. the settings: every parameter each method and metric ran with (defaults resolved, the
+   layer a CAM picked, the seeds), the command that reproduces the run, and the software
+   versions.
+
+The page fits a 1280 px window: the score table splits by metric family when it has many
+metrics, the gallery pages its images, long values wrap.
 
 Example:
     >>> from xai_toolbox.report import write_report
@@ -25,7 +32,6 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import html
 import io
 import math
 import platform
@@ -37,10 +43,13 @@ from typing import Any
 
 import numpy as np
 
+from ._report_gallery import GALLERY_STYLE, Gallery
+from ._report_svg import curve_chart, esc
 from .base import MetricResult
+from .colours import palette
 from .errors import ParameterError
-from .plot import curve_axis, display_images, overlay
-from .uncertainty import format_interval, not_beaten, paired_test
+from .plot import display_images
+from .uncertainty import not_beaten, paired_test
 
 __all__ = [
     "Score",
@@ -52,22 +61,15 @@ __all__ = [
     "png_data_uri",
     "rank_methods",
     "render_report",
+    "reproduce_command",
     "software_versions",
     "write_report",
 ]
 
-# Tableau 10: distinguishable line colours for the curves.
-_PALETTE = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-)
 _MAX_SIDE = 256  # pictures larger than this are downscaled in the report
-_DISPLAY_SIDE = 136  # CSS pixels per picture (small images are upscaled, pixelated)
-
-
-def esc(value: Any) -> str:
-    """``str(value)`` escaped for HTML text and attribute values."""
-    return html.escape(str(value), quote=True)
+#: Above this many metrics the score table is split into one table per metric family, so
+#: that it fits a 1280 px window.
+MAX_METRICS_PER_TABLE = 9
 
 
 # -- scores ------------------------------------------------------------------------------------
@@ -348,121 +350,116 @@ def png_data_uri(rgb: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes(rgb, _MAX_SIDE)).decode("ascii")
 
 
-def _img(uri: str, alt: str, width: int, height: int) -> str:
-    scale = _DISPLAY_SIDE / max(width, height)
-    w, h = round(width * scale), round(height * scale)
-    return f'<img src="{uri}" alt="{esc(alt)}" width="{w}" height="{h}">'
-
-
-# -- curves ------------------------------------------------------------------------------------
-def _svg_curves(metric: str, results: Mapping[str, MetricResult], colours: Mapping[str, str]) -> str:
-    """Mean curve per method as an inline SVG line chart."""
-    width, height, left, right, top, bottom = 460, 280, 52, 12, 24, 40
-    series = []
-    for method, res in results.items():
-        assert res.curves is not None
-        x = curve_axis(res)
-        y = np.nanmean(np.asarray(res.curves, dtype=np.float64), axis=0)
-        if np.all(np.isfinite(y)):
-            series.append((method, x, y))
-    if not series:
-        return ""
-    x_lo = min(float(s[1].min()) for s in series)
-    x_hi = max(float(s[1].max()) for s in series)
-    y_lo = min(float(s[2].min()) for s in series)
-    y_hi = max(float(s[2].max()) for s in series)
-    if x_hi <= x_lo:
-        x_hi = x_lo + 1.0
-    if y_lo >= 0.0 and y_hi <= 1.0:  # probabilities: the whole [0, 1] axis, round ticks
-        y_lo, y_hi = 0.0, 1.0
-    else:
-        pad = 0.05 * (y_hi - y_lo) if y_hi > y_lo else 0.5
-        y_lo, y_hi = y_lo - pad, y_hi + pad
-    plot_w, plot_h = width - left - right, height - top - bottom
-
-    def px(xv: float) -> float:
-        return left + (xv - x_lo) / (x_hi - x_lo) * plot_w
-
-    def py(yv: float) -> float:
-        return top + (1.0 - (yv - y_lo) / (y_hi - y_lo)) * plot_h
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
-        f'height="{height}" role="img" aria-label="{esc(metric)} curves">',
-        f"<title>{esc(metric)}: mean curve per method</title>",
-        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fff" stroke="#999"/>',
-    ]
-    for i in range(5):  # grid lines and tick labels
-        fx = x_lo + (x_hi - x_lo) * i / 4
-        fy = y_lo + (y_hi - y_lo) * i / 4
-        parts.append(f'<line x1="{px(fx):.1f}" y1="{top}" x2="{px(fx):.1f}" y2="{top + plot_h}" stroke="#eee"/>')
-        parts.append(f'<line x1="{left}" y1="{py(fy):.1f}" x2="{left + plot_w}" y2="{py(fy):.1f}" stroke="#eee"/>')
-        parts.append(f'<text x="{px(fx):.1f}" y="{top + plot_h + 14}" text-anchor="middle">{fx:.2g}</text>')
-        parts.append(f'<text x="{left - 4}" y="{py(fy) + 4:.1f}" text-anchor="end">{fy:.3g}</text>')
-    parts.append(
-        f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" text-anchor="middle">fraction of pixels</text>'
-    )
-    for method, x, y in series:
-        points = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(x, y, strict=True))
-        parts.append(
-            f'<polyline fill="none" stroke="{colours[method]}" stroke-width="2" points="{points}">'
-            f"<title>{esc(method)}</title></polyline>"
-        )
-    parts.append("</svg>")
-    legend = "".join(
-        f'<li><span class="swatch" style="background:{colours[m]}"></span>{esc(m)} '
-        f"<span class=\"muted\">(mean {_fmt(results[m].mean)})</span></li>"
-        for m, _, _ in series
-    )
-    return (
-        f'<figure class="chart"><figcaption>{esc(metric)}</figcaption>{"".join(parts)}'
-        f'<ul class="legend">{legend}</ul></figure>'
-    )
-
-
 # -- settings ----------------------------------------------------------------------------------
 def _render_value(value: Any) -> str:
     if isinstance(value, Mapping):
         if not value:
-            return '<span class="muted">defaults</span>'
+            return '<span class="muted">none</span>'
         rows = "".join(f"<tr><th>{esc(k)}</th><td>{_render_value(v)}</td></tr>" for k, v in value.items())
         return f'<table class="kv">{rows}</table>'
     if isinstance(value, list | tuple) and not all(isinstance(v, int | float | str | bool) for v in value):
         return "<ul>" + "".join(f"<li>{_render_value(v)}</li>" for v in value) + "</ul>"
     if isinstance(value, list | tuple):
         return esc(", ".join(str(v) for v in value))
-    return esc(value)
+    return esc(_plain(value))
+
+
+def _plain(value: Any) -> str:
+    """A parameter value as text: numbers and strings as themselves, callables by name."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return str(value)
+    if callable(value):
+        return getattr(value, "__qualname__", None) or repr(value)
+    return repr(value)
+
+
+#: Parameters that change how a run is shown, not what it computes: left out of the report.
+_DISPLAY_ONLY = ("progress",)
+
+
+def reproduce_command(argv: Sequence[str] | None = None) -> str | None:
+    """The command line that ran this process, when it is the ``xai-toolbox`` command
+    (``None`` otherwise, e.g. in a notebook): the program as ``xai-toolbox``, each argument
+    quoted for a POSIX shell.
+
+    Example:
+        >>> reproduce_command(["/venv/bin/xai-toolbox", "demo", "--quick"])
+        'xai-toolbox demo --quick'
+    """
+    import shlex
+
+    argv = list(sys.argv if argv is None else argv)
+    if not argv:
+        return None
+    program = Path(argv[0])
+    is_cli = program.name == "xai-toolbox" or program.as_posix().endswith(("xai_toolbox/cli.py", "xai_toolbox/__main__.py"))
+    return shlex.join(["xai-toolbox", *argv[1:]]) if is_cli else None
+
+
+def _parameters_section(results: Any) -> list[str]:
+    """Every parameter each method and metric ran with: the table's ``resolved_params``
+    (defaults included, the layer a CAM picked), those given by the caller in bold."""
+    resolved = getattr(results, "resolved_params", None)
+    if not resolved:
+        return []
+    given = getattr(results, "params", {}) or {}
+    out = [
+        "<h3>Parameters</h3>",
+        '<p class="muted">Every parameter as run, defaults included; <strong>bold</strong>: '
+        "given explicitly. A method that picks an inner layer shows the layer it used; a "
+        "stochastic method or metric without a seed is not reproducible.</p>",
+    ]
+    for kind in ("methods", "metrics"):
+        cards = []
+        for name, params in resolved.get(kind, {}).items():
+            chosen = given.get(kind, {}).get(name, {})
+            rows = []
+            for key, value in params.items():
+                if key in _DISPLAY_ONLY:
+                    continue
+                text = esc(_plain(value))
+                if key == "seed" and value is None:
+                    text += ' <span class="wrong">(unseeded)</span>'
+                rows.append(f"<tr><th>{esc(key)}</th><td>{f'<strong>{text}</strong>' if key in chosen else text}</td></tr>")
+            cards.append(f'<table class="kv params"><caption>{esc(name)}</caption>{"".join(rows)}</table>')
+        if cards:
+            out.append(f'<h4>{kind}</h4><div class="cards">{"".join(cards)}</div>')
+    return out
 
 
 _STYLE = """
+*,*::before,*::after{box-sizing:border-box}
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5rem auto;max-width:1400px;
 padding:0 1rem;color:#222;line-height:1.4}
 h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.25rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;
-margin-top:2rem}
-.muted{color:#777;font-size:.9em}
-table.scores{border-collapse:collapse;font-variant-numeric:tabular-nums}
-table.scores th,table.scores td{border:1px solid #ddd;padding:.3rem .6rem;text-align:right}
-table.scores th:first-child,table.scores td:nth-child(2){text-align:left}
-table.scores thead th{background:#f4f4f4}
+margin-top:2rem}h3{font-size:1.05rem;margin:1.2rem 0 .3rem}h4{margin:.8rem 0 .3rem;font-size:.95rem}
+.muted{color:#666;font-size:.9em}
+table.scores{border-collapse:collapse;font-variant-numeric:tabular-nums;max-width:100%;margin-bottom:.8rem}
+table.scores caption{text-align:left;font-weight:600;padding:.2rem 0}
+table.scores th,table.scores td{border:1px solid #ddd;padding:.25rem .45rem;text-align:right;font-size:.88rem}
+table.scores thead th{background:#f4f4f4;font-weight:600;vertical-align:bottom}
+table.scores th.method,table.scores td.method{text-align:left}
+table.scores .hw{display:block;font-size:.78em;color:#555;white-space:nowrap}
+table.scores td{white-space:nowrap}
 td.best{background:#e6f4ea;font-weight:700}
 .charts{display:flex;flex-wrap:wrap;gap:1.5rem}
-figure{margin:0}figure.chart figcaption{font-weight:600;margin-bottom:.3rem}
-svg text{font-size:10px;fill:#444}
-ul.legend{list-style:none;padding:0;margin:.4rem 0;columns:2;font-size:.85rem}
-.swatch{display:inline-block;width:.9em;height:.9em;margin-right:.35em;vertical-align:middle;border-radius:2px}
-.gallery{overflow-x:auto}
-.row{display:flex;gap:.4rem;margin-bottom:.9rem;align-items:flex-start}
-.row figure{flex:none;text-align:center;font-size:.75rem;width:140px}
-.row figure.input{width:170px}
-.row figure.input img{outline:2px solid #555}
-.row img{image-rendering:pixelated;display:block;margin:0 auto .2rem}
-.row figcaption{word-break:break-word}
+figure{margin:0}figure.chart{max-width:100%}figure.chart figcaption{font-weight:600;margin-bottom:.3rem}
+figure.chart svg{max-width:100%;height:auto}
+svg text{font-size:10px;fill:#444}svg text.axis{font-size:11px;fill:#222}
+ul.legend{list-style:none;padding:0;margin:.4rem 0;columns:2;font-size:.82rem;max-width:480px}
+.swatch{display:inline-block;margin-right:.35em;vertical-align:middle}
 .wrong{color:#b00020;font-weight:600}
-table.kv{border-collapse:collapse;font-size:.9rem}
-table.kv th,table.kv td{border:1px solid #e3e3e3;padding:.2rem .5rem;text-align:left;vertical-align:top}
+table.kv{border-collapse:collapse;font-size:.85rem;max-width:100%}
+table.kv th,table.kv td{border:1px solid #e3e3e3;padding:.2rem .5rem;text-align:left;vertical-align:top;
+overflow-wrap:anywhere}
 table.kv th{background:#fafafa;font-weight:600}
+table.kv caption{text-align:left;font-weight:600;padding:.15rem 0}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:.6rem;align-items:start}
+.cards table.kv{width:100%}
+pre.command{background:#f6f8fa;border:1px solid #ddd;padding:.5rem .7rem;white-space:pre-wrap;
+overflow-wrap:anywhere;font-size:.85rem}
 ul.notes li{margin-bottom:.3rem}
-"""
+""" + GALLERY_STYLE
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -474,15 +471,20 @@ def render_report(
     names: Sequence[str] | None = None,
     labels: Sequence[int] | None = None,
     predictions: Sequence[int] | None = None,
+    targets: Sequence[int] | None = None,
     class_names: Sequence[str] | None = None,
     settings: Mapping[str, Any] | None = None,
     timings: Mapping[str, float] | None = None,
     notes: Sequence[str] = (),
     title: str = "xai-toolbox report",
+    command: str | None = None,
     channels_first: bool | None = None,
     max_images: int = 32,
-    alpha: float = 0.5,
-    cmap: str = "jet",
+    per_page: int = 8,
+    alpha: float = 0.8,
+    cmap: str | None = None,
+    sign: str | Mapping[str, str] = "auto",
+    clip_percentile: float = 0.5,
 ) -> str:
     """The report as an HTML string (see the module docs for its sections).
 
@@ -490,38 +492,55 @@ def render_report(
         images: the inputs, ``(N, ...)`` in either layout; normalised inputs are rescaled
             for display (pass the un-normalised images for faithful colours).
         maps: ``{method: explanations (N, H, W)}``, in display order.
-        results: scores (see :func:`collect_scores`); ``None`` for a gallery only.
+        results: scores (see :func:`collect_scores`); ``None`` for a gallery only. An
+            :class:`~xai_toolbox.evaluation.EvaluationTable` also gives the parameters every
+            method and metric ran with (its ``resolved_params``).
         names: one name per image (file names), shown in captions.
-        labels: true class indices, if known; ``predictions``: the model's classes.
+        labels: true class indices, if known; ``predictions``: the model's classes;
+            ``targets``: the classes explained.
         class_names: names of the class indices.
-        settings: what produced the results (hyper-parameters, seeds, ...), shown as tables.
+        settings: what produced the results (data, model, seeds, ...), shown as tables.
         timings: seconds spent per method (explanation time).
         notes: free-text remarks shown under the title.
         title: the page title.
+        command: the command that reproduces the run (default: this process's command line
+            when it is ``xai-toolbox``, see :func:`reproduce_command`).
         channels_first: the images' layout if it cannot be read from their type.
         max_images: at most this many images in the gallery (the scores cover all).
-        alpha, cmap: overlay blending and colormap (see :func:`xai_toolbox.plot.overlay`).
+        per_page: images per gallery page (8 fit a 1280 px window).
+        alpha, cmap, sign, clip_percentile: how maps are drawn (see
+            :func:`xai_toolbox.plot.overlay`); ``sign`` may be ``{method: sign}``.
 
     Example:
         >>> page = render_report(images=x, maps={"gradcam": cam}, results=table)
     """
     rgb = display_images(images, channels_first=channels_first)
-    _check_lengths(len(rgb), maps, names=names, labels=labels, predictions=predictions)
+    _check_lengths(len(rgb), maps, names=names, labels=labels, predictions=predictions, targets=targets)
     scores = collect_scores(results)
     method_order = _order([*maps, *(s.method for s in scores)])
-    colours = {m: _PALETTE[i % len(_PALETTE)] for i, m in enumerate(method_order)}
-    gallery = _Gallery(rgb, names, labels, predictions, class_names)
+    colours = dict(zip(method_order, palette(len(method_order)), strict=True))
+    gallery = Gallery(rgb, names, labels, predictions, targets, class_names, _per_image_scores(scores))
+    command = command if command is not None else reproduce_command()
     return "\n".join([
         *_page_head(title),
         *_header(title, len(rgb), len(maps), scores, notes),
         "<main>",
         *(_scores_section(scores, timings) + _curves_section(scores, colours) if scores else []),
-        *gallery.section(maps, max_images, alpha, cmap),
-        *_settings_section(settings),
+        *gallery.section(maps, max_images=max_images, per_page=per_page, alpha=alpha, cmap=cmap,
+                         sign=sign, clip_percentile=clip_percentile),
+        *_settings_section(settings, results, command),
         "</main>",
         "</body>",
         "</html>",
     ]) + "\n"
+
+
+def _per_image_scores(scores: Sequence[Score]) -> dict[str, dict[str, np.ndarray]]:
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for s in scores:
+        if s.result is not None:
+            out.setdefault(s.method, {})[s.metric] = np.asarray(s.result.scores, dtype=np.float64)
+    return out
 
 
 def _check_lengths(n: int, maps: Mapping[str, Any], **per_image: Sequence[Any] | None) -> None:
@@ -568,13 +587,12 @@ def _header(title: str, n: int, n_methods: int, scores: Sequence[Score], notes: 
 
 def _scores_section(scores: Sequence[Score], timings: Mapping[str, float] | None) -> list[str]:
     """1. The method × metric table: metrics grouped by family, methods ranked, each cell the
-    mean ± half-width of its 95 % interval, the methods whose interval is not beaten marked."""
+    mean ± half-width of its 95 % interval, the methods whose interval is not beaten marked;
+    one table per family when there are more than :data:`MAX_METRICS_PER_TABLE` metrics."""
     methods, metrics, cells = _table(scores)
     groups = group_metrics(scores)
     best = {metric: _best(cells, methods, metric) for metric in metrics}
-    head = "".join(f"<th>{esc(metric)} {_arrow(cells, methods, metric)}</th>" for metric in metrics)
-    time_head = "<th>time (s)</th>" if timings else ""
-    family_head = "".join(f'<th colspan="{len(members)}">{esc(family)}</th>' for family, members in groups)
+    ranked = rank_methods(scores)
     out = [
         '<section id="scores">',
         "<h2>Scores</h2>",
@@ -582,18 +600,15 @@ def _scores_section(scores: Sequence[Score], timings: Mapping[str, float] | None
         "(percentile bootstrap over images, seeded); ↑ higher is better, ↓ lower is better. "
         "Highlighted (★): the methods whose interval no other method's interval beats — "
         "several are marked when the images cannot tell them apart. Metrics are grouped by "
-        "family; methods are ranked by their mean rank over the metrics.</p>",
-        f'<table class="scores"><thead><tr class="families"><th colspan="3"></th>{family_head}'
-        f'{"<th></th>" if timings else ""}</tr>',
-        f"<tr><th>rank</th><th>method</th><th>mean rank</th>{head}{time_head}</tr></thead><tbody>",
+        "family; methods are ranked by their mean rank over all the metrics. Hover a cell for "
+        "its interval and the per-image scores.</p>",
     ]
-    for i, (method, mean_rank) in enumerate(rank_methods(scores), start=1):
-        row = [f"<td>{i}</td>", f"<td>{esc(method)}</td>", f"<td>{_fmt(mean_rank)}</td>"]
-        row += [_score_cell(cells.get((method, metric)), method in best[metric]) for metric in metrics]
-        if timings:
-            row.append(f"<td>{timings[method]:.1f}</td>" if method in timings else "<td>-</td>")
-        out.append("<tr>" + "".join(row) + "</tr>")
-    out.append("</tbody></table>")
+    if len(metrics) <= MAX_METRICS_PER_TABLE:
+        out += _score_table(groups, ranked, cells, best, timings, caption=None)
+    else:
+        for i, (family, members) in enumerate(groups):
+            out += _score_table([(family, members)], ranked, cells, best, timings if i == 0 else None,
+                                caption=family)
     tests = [(metric, _leaders_test(cells, methods, metric)) for metric in metrics]
     tests = [(metric, line) for metric, line in tests if line]
     if tests:
@@ -610,6 +625,40 @@ def _scores_section(scores: Sequence[Score], timings: Mapping[str, float] | None
     return out
 
 
+def _score_table(
+    groups: list[tuple[str, list[str]]],
+    ranked: list[tuple[str, float]],
+    cells: dict[tuple[str, str], Score],
+    best: dict[str, set[str]],
+    timings: Mapping[str, float] | None,
+    caption: str | None,
+) -> list[str]:
+    metrics = [metric for _, members in groups for metric in members]
+    methods = [m for m, _ in ranked]
+    head = "".join(f"<th>{_breakable(metric)} {_arrow(cells, methods, metric)}</th>" for metric in metrics)
+    time_head = "<th>time (s)</th>" if timings else ""
+    family_head = "".join(f'<th colspan="{len(members)}">{esc(family)}</th>' for family, members in groups)
+    families = f'<tr class="families"><th colspan="3"></th>{family_head}{"<th></th>" if timings else ""}</tr>'
+    out = [
+        '<table class="scores">' + (f"<caption>{esc(caption)}</caption>" if caption else ""),
+        f"<thead>{'' if caption else families}",
+        f'<tr><th>rank</th><th class="method">method</th><th>mean rank</th>{head}{time_head}</tr></thead><tbody>',
+    ]
+    for i, (method, mean_rank) in enumerate(ranked, start=1):
+        row = [f"<td>{i}</td>", f'<td class="method">{esc(method)}</td>', f"<td>{_fmt(mean_rank)}</td>"]
+        row += [_score_cell(cells.get((method, metric)), method in best[metric]) for metric in metrics]
+        if timings:
+            row.append(f"<td>{timings[method]:.2f}</td>" if method in timings else "<td>-</td>")
+        out.append("<tr>" + "".join(row) + "</tr>")
+    out.append("</tbody></table>")
+    return out
+
+
+def _breakable(name: str) -> str:
+    """A metric name that may wrap after its underscores (narrow columns)."""
+    return "_<wbr>".join(esc(part) for part in name.split("_"))
+
+
 def _arrow(cells: dict[tuple[str, str], Score], methods: Sequence[str], metric: str) -> str:
     first = next(m for m in methods if (m, metric) in cells)
     return "↑" if cells[first, metric].higher_is_better else "↓"
@@ -621,14 +670,18 @@ def _score_cell(cell: Score | None, best: bool) -> str:
     tip = ""
     if cell.n:
         tip = f"mean {_fmt(cell.mean)}, 95 % CI [{_fmt(cell.low)}, {_fmt(cell.high)}], std {_fmt(cell.std)}, n={cell.n}"
-    text = format_interval(cell.mean, cell.low, cell.high, _fmt)
-    if best:
-        return f'<td class="best" title="{esc(tip)}">{text} ★</td>'
-    return f'<td title="{esc(tip)}">{text}</td>'
+        if cell.result is not None and cell.n <= 64:
+            per_image = ", ".join(_fmt(float(v)) for v in np.asarray(cell.result.scores, dtype=np.float64))
+            tip += f"\nper image: {per_image}"
+    text = _fmt(cell.mean) + (" ★" if best else "")
+    if math.isfinite(cell.mean) and math.isfinite(cell.low) and math.isfinite(cell.high):
+        text += f' <span class="hw">± {_fmt((cell.high - cell.low) / 2.0)}</span>'
+    css = ' class="best"' if best else ""
+    return f'<td{css} title="{esc(tip)}">{text}</td>'
 
 
 def _curves_section(scores: Sequence[Score], colours: Mapping[str, str]) -> list[str]:
-    """2. The mean curve per method of every curve metric (deletion, insertion)."""
+    """2. The mean curve per method of every curve metric (deletion, insertion), with bands."""
     methods, metrics, cells = _table(scores)
     charts = []
     for metric in metrics:
@@ -636,7 +689,7 @@ def _curves_section(scores: Sequence[Score], colours: Mapping[str, str]) -> list
             m: cells[m, metric].result for m in methods
             if (m, metric) in cells and _has_curves(cells[m, metric])
         }
-        chart = _svg_curves(metric, with_curves, colours) if with_curves else ""  # type: ignore[arg-type]
+        chart = curve_chart(metric, with_curves, colours) if with_curves else ""  # type: ignore[arg-type]
         if chart:
             charts.append(chart)
     if not charts:
@@ -644,8 +697,9 @@ def _curves_section(scores: Sequence[Score], colours: Mapping[str, str]) -> list
     return [
         '<section id="curves">',
         "<h2>Curves</h2>",
-        '<p class="muted">Mean model score as pixels are removed (deletion: lower is better) or '
-        "revealed (insertion: higher is better) in the order of each method's map.</p>",
+        '<p class="muted">Mean model output as pixels are removed (deletion: lower is better) or '
+        "inserted (insertion: higher is better) in the order of each method's map; shaded: the "
+        "95 % interval of the mean over the images. Hover a curve for its score.</p>",
         '<div class="charts">' + "".join(charts) + "</div>",
         "</section>",
     ]
@@ -655,79 +709,22 @@ def _has_curves(cell: Score) -> bool:
     return cell.result is not None and cell.result.curves is not None
 
 
-@dataclass(frozen=True)
-class _Gallery:
-    """3. Per image: the input with its caption, and one overlay per method."""
-
-    rgb: np.ndarray
-    names: Sequence[str] | None
-    labels: Sequence[int] | None
-    predictions: Sequence[int] | None
-    class_names: Sequence[str] | None
-
-    def section(self, maps: Mapping[str, Any], max_images: int, alpha: float, cmap: str) -> list[str]:
-        n = len(self.rgb)
-        shown = min(n, int(max_images))
-        out = ['<section id="images">', "<h2>Explanations</h2>"]
-        if shown < n:
-            out.append(f'<p class="muted">Showing the first {shown} of {n} images.</p>')
-        overlays = {
-            method: overlay(self.rgb[:shown], np.asarray(_as_numpy(m))[:shown], alpha=alpha, cmap=cmap,
-                            channels_first=False)
-            for method, m in maps.items()
-        }
-        out.append('<div class="gallery">')
-        out += [self._row(i, overlays) for i in range(shown)]
-        out += ["</div>", "</section>"]
-        return out
-
-    def _row(self, i: int, overlays: Mapping[str, np.ndarray]) -> str:
-        height, width = self.rgb.shape[1:3]
-        alt = self.names[i] if self.names is not None else f"image {i}"
-        figures = [
-            f'<figure class="input">{_img(png_data_uri(self.rgb[i]), str(alt), width, height)}'
-            f"<figcaption>{'<br>'.join(self._caption(i))}</figcaption></figure>"
+def _settings_section(settings: Mapping[str, Any] | None, results: Any, command: str | None) -> list[str]:
+    """4. The command to reproduce, the settings, every parameter as run, the software."""
+    shown = dict(settings or {})
+    if getattr(results, "resolved_params", None):  # the resolved parameters replace the given ones
+        shown = {k: v for k, v in shown.items() if k not in ("methods", "metrics")}
+    out = ['<section id="settings">', "<h2>Settings</h2>"]
+    if command:
+        out += [
+            "<h3>Reproduce</h3>",
+            f'<pre class="command"><code>{esc(command)}</code></pre>',
+            f'<p class="muted">run from {esc(Path.cwd())}</p>',
         ]
-        for method, ov in overlays.items():
-            figures.append(
-                f"<figure>{_img(png_data_uri(ov[i]), f'{method} on {alt}', width, height)}"
-                f"<figcaption>{esc(method)}</figcaption></figure>"
-            )
-        return '<div class="row">' + "".join(figures) + "</div>"
-
-    def _caption(self, i: int) -> list[str]:
-        """The image's name, its label and the model's prediction (red when wrong)."""
-        caption = [f"<strong>{esc(self.names[i])}</strong>" if self.names is not None else f"<strong>#{i}</strong>"]
-        if self.labels is not None:
-            caption.append(f"label: {esc(self._class(self.labels[i]))}")
-        if self.predictions is not None:
-            wrong = self.labels is not None and int(self.predictions[i]) != int(self.labels[i])
-            text = f"predicted: {esc(self._class(self.predictions[i]))}"
-            caption.append(f'<span class="wrong">{text}</span>' if wrong else text)
-        return caption
-
-    def _class(self, index: int) -> str:
-        if self.class_names is not None and 0 <= int(index) < len(self.class_names):
-            return str(self.class_names[int(index)])
-        return str(int(index))
-
-
-def _settings_section(settings: Mapping[str, Any] | None) -> list[str]:
-    """4. The settings and the software versions."""
-    return [
-        '<section id="settings">',
-        "<h2>Settings</h2>",
-        _render_value(dict(settings)) if settings else '<p class="muted">none recorded</p>',
-        "<h2>Software</h2>",
-        _render_value(software_versions()),
-        "</section>",
-    ]
-
-
-def _as_numpy(x: Any) -> np.ndarray:
-    from .plot import to_numpy
-
-    return to_numpy(x)
+    out.append(_render_value(shown) if shown else '<p class="muted">none recorded</p>')
+    out += _parameters_section(results)
+    out += ["<h2>Software</h2>", _render_value(software_versions()), "</section>"]
+    return out
 
 
 def write_report(path: str | Path, **kwargs: Any) -> Path:
