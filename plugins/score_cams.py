@@ -49,11 +49,11 @@ class PairStreamCAM(CAMMethod):
             return parts
         joined: dict[str, Any] = {"x": x, "targets": targets}
         for field in dataclasses.fields(parts[0]):
-            value = getattr(parts[0], field.name)
-            if field.name not in joined:  # tensors of every chunk, one row per image
-                joined[field.name] = ep.concatenate([getattr(p, field.name) for p in parts], axis=0) if isinstance(
-                    value, ep.Tensor
-                ) else value
+            if field.name in joined:
+                continue
+            values = [getattr(part, field.name) for part in parts]
+            per_image = isinstance(values[0], ep.Tensor)  # the layer name and None are shared
+            joined[field.name] = ep.concatenate(values, axis=0) if per_image else values[0]
         return [type(parts[0])(**joined)]
 
     def passes_per_image(self) -> int | None:
