@@ -465,7 +465,8 @@ def token_layers(
     records: list[tuple[str, tuple[int, ...]]], size: tuple[int, int], norms: set[str] | frozenset[str] = frozenset()
 ) -> list[tuple[str, int]]:
     """``(name, prefix)`` of the token layers of a transformer: the records after the last
-    rank-4 output whose output ``(N, tokens, C)`` is a patch grid of images of ``size`` (see
+    feature map of the image (a rank-4 output whose grid tiles it: a patch embedding, not an
+    attention tensor) whose output ``(N, tokens, C)`` is a patch grid of images of ``size`` (see
     :func:`token_grid`), the normalisation layers among them (names in ``norms``) only when
     there are any. Empty for convolutional networks.
 
@@ -479,7 +480,7 @@ def token_layers(
         >>> token_layers([("patch", (1, 8, 4, 4)), ("norm1", (1, 17, 8)), ("fc", (1, 10))], (16, 16), {"norm1"})
         [('norm1', 1)]
     """
-    last_spatial = max((i for i, (_, shape) in enumerate(records) if len(shape) == 4), default=-1)
+    last_spatial = max((i for i, (_, shape) in enumerate(records) if _tiles(shape, size)), default=-1)
     found = []
     for name, shape in records[last_spatial + 1 :]:
         grid = token_grid(int(shape[1]), size) if len(shape) == 3 else None
@@ -487,6 +488,17 @@ def token_layers(
             found.append((name, grid[0]))
     normalised = [(name, prefix) for name, prefix in found if name in norms]
     return normalised or found
+
+
+def _tiles(shape: tuple[int, ...], size: tuple[int, int]) -> bool:
+    """Whether a rank-4 output is a feature map of the image (channels first or last): a grid
+    of square cells tiling it, so attention tensors ``(N, tokens, heads, d)`` are not."""
+    if len(shape) != 4:
+        return False
+    for h, w in ((shape[2], shape[3]), (shape[1], shape[2])):
+        if h and w and size[0] % h == 0 and size[1] % w == 0 and size[0] // h == size[1] // w:
+            return True
+    return False
 
 
 def last_informative(candidates: list[tuple[str, int]], patch_gradients: dict[str, float]) -> str:

@@ -230,6 +230,21 @@ def _check_one_input(model: Any) -> None:
         )
 
 
+def _walk_all(layer: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """:func:`_walk`, also into the sublayers of custom layers (a keras_hub encoder's blocks and
+    their normalisations): every layer whose ``call`` can be captured, ``"outer/inner"``."""
+    children = getattr(layer, "layers", None)
+    if children is None:
+        flatten = getattr(layer, "_flatten_layers", None)
+        children = list(flatten(include_self=False, recursive=False)) if callable(flatten) else []
+    for child in children or []:
+        if isinstance(child, keras.layers.InputLayer):
+            continue
+        qualified = f"{prefix}{child.name}"
+        yield qualified, child
+        yield from _walk_all(child, qualified + "/")
+
+
 def _walk(layer: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """``(qualified name, layer)`` for every layer below ``layer``, depth first, model order."""
     for child in getattr(layer, "layers", []) or []:
@@ -556,7 +571,11 @@ class KerasAdapter(ModelAdapter):
         return list(_walk(self.model))
 
     def _layer(self, layer: str) -> Any:
-        return dict(self._named_layers())[self.resolve_layer(layer)]
+        return dict(self._all_layers())[self.resolve_layer(layer)]
+
+    def _all_layers(self) -> list[tuple[str, Any]]:
+        """Every capturable layer: nested models' layers and custom layers' sublayers."""
+        return list(_walk_all(self.model))
 
     def layer_activations_pass(
         self, x: ep.Tensor, layer: str, score_of: ScoreOf | None
@@ -608,7 +627,7 @@ class KerasAdapter(ModelAdapter):
         return ep.astensor(outputs)
 
     def layer_names(self) -> list[str]:
-        return [name for name, _ in self._named_layers()]
+        return [name for name, _ in self._all_layers()]
 
     # -- weights -------------------------------------------------------------------------
     def weight_layers(self) -> list[str]:
@@ -655,7 +674,7 @@ class KerasAdapter(ModelAdapter):
         key = tuple(x.shape[1:])
         if key not in self._default_layers:
             records: list[tuple[str, tuple[int, ...]]] = []
-            leaves = [(n, obj) for n, obj in self._named_layers() if not getattr(obj, "layers", None)]
+            leaves = [(n, obj) for n, obj in self._all_layers() if not getattr(obj, "layers", None)]
             patches = []
             owner = threading.get_ident()
             for name, obj in leaves:
@@ -691,7 +710,7 @@ class KerasAdapter(ModelAdapter):
     def _informative(self, x: ep.Tensor, candidates: list[tuple[str, int]]) -> str:
         """The last token layer whose patch tokens the outputs depend on: one eager pass on one
         input under a tape, the gradient of the outputs' sum taken at every candidate."""
-        layers = dict(self._named_layers())
+        layers = dict(self._all_layers())
         captured: dict[str, Any] = {}
         owner = threading.get_ident()
         with tf.GradientTape(watch_accessed_variables=False, persistent=False) as tape:
