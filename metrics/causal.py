@@ -84,6 +84,25 @@ class _CausalMetric(xt.Metric):
         # floor(i · total / steps): Xplique's truncated linspace, in exact integer arithmetic.
         return (np.arange(self.steps + 1, dtype=np.int64) * total) // self.steps
 
+    def check_call(self, x: ep.Tensor) -> None:
+        # Up front: one pass per point of each curve, and the curves (N, points) as float64,
+        # counted without building them.
+        n = int(x.shape[0])
+        points = self.curve_points(int(np.prod(self.explanation_shape(x)[1:])))
+        xe.check_workload(
+            self.name,
+            model_inputs=points * n,
+            held_bytes=3 * points * n * 8,
+            cause=f"{points:,} points per curve × {n} input(s)",
+        )
+
+    def curve_points(self, n_positions: int) -> int:
+        """Points of each curve for inputs of ``n_positions`` positions (``len(perturbed_counts)``)."""
+        if self.step_pixels is None:
+            return self.steps + 1
+        total = int(np.floor(n_positions * self.max_percentage_perturbed))
+        return max(1, -(-total // self.step_pixels)) + 1
+
     def _substrate(self, x: ep.Tensor) -> ep.Tensor | float:
         if not isinstance(self.baseline, str):
             return self.baseline
@@ -100,7 +119,8 @@ class _CausalMetric(xt.Metric):
     ) -> xt.MetricResult:
         assert maps is not None
         n = x.shape[0]
-        ranks_np = descending_ranks(maps.numpy())
+        maps_np = maps.numpy()
+        ranks_np = descending_ranks(maps_np)
         counts = self.perturbed_counts(int(np.prod(ranks_np.shape[1:])))
         ranks = self.adapter.from_numpy(x, ranks_np.astype(np.float32))  # exact below 2**24 positions
         substrate = self._substrate(x)
@@ -109,11 +129,17 @@ class _CausalMetric(xt.Metric):
             self.adapter, targets, n, len(counts), build, batch_size=self.batch_size,
             activation=self.activation, progress_bar=self.progress, desc=self.name,
         )
+        # A constant map ranks nothing: its curve would only follow the row-major tie-break.
+        flat = maps_np.reshape(n, -1)
+        constant = flat.max(axis=1) == flat.min(axis=1)
+        curves[constant] = np.nan
+        reason = {"undefined_reason": "constant explanation maps rank no position"} if constant.any() else {}
         return self.make_result(
             trapezoid_auc(curves),
             curves=curves,
             perturbed=counts,
             fractions=counts / max(1, int(np.prod(ranks_np.shape[1:]))),
+            **reason,
         )
 
     def _builder(
@@ -160,6 +186,9 @@ class Deletion(_CausalMetric):
 
     The result holds per-input AUCs (``scores``), the curves ``(N, points)`` and, in
     ``details``, the number (``perturbed``) and share (``fractions``) of replaced positions.
+    A constant explanation ranks no position: its score and curve are NaN (left out of the
+    mean, with an :class:`~xai_toolbox.errors.UndefinedScoreWarning`), as are those of an
+    input on which the model returned NaN.
 
     Example:
         >>> result = xt.Deletion(model, activation="softmax")(images, labels, maps)

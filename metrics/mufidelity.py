@@ -35,7 +35,9 @@ from xai_toolbox.extend import (
 
 
 def rowwise_correlation(a: np.ndarray, b: np.ndarray, kind: str = "pearson") -> np.ndarray:
-    """Correlation between the rows of ``a`` and ``b`` ``(N, S)``; undefined (constant row) → 0.
+    """Correlation between the rows of ``a`` and ``b`` ``(N, S)``; a constant row → 0 (no
+    variation to correlate: Xplique's and Quantus' convention); a row holding NaN or an
+    infinity (a model that returned NaN) → NaN, left out of the mean.
 
     Example:
         >>> rowwise_correlation(np.array([[1.0, 2, 3]]), np.array([[2.0, 4, 7]]), "spearman")
@@ -43,6 +45,7 @@ def rowwise_correlation(a: np.ndarray, b: np.ndarray, kind: str = "pearson") -> 
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
+    broken = ~(np.isfinite(a).all(axis=1) & np.isfinite(b).all(axis=1))
     if kind == "spearman":
         a, b = rankdata(a, axis=1), rankdata(b, axis=1)  # average ranks for ties, as scipy's spearmanr
     a = a - a.mean(axis=1, keepdims=True)
@@ -50,7 +53,8 @@ def rowwise_correlation(a: np.ndarray, b: np.ndarray, kind: str = "pearson") -> 
     denom = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
         corr = (a * b).sum(axis=1) / denom
-    return np.where(np.isfinite(corr), np.clip(corr, -1.0, 1.0), 0.0)
+    corr = np.where(np.isfinite(corr), np.clip(corr, -1.0, 1.0), 0.0)
+    return np.where(broken, np.nan, corr)
 
 
 class MuFidelity(xt.Metric):
@@ -70,7 +74,8 @@ class MuFidelity(xt.Metric):
         seed: seed of the NumPy generator that draws the subsets.
 
     Per-input correlations are ``scores``; ``details`` hold the subsets' ``attributions`` and
-    ``drops`` ``(N, nb_samples)``. An undefined correlation (constant drops) counts as 0.
+    ``drops`` ``(N, nb_samples)``. An undefined correlation (constant drops) counts as 0; an
+    input whose drops are NaN (the model returned NaN) scores NaN, left out of the mean.
 
     Example:
         >>> result = xt.MuFidelity(model, nb_samples=100, seed=0)(images, labels, maps)
@@ -103,6 +108,19 @@ class MuFidelity(xt.Metric):
         self.correlation = xe.one_of("correlation", correlation, ("pearson", "spearman"))
         self.activation = xe.activation("activation", activation)
         self.seed = seed
+
+    def check_call(self, x: ep.Tensor) -> None:
+        # Up front: nb_samples + 1 passes per input, and the subsets drawn at once (float64
+        # uniforms and their float32 keep mask, per cell) with their (N, nb_samples) results.
+        positions = self.explanation_shape(x)[1:]
+        cells = int(np.prod(positions if x.ndim == 2 or self.grid_size is None else (self.grid_size,) * len(positions)))
+        n = int(x.shape[0])
+        xe.check_workload(
+            self.name,
+            model_inputs=(self.nb_samples + 1) * n,
+            held_bytes=self.nb_samples * cells * 12 + 3 * n * self.nb_samples * 8,
+            cause=f"nb_samples={self.nb_samples} subsets of {cells} cells, {n} input(s)",
+        )
 
     def draw_keep(self, positions: tuple[int, ...], tabular: bool) -> np.ndarray:
         """The kept cells ``(nb_samples, *grid)`` as 0/1 float32, at grid resolution."""

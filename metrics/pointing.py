@@ -89,7 +89,7 @@ class PointingGame(_MaskMetric):
     ) -> xt.MetricResult:
         assert maps is not None and masks is not None
         hits, points = pointing_hits(maps.numpy(), masks.numpy(), self.tolerance)
-        details: dict[str, Any] = {"points": points}
+        details: dict[str, Any] = {"points": points, **_empty_masks_reason(hits)}
         if targets.labels is not None:
             details["class_accuracy"] = {
                 int(c): float(np.nanmean(hits[targets.labels == c]))
@@ -99,12 +99,22 @@ class PointingGame(_MaskMetric):
         return self.make_result(hits, **details)
 
 
+def _empty_masks_reason(scores: np.ndarray) -> dict[str, str]:
+    """The reason given with NaN scores: empty masks (no position above 0.5)."""
+    if np.isnan(scores).any():
+        return {"undefined_reason": "empty masks (no position above 0.5) leave the game undefined"}
+    return {}
+
+
 class EnergyPointingGame(_MaskMetric):
     """Energy-based pointing game (Wang et al., Score-CAM, 2020): the share of the explanation's
     positive mass that lies inside the ground-truth mask, ``Σ_mask S⁺ / Σ S⁺`` — higher is better.
 
     Negative values are clipped to 0 (CAMs are non-negative already; for signed maps only the
-    evidence for the class counts). A map with no positive mass scores 0.
+    evidence for the class counts). A map with no positive mass scores 0. An empty mask (no
+    position above 0.5) leaves the game undefined: NaN, left out of the mean, as in the
+    pointing game. The share is scale-free, so each map is divided by its maximum first: maps
+    with values near the float32 limit cannot overflow the sums.
 
     Example:
         >>> xt.EnergyPointingGame(model)(images, labels, maps, masks=boxes).mean
@@ -118,10 +128,15 @@ class EnergyPointingGame(_MaskMetric):
     ) -> xt.MetricResult:
         assert maps is not None and masks is not None
         positive = maps.maximum(0.0).reshape((maps.shape[0], -1))
-        inside = (positive * (masks.reshape((masks.shape[0], -1)) > 0.5).astype(positive.dtype)).sum(axis=1)
+        peak = positive.max(axis=1, keepdims=True)
+        positive = positive / ep.where(peak > 0, peak, ep.ones_like(peak))  # sums now <= positions
+        inside_mask = (masks.reshape((masks.shape[0], -1)) > 0.5).astype(positive.dtype)
+        inside = (positive * inside_mask).sum(axis=1)
         total = positive.sum(axis=1)
         share = ep.where(total > 0, inside / ep.where(total > 0, total, ep.ones_like(total)), ep.zeros_like(total))
-        return self.make_result(share)
+        scores = share.numpy().astype(np.float64)
+        scores[inside_mask.sum(axis=1).numpy() == 0] = np.nan
+        return self.make_result(scores, **_empty_masks_reason(scores))
 
 
 @xt.hookimpl

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import eagerpy as ep
 import numpy as np
@@ -63,19 +63,50 @@ class Chunk:
             pos = end
 
 
-def chunks(n_items: int, n_per_item: int, batch_size: int) -> list[Chunk]:
+class _Chunks(Sequence[Chunk]):
+    """The chunks of :func:`chunks`, made when asked for: a call with millions of model inputs
+    holds no list of millions of chunk objects before its first pass."""
+
+    def __init__(self, total: int, n_per_item: int, batch_size: int) -> None:
+        self.total, self.n_per_item, self.batch_size = total, n_per_item, batch_size
+
+    def __len__(self) -> int:
+        return -(-self.total // self.batch_size)
+
+    @overload
+    def __getitem__(self, index: int) -> Chunk: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Chunk]: ...
+    def __getitem__(self, index: int | slice) -> Chunk | list[Chunk]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"chunk {index} of {len(self)}")
+        start = index * self.batch_size
+        return Chunk(start, min(start + self.batch_size, self.total), self.n_per_item)
+
+    def __iter__(self) -> Iterator[Chunk]:
+        for start in range(0, self.total, self.batch_size):
+            yield Chunk(start, min(start + self.batch_size, self.total), self.n_per_item)
+
+    def __repr__(self) -> str:
+        return f"chunks({self.total} pairs, batch_size={self.batch_size})"
+
+
+def chunks(n_items: int, n_per_item: int, batch_size: int) -> Sequence[Chunk]:
     """The ``n_items × n_per_item`` (item, sample) pairs cut into chunks of ``batch_size``,
     across item boundaries (every forward pass is full).
+
+    A sequence (``len``, indexing, iteration) whose chunks are made when asked for, so its
+    memory does not grow with the number of pairs.
 
     Example:
         >>> [(c.start, c.stop) for c in chunks(2, 3, batch_size=4)]
         [(0, 4), (4, 6)]
     """
-    total = n_items * n_per_item
-    return [
-        Chunk(start, min(start + batch_size, total), n_per_item)
-        for start in range(0, total, batch_size)
-    ]
+    return _Chunks(n_items * n_per_item, n_per_item, batch_size)
 
 
 class ItemSums:

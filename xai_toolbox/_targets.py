@@ -78,7 +78,17 @@ class Targets:
             raise ScoreFunctionError(
                 f"score_fn must return a tensor of shape ({outputs.shape[0]},), got {type(value).__name__}"
             )
-        scores = ep.astensor(value)
+        try:
+            scores = ep.astensor(value)
+        except ValueError:  # not a tensor of any framework EagerPy knows
+            scores = None
+        if type(scores) is not type(outputs):  # e.g. NumPy: no gradient could flow through it
+            raise ScoreFunctionError(
+                f"score_fn returned a {type(value).__module__}.{type(value).__name__}; it must return "
+                f"a tensor of the model's framework, like the outputs it is given "
+                f"({type(outputs.raw).__module__}.{type(outputs.raw).__name__}), computed with that "
+                "framework's operations so gradients can flow through it"
+            )
         if tuple(scores.shape) != (outputs.shape[0],):
             raise ScoreFunctionError(
                 f"score_fn must return one score per input, shape ({outputs.shape[0]},); "
@@ -213,6 +223,8 @@ def resolve_targets(
     array = _to_numpy(targets)
     if array.ndim == 0:
         array = np.full(n, array.item())
+    if array.dtype.kind == "O" and array.ndim == 1:
+        array = _python_ints(array, adapter, x)  # 10**30 is an index out of range, not an object
     _check_target_dtype(array, targets)
     if array.ndim == 1:
         integral = np.issubdtype(array.dtype, np.integer) or (
@@ -252,6 +264,21 @@ def resolve_targets(
     raise TargetError(
         f"targets must be None, an int, indices (N,) or weights (N, K); got shape {array.shape}"
     )
+
+
+def _python_ints(array: np.ndarray, adapter: ModelAdapter, x: ep.Tensor) -> np.ndarray:
+    """Class indices given as Python ints too large for int64 (NumPy keeps them as objects):
+    checked against the output width exactly, so the error names the index as given."""
+    if not all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in array):
+        return array
+    width = _output_width(adapter, x)
+    for value in array:
+        if not 0 <= value < width:
+            raise TargetError(
+                f"target index {value} is out of range for a model with {width} outputs; "
+                f"valid indices are 0..{width - 1}"
+            )
+    return array.astype(np.int64)
 
 
 def _length(targets: Any) -> int | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -21,10 +22,25 @@ import numpy as np
 
 from . import _precision
 from . import _validation as v
+from ._budget import check_workload
 from ._targets import ScoreFn, Targets, resolve_targets
 from .backends import ModelAdapter, adapt
-from .backends.adapter import OutputSelector, memory_scope, output_selector, to_numpy
-from .errors import ParameterError, PluginError, UnsupportedModelError, XaiToolboxError
+from .backends.adapter import (
+    OutputSelector,
+    memory_scope,
+    model_non_finite,
+    output_selector,
+    to_numpy,
+)
+from .errors import (
+    NonFiniteOutputError,
+    ParameterError,
+    PluginError,
+    UndefinedScoreWarning,
+    UnsupportedModelError,
+    XaiToolboxError,
+)
+from .ops import constants_scope
 
 #: The keyword arguments every method and metric takes (declared once, in the base classes).
 STANDARD_PARAMS = ("batch_size", "score_fn", "progress", "framework", "output")
@@ -182,7 +198,6 @@ class _Configurable:
         """Reject inputs of a kind this object does not explain (see ``input_kinds``), before
         any model call. Metrics accept every kind; methods check theirs."""
 
-
     def explanation_shape(self, x: ep.Tensor) -> tuple[int, ...]:
         """The shape of the explanations of ``x``: ``(N, H, W)`` for images whatever the
         layout, ``(N, T)`` for series, ``(N, F)`` for tabular rows."""
@@ -286,16 +301,49 @@ class AttributionMethod(_Configurable, ABC):
         adapter = self.adapter
         self._check_capabilities(adapter)
         inputs, x = self._prepare(inputs)
-        with adapter.preserved(), memory_scope():
+        self.check_workload(tuple(x.shape))
+        with adapter.preserved(), memory_scope(), constants_scope():
             resolved = resolve_targets(adapter, x, targets, self.score_fn, self.batch_size)
             out = self._run_plugin("method", self.explain_batch, x, resolved)
-        explanation = out if isinstance(out, Explanation) else Explanation(out)
-        self._check_result(explanation.maps, x)
+            explanation = out if isinstance(out, Explanation) else Explanation(out)
+            self._check_result(explanation.maps, x)  # in the call's scope: it knows the model's passes
         extras = {
             key: adapter.restore(value, inputs) if isinstance(value, ep.Tensor) else value
             for key, value in explanation.extras.items()
         }
         return adapter.restore(explanation.maps.float32(), inputs), extras
+
+    def check_workload(self, shape: tuple[int, ...]) -> None:
+        """Refuse a call on inputs of ``shape`` whose model passes or memory exceed what the
+        machine has, before any pass: ``passes_per_image()`` model inputs per input, and one
+        pass's inputs (``batch_size`` of them, float32) held at once. Calling the method runs
+        it; the command line runs it before loading the model.
+
+        Raises:
+            WorkloadError: with the numbers (see :func:`xai_toolbox.extend.check_workload`).
+
+        Example:
+            >>> xt.Rise(None, nb_samples=10**9).check_workload((8, 3, 224, 224))
+            Traceback (most recent call last):
+            WorkloadError: rise: this call would run the model on 8,000,000,000 inputs ...
+        """
+        passes = self.passes_per_image()
+        if not passes:
+            return
+        n = int(shape[0])
+        per_input = int(np.prod(shape[1:])) * 4  # float32
+        total = int(passes) * n
+        counts = ", ".join(
+            f"{k}={val}" for k, val in self.get_params().items()
+            if isinstance(val, int) and not isinstance(val, bool) and k != "batch_size"
+        )
+        check_workload(
+            self._plugin_name(),
+            model_inputs=total,
+            held_bytes=min(self.batch_size, total) * per_input,
+            cause=f"{passes:,} passes per input × {n} input(s) of {per_input:,} bytes, "
+            f"batch_size={self.batch_size}" + (f"; {counts}" if counts else ""),
+        )
 
     def check_input_kind(self, x: ep.Tensor) -> None:
         """An :class:`~xai_toolbox.errors.InputError` naming the kind of ``x`` (rank 2 tabular,
@@ -345,6 +393,14 @@ class AttributionMethod(_Configurable, ABC):
                 f"expected the inputs' device {x.raw.device}"
             )
         if v.is_floating(maps.raw) and v.has_non_finite(maps):
+            passes = model_non_finite()
+            if passes:  # the model's fault, not the method's
+                raise NonFiniteOutputError(
+                    f"the {self.adapter.display_name} model ({type(self.model).__name__}) returned NaN "
+                    f"or infinite values in its {' and '.join(passes)} on finite inputs, so {name!r} "
+                    "cannot explain it; check the model (a log or a division by zero, an overflow "
+                    "in float16)"
+                )
             raise PluginError(f"method {name!r} returned NaN or infinite values")
 
 
@@ -470,11 +526,35 @@ class Metric(_Configurable, ABC):
         given = self.needs_explanations or explanations is not None
         maps = self._prepare_explanations(x, explanations) if given else None
         mask_t = self._prepare_masks(x, masks)
-        with adapter.preserved(), memory_scope():
+        with adapter.preserved(), memory_scope(), constants_scope():
             resolved = resolve_targets(adapter, x, targets, self.score_fn, self.batch_size)
             result = self._run_plugin("metric", self.score_batch, x, resolved, maps, mask_t)
-        self._check_result(result, x.shape[0])
+            self._check_result(result, x.shape[0])
+            self._warn_undefined(result)
         return result
+
+    def _warn_undefined(self, result: MetricResult) -> None:
+        """One :class:`~xai_toolbox.errors.UndefinedScoreWarning` when some scores are NaN,
+        saying why where it is known (the model's NaN outputs, the metric's reason)."""
+        scores = np.asarray(result.scores, dtype=np.float64)
+        undefined = int(np.count_nonzero(np.isnan(scores)))
+        if not undefined:
+            return
+        reasons = []
+        passes = model_non_finite()
+        if passes:
+            reasons.append(f"the model returned NaN or infinite values in its {' and '.join(passes)}")
+        reason = result.details.get("undefined_reason")
+        if reason:
+            reasons.append(str(reason))
+        warnings.warn(
+            UndefinedScoreWarning(
+                f"metric {self._plugin_name()!r}: {undefined} of {len(scores)} scores are undefined "
+                "(NaN) and left out of the mean and its interval"
+                + (f": {'; '.join(reasons)}" if reasons else "")
+            ),
+            stacklevel=3,
+        )
 
     def _check_result(self, result: Any, n: int) -> None:
         name = self._plugin_name()
@@ -570,7 +650,17 @@ class Metric(_Configurable, ABC):
             raise v.ExplanationShapeError(
                 f"masks must be booleans or numbers 0/1, got dtype {v.dtype_name(masks)}"
             )
-        mask_t = self.adapter.to_model(np.asarray(to_numpy(masks), dtype=np.float32))
+        values = np.asarray(to_numpy(masks), dtype=np.float32)
+        soft = (values > 0) & (values < 1)
+        if soft.any():  # ambiguous: say how it is read instead of guessing silently
+            warnings.warn(
+                f"metric {self._plugin_name()!r}: the masks hold values strictly between 0 and 1 "
+                f"(e.g. {float(values[soft][0]):g}); a position counts as inside when its value is "
+                "above 0.5 — threshold soft masks yourself to choose otherwise",
+                UserWarning,
+                stacklevel=4,
+            )
+        mask_t = self.adapter.to_model(values)
         v.check_finite(mask_t, "masks")
         return mask_t
 

@@ -53,6 +53,11 @@ class UnsupportedModelError(XaiToolboxError, TypeError):
     """No backend adapter accepts the model, or it cannot do what the method needs."""
 
 
+class WorkloadError(ParameterError):
+    """A call would need more model passes or memory than the machine can give (checked before
+    the first pass, with the numbers in the message)."""
+
+
 class ModelLoadError(UnsupportedModelError):
     """The model file or factory could not be loaded (or loading it would be unsafe)."""
 
@@ -67,6 +72,16 @@ class ModelError(XaiToolboxError, RuntimeError):
     The model's own exception is chained as ``__cause__``. Out-of-memory errors are never
     wrapped: they keep the framework's type so callers can catch them.
     """
+
+
+class NonFiniteOutputError(ModelError):
+    """The model returned NaN or infinite values on finite inputs (outputs or gradients), so
+    the method's result is undefined: a fault of the model, not of the method."""
+
+
+class UndefinedScoreWarning(UserWarning):
+    """Some per-input metric scores are undefined (NaN) and left out of the mean: an empty
+    mask, a constant explanation, a model that returned NaN. (A warning: not in ``__all__``.)"""
 
 
 class OutOfMemoryWarning(UserWarning):
@@ -94,10 +109,12 @@ __all__ = [
     "ScoreFunctionError",
     "ExplanationShapeError",
     "ParameterError",
+    "WorkloadError",
     "LayerError",
     "UnsupportedModelError",
     "ModelLoadError",
     "PluginError",
     "ModelError",
+    "NonFiniteOutputError",
     "UnknownNameError",
 ]

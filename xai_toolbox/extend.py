@@ -36,6 +36,8 @@ What is here, by purpose:
   :func:`positive_int`, :func:`non_negative_int`, :func:`flag`, :func:`number`,
   :func:`in_range`, :func:`one_of`, :func:`power_of_two`, :func:`seed`, :func:`activation`,
   :func:`layer_name`, :func:`explanation_shape`, :func:`has_non_finite`.
+* **Workload** (refuse a call the machine cannot run, before any pass): :func:`check_workload`
+  (raises :class:`~xai_toolbox.errors.WorkloadError` with the numbers), :func:`available_memory`.
 * **Adapters** (a new framework): :class:`ModelAdapter` (the contract), :class:`Framework`,
   :func:`rows` / :func:`current_rows` (out-of-memory row windows), :func:`memory_scope`,
   :func:`to_numpy`, :func:`float32_array`, :func:`as_type_of`, :func:`pick_default_layer`,
@@ -69,6 +71,7 @@ Example:
 
 from __future__ import annotations
 
+from ._budget import available_memory, check_workload
 from ._cam import CAMMethod, LayerCapture, input_size
 from ._noise import DeviceNoise, HostNoise, noise_source
 from ._perturbation import (
@@ -219,6 +222,7 @@ __all__ = [
     "activation",
     "adapt",
     "as_type_of",
+    "available_memory",
     "batched_forward",
     "batched_scores",
     "box_blur",
@@ -226,6 +230,7 @@ __all__ = [
     "cell_geometry",
     "channels_first",
     "check_grid",
+    "check_workload",
     "chunks",
     "current_rows",
     "describe_output",

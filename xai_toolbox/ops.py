@@ -12,8 +12,12 @@ bicubic with Keys' ``a = -0.5`` (TensorFlow's and PIL's choice).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Literal
 
 import eagerpy as ep
@@ -82,28 +86,94 @@ def box_matrix(n: int, size: int) -> np.ndarray:
     return m.astype(np.float32)
 
 
-_device_cache: dict[tuple[object, ...], ep.Tensor] = {}
+#: Bytes of device constants kept between calls, all devices together: resize matrices, RISE's
+#: crop tables, ... A constant larger than a quarter of it is held for its call only.
+DEVICE_CACHE_BYTES = 16 * 2**20
+_DEVICE_CACHE_ENTRIES = 512
+
+# Kept between calls: least recently used first, bounded by bytes and by entries.
+_device_cache: OrderedDict[tuple[object, ...], ep.Tensor] = OrderedDict()
+_device_cache_sizes: dict[tuple[object, ...], int] = {}
 _cache_lock = threading.Lock()
+# Held for the current method or metric call (see constants_scope), whatever their size.
+_call_constants: ContextVar[dict[tuple[object, ...], ep.Tensor] | None] = ContextVar(
+    "xai_toolbox_constants", default=None
+)
+
+
+@contextlib.contextmanager
+def constants_scope() -> Iterator[None]:
+    """Scope of one method or metric call for :func:`on_device`: the constants uploaded inside
+    are held until the scope ends (every chunk reuses them), then only those that fit the
+    bounded cache kept between calls (:data:`DEVICE_CACHE_BYTES`) stay on the device. The base
+    classes open it around every call; nested scopes share the outer one.
+
+    Example:
+        >>> with constants_scope():
+        ...     table = on_device(x, ("my-table", h), build_table(h))    # held for the scope
+    """
+    if _call_constants.get() is not None:
+        yield
+        return
+    token = _call_constants.set({})
+    try:
+        yield
+    finally:
+        _call_constants.reset(token)
+
+
+def device_cache_bytes() -> int:
+    """Bytes held by the device constants kept between calls (at most :data:`DEVICE_CACHE_BYTES`).
+
+    Example:
+        >>> device_cache_bytes() <= DEVICE_CACHE_BYTES
+        True
+    """
+    with _cache_lock:
+        return sum(_device_cache_sizes.values())
 
 
 def on_device(like: ep.Tensor, key: tuple[object, ...], array: np.ndarray) -> ep.Tensor:
     """``array`` as a tensor beside ``like``, cached so hot loops never copy it again.
 
-    ``key`` must identify ``array``'s content (it is not hashed).
+    ``key`` must identify ``array``'s content (it is not hashed). Inside a method or metric
+    call the constant is held until the call ends; between calls the cache is bounded by
+    :data:`DEVICE_CACHE_BYTES` (least recently used constants go first), so calls over many
+    image sizes cannot pile up device memory.
 
     Example:
         >>> table = on_device(x, ("my-method-table", h, w), build_table(h, w))
     """
     device = getattr(like.raw, "device", None)
     full = (type(like).__name__, str(device), *key)
-    cached = _device_cache.get(full)
+    held = _call_constants.get()
+    if held is not None and full in held:
+        return held[full]
+    with _cache_lock:
+        cached = _device_cache.get(full)
+        if cached is not None:
+            _device_cache.move_to_end(full)
     if cached is None:
         cached = ep.from_numpy(like, array)
-        with _cache_lock:
-            if len(_device_cache) > 512:  # bounded: long runs over many sizes cannot grow it
-                _device_cache.clear()
-            _device_cache[full] = cached
+        _keep(full, cached, int(array.nbytes))
+    if held is not None:
+        held[full] = cached
     return cached
+
+
+def _keep(key: tuple[object, ...], tensor: ep.Tensor, nbytes: int) -> None:
+    """Put ``tensor`` in the cache kept between calls, evicting the least recently used."""
+    if nbytes > DEVICE_CACHE_BYTES // 4:
+        return
+    with _cache_lock:
+        if key in _device_cache:
+            return
+        _device_cache[key] = tensor
+        _device_cache_sizes[key] = nbytes
+        total = sum(_device_cache_sizes.values())
+        while _device_cache and (total > DEVICE_CACHE_BYTES or len(_device_cache) > _DEVICE_CACHE_ENTRIES):
+            oldest, _ = _device_cache.popitem(last=False)
+            total -= _device_cache_sizes.pop(oldest)
 
 
 def matmul(a: ep.Tensor, b: ep.Tensor) -> ep.Tensor:

@@ -89,6 +89,9 @@ class _MemoryState:
 
     limits: dict[str, int] = field(default_factory=dict)
     warned: bool = False
+    #: Per kind of model value ("outputs", "gradients"): a device scalar that is 0 while every
+    #: value seen was finite and NaN after the first NaN or infinity (read only on failure).
+    non_finite: dict[str, Any] = field(default_factory=dict)
 
 
 _memory: ContextVar[_MemoryState | None] = ContextVar("xai_toolbox_memory", default=None)
@@ -112,6 +115,39 @@ def memory_scope() -> Iterator[None]:
         yield
     finally:
         _memory.reset(token)
+
+
+def _note_values(kind: str, *values: Any) -> None:
+    """Remember, on the device and without a host read, whether the model's ``values`` of one
+    pass held a NaN or an infinity (``0 · v`` is NaN exactly then), for :func:`model_non_finite`."""
+    state = _memory.get()
+    if state is None:
+        return
+    for t in values:
+        if t is None or "float" not in str(getattr(t, "dtype", "")):
+            continue
+        probe = (t * 0).sum().float32()
+        seen = state.non_finite.get(kind)
+        state.non_finite[kind] = probe if seen is None else seen + probe
+
+
+def model_non_finite() -> list[str]:
+    """The kinds of model values (``"outputs"``, ``"gradients"``) that held NaN or infinite
+    values in the passes of the current method or metric call (see :func:`memory_scope`).
+
+    The base classes ask when a result is not finite, to tell a model that returned NaN from a
+    plugin that made one. One host read per kind, only when asked.
+
+    Example:
+        >>> with memory_scope():
+        ...     adapter.forward(x)
+        ...     model_non_finite()
+        []
+    """
+    state = _memory.get()
+    if state is None:
+        return []
+    return [kind for kind, seen in state.non_finite.items() if not math.isfinite(float(seen.item()))]
 
 
 def current_rows() -> tuple[int, int, int] | None:
@@ -776,6 +812,7 @@ class ModelAdapter(ABC):
         Retried on halves of ``x`` if the framework runs out of memory.
         """
         (outputs,) = self._split_on_oom("forward", x, lambda part: (self.forward_pass(part),))
+        _note_values("outputs", outputs)
         return outputs
 
     def value_and_grad(
@@ -790,6 +827,7 @@ class ModelAdapter(ABC):
         receive a gradient.
         """
         values, grads = self._split_on_oom("gradient", x, lambda part: self.value_and_grad_pass(fn, part))
+        _note_values("gradients", grads)  # values are fn's (a score_fn's), not only the model's
         return values, grads
 
     def weighted_value_and_grad(self, x: ep.Tensor, weights: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor]:
@@ -801,9 +839,12 @@ class ModelAdapter(ABC):
         the forward and the backward pass together, once per input shape (the Keras adapter
         does). Retried on halves of ``x`` if the framework runs out of memory.
         """
-        return self._split_on_oom(
+        values, grads = self._split_on_oom(
             "gradient", x, lambda part: self.weighted_value_and_grad_pass(part, rows(weights))
         )
+        _note_values("outputs", values)  # weighted sums of the outputs: NaN iff one is not finite
+        _note_values("gradients", grads)
+        return values, grads
 
     def layer_activations(
         self, x: ep.Tensor, layer: str, score_of: ScoreOf | None = None
@@ -819,6 +860,8 @@ class ModelAdapter(ABC):
         acts, grads, outputs = self._split_on_oom(
             kind, x, lambda part: self.layer_activations_pass(part, layer, score_of)
         )
+        _note_values("outputs", outputs)
+        _note_values("gradients", grads)
         return acts, grads, outputs
 
     def weighted_layer_activations(
@@ -829,6 +872,8 @@ class ModelAdapter(ABC):
         acts, grads, outputs = self._split_on_oom(
             "gradient", x, lambda part: self.weighted_layer_activations_pass(part, layer, rows(weights))
         )
+        _note_values("outputs", outputs)
+        _note_values("gradients", grads)
         return acts, grads, outputs
 
     def forward_with_activations(self, x: ep.Tensor, layer: str, activations: ep.Tensor) -> ep.Tensor:
@@ -848,6 +893,7 @@ class ModelAdapter(ABC):
         (outputs,) = self._split_on_oom(
             "forward", x, lambda part: (self.forward_with_activations_pass(part, layer, rows(activations)),)
         )
+        _note_values("outputs", outputs)
         return outputs
 
     # == model: what adapters implement (one pass over the batch given) =====================

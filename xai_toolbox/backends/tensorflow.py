@@ -89,7 +89,7 @@ class _Forward:
 
     def outputs(self, model: Any, x: Any) -> Any:
         """The selected output of ``model`` on ``x``, as a tensor."""
-        return tf.convert_to_tensor(self.select(model(x, training=False)))
+        return _float32(tf.convert_to_tensor(self.select(model(x, training=False))))
 
     def __call__(self, x: Any) -> Any:
         return self.outputs(self._model(), x)
@@ -160,13 +160,21 @@ class _LayerPass(_Forward):
             if not captured:
                 raise LayerError(f"layer {self.name!r} was not called by the model")
             if score_of is None:
-                return captured[0], None, outputs
+                return _float32(captured[0]), None, outputs
             score = score_of(ep.astensor(outputs)).raw
         with calling("differentiated"):
             grad = tape.gradient(score, captured[0])
         if grad is None:
             raise LayerError(f"the score does not depend on layer {self.name!r}")
-        return captured[0], grad, outputs
+        return _float32(captured[0]), _float32(grad), outputs
+
+
+def _float32(t: Any) -> Any:
+    """Outputs, activations and gradients of a mixed-precision model (float16/bfloat16
+    compute, as ``keras.mixed_precision`` sets up) as float32, the dtype the toolbox works in."""
+    if t.dtype in (tf.float16, tf.bfloat16):
+        return tf.cast(t, tf.float32)
+    return t
 
 
 class _Substituted(_Forward):
@@ -400,6 +408,7 @@ class KerasAdapter(ModelAdapter):
         return tf.is_tensor(x) or isinstance(x, tf.Variable)
 
     def to_model(self, x: Any) -> ep.Tensor:
+        _check_one_input(self.model)
         if not self.is_native(x):
             return ep.astensor(tf.convert_to_tensor(float32_array(x)))
         if not (x.dtype.is_floating or x.dtype.is_integer or x.dtype.is_bool):
@@ -502,10 +511,10 @@ class KerasAdapter(ModelAdapter):
             return out
 
         with _patch_lock, _CallPatch(target, capture), self.calling_model(x):
-            outputs = tf.convert_to_tensor(self.select_output(self.model(x.raw, training=False)))
+            outputs = _float32(tf.convert_to_tensor(self.select_output(self.model(x.raw, training=False))))
         if not captured:
             raise LayerError(f"layer {layer!r} was not called by the model")
-        return ep.astensor(captured[0]), ep.astensor(outputs)
+        return ep.astensor(_float32(captured[0])), ep.astensor(outputs)
 
     def value_and_grad_pass(
         self, fn: Callable[[ep.Tensor], ep.Tensor], x: ep.Tensor

@@ -70,12 +70,23 @@ class TorchAdapter(ModelAdapter):
         return isinstance(x, torch.Tensor)
 
     def to_model(self, x: Any) -> ep.Tensor:
+        device = self.device
+        if device.type == "meta":
+            raise UnsupportedModelError(
+                "the PyTorch model is on the meta device: its parameters have shapes but no values; "
+                "materialise it first (model.to_empty(device='cpu'), then load_state_dict(...))"
+            )
         if isinstance(x, torch.Tensor):
             if x.is_complex():
                 raise InputError(f"expected real numbers, got a tensor of dtype {x.dtype}")
-            t = x.detach().to(device=self.device, dtype=torch.float32)
+            if x.device.type == "meta":
+                raise InputError("the inputs are on the meta device: they have a shape but no values")
+            with torch.inference_mode(False):  # an inference tensor cannot take part in autograd
+                t = x.detach().to(device=device, dtype=torch.float32)
+                if t.is_inference():
+                    t = t.clone()
         else:
-            t = torch.from_numpy(float32_array(x)).to(self.device)
+            t = torch.from_numpy(float32_array(x)).to(device)
         return ep.astensor(t)
 
     def restore(self, t: ep.Tensor, like: Any) -> Any:
@@ -124,14 +135,29 @@ class TorchAdapter(ModelAdapter):
     # -- model -------------------------------------------------------------------------
     def is_out_of_memory(self, exc: BaseException) -> bool:
         # torch.cuda.OutOfMemoryError is torch.OutOfMemoryError; other backends (MPS, older
-        # allocators) raise a plain RuntimeError that says so.
+        # allocators) raise a plain RuntimeError that says so, the CPU allocator "can't allocate".
         if isinstance(exc, torch.OutOfMemoryError | MemoryError):
             return True
-        return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+        text = str(exc).lower()
+        return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
     def release_memory(self) -> None:
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
+
+    def _run(self, raw: torch.Tensor) -> Any:
+        """The model on ``raw`` (float32), cast to the model's own floating dtype: float64,
+        float16 and bfloat16 models run as they are (outputs come back as float32, see
+        :meth:`select_output`; gradients flow back through the cast as float32)."""
+        dtype = _floating_dtype(self.model)
+        return self.model(raw if dtype is None or raw.dtype == dtype else raw.to(dtype))
+
+    def select_output(self, outputs: Any) -> Any:
+        # Scores, curves and maps are computed in float32 whatever the model computes in.
+        selected = super().select_output(outputs)
+        if isinstance(selected, torch.Tensor) and selected.is_floating_point() and selected.dtype != torch.float32:
+            return selected.float()
+        return selected
 
     def no_layers_message(self) -> str:
         if self.supports_layers:
@@ -146,7 +172,7 @@ class TorchAdapter(ModelAdapter):
         precision = requested()
         if precision is None:
             with torch.no_grad(), self.calling_model(x):
-                return ep.astensor(self.select_output(self.model(x.raw)))
+                return ep.astensor(self.select_output(self._run(x.raw)))
         device = x.raw.device.type
         dtype = _AUTOCAST_DTYPES.get(precision) or (torch.float16 if device == "cuda" else torch.bfloat16)
         with torch.no_grad(), self.calling_model(x), torch.autocast(device, dtype=dtype):
@@ -156,7 +182,7 @@ class TorchAdapter(ModelAdapter):
 
     def differentiable_forward(self, x: ep.Tensor) -> ep.Tensor:
         with self.calling_model(x):
-            return ep.astensor(self.select_output(self.model(x.raw)))
+            return ep.astensor(self.select_output(self._run(x.raw)))
 
     def differentiable_activations(self, x: ep.Tensor, layer: str) -> tuple[ep.Tensor, ep.Tensor]:
         module = self._module(layer)
@@ -177,12 +203,12 @@ class TorchAdapter(ModelAdapter):
             handle = module.register_forward_hook(hook)
             try:
                 with self.calling_model(x):
-                    outputs = self.select_output(self.model(x.raw))
+                    outputs = self.select_output(self._run(x.raw))
             finally:
                 handle.remove()
         if not captured:
             raise LayerError(f"layer {layer!r} was not called by the model's forward")
-        return ep.astensor(captured[0]), ep.astensor(outputs)
+        return ep.astensor(_float32(captured[0])), ep.astensor(outputs)
 
     def value_and_grad_pass(
         self, fn: Callable[[ep.Tensor], ep.Tensor], x: ep.Tensor
@@ -250,13 +276,13 @@ class TorchAdapter(ModelAdapter):
             try:
                 if score_of is None:
                     with torch.no_grad(), self.calling_model(x):
-                        outputs = self.select_output(self.model(x.raw))
+                        outputs = self.select_output(self._run(x.raw))
                     if not captured:
                         raise LayerError(f"layer {layer!r} was not called by the model's forward")
-                    return ep.astensor(captured[0]), None, ep.astensor(outputs)
+                    return ep.astensor(_float32(captured[0])), None, ep.astensor(outputs)
                 with torch.enable_grad():
                     with self.calling_model(x):
-                        outputs = self.select_output(self.model(x.raw))
+                        outputs = self.select_output(self._run(x.raw))
                     if not captured:
                         raise LayerError(f"layer {layer!r} was not called by the model's forward")
                     score = score_of(ep.astensor(outputs)).raw
@@ -268,7 +294,7 @@ class TorchAdapter(ModelAdapter):
                 handle.remove()
         if grad is None:
             raise LayerError(f"the score does not depend on layer {layer!r}")
-        return ep.astensor(captured[0].detach()), ep.astensor(grad), ep.astensor(outputs.detach())
+        return ep.astensor(_float32(captured[0].detach())), ep.astensor(_float32(grad)), ep.astensor(outputs.detach())
 
     def forward_with_activations_pass(self, x: ep.Tensor, layer: str, activations: ep.Tensor) -> ep.Tensor:
         module = self._module(layer)
@@ -289,7 +315,7 @@ class TorchAdapter(ModelAdapter):
             handle = module.register_forward_hook(hook)
             try:
                 with torch.no_grad(), self.calling_model(x):
-                    outputs = self.select_output(self.model(x.raw))
+                    outputs = self.select_output(self._run(x.raw))
             finally:
                 handle.remove()
         if not replaced:
@@ -338,7 +364,7 @@ class TorchAdapter(ModelAdapter):
                 handles.append(module.register_forward_hook(record))
             try:
                 with _hook_lock, torch.no_grad(), self.calling_model(x[:1]):
-                    self.model(x.raw[:1])
+                    self._run(x.raw[:1])
             finally:
                 for h in handles:
                     h.remove()
@@ -433,7 +459,8 @@ class TorchAdapter(ModelAdapter):
         if outer:
             self._call_parameters = parameters
         try:
-            yield
+            with torch.inference_mode(False):  # a call made under inference_mode still differentiates
+                yield
         finally:
             if outer:
                 self._call_parameters = None
@@ -465,6 +492,19 @@ class TorchAdapter(ModelAdapter):
         if parameters is not None:
             return parameters[-1] if parameters else None
         return super().last_parameter()
+
+
+def _float32(t: torch.Tensor) -> torch.Tensor:
+    """Activations and gradients of a float16/bfloat16/float64 model, as float32."""
+    return t.float() if t.is_floating_point() and t.dtype != torch.float32 else t
+
+
+def _floating_dtype(model: torch.nn.Module) -> torch.dtype | None:
+    """The dtype of the model's first floating parameter (or buffer), if it is not float32."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        if tensor.is_floating_point():
+            return None if tensor.dtype == torch.float32 else tensor.dtype
+    return None
 
 
 def _image_size(x: ep.Tensor) -> tuple[int, int]:
