@@ -173,7 +173,7 @@ def test_cli_error_through_the_real_entry_point(tmp_path: Path) -> None:
         [sys.executable, "-m", "xai_toolbox.cli", "explain", "--model", "m.pt", str(tmp_path / "x.png")],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,  # the installed package
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # refused before anything ran
     assert_one_error_line(proc.returncode, proc.stderr, "image file not found")
 
 
@@ -200,7 +200,7 @@ def test_explain_and_evaluate_torchscript(torch: Any, images: Path, tmp_path: Pa
     torch.jit.script(model).save(str(path))
     out = tmp_path / "out"
     code, stdout, err = run(
-        capsys, "explain", "--model", path, "--method", "saliency", "--method", "rise",
+        capsys, "explain", "--model", path, "--trust-model-code", "--method", "saliency", "--method", "rise",
         "--param", "rise.nb_samples=32", "--param", "rise.grid_size=4", "--mean", "0.5", "--std", "0.25",
         "--out", out, "--no-progress", images,
     )
@@ -223,7 +223,7 @@ def test_explain_and_evaluate_torchscript(torch: Any, images: Path, tmp_path: Pa
         Image.fromarray(mask).save(masks / f"img{i}.png")
     eval_out = tmp_path / "eval"
     code, stdout, err = run(
-        capsys, "evaluate", "--model", path, "--method", "saliency", "--metric", "deletion",
+        capsys, "evaluate", "--model", path, "--trust-model-code", "--method", "saliency", "--metric", "deletion",
         "--metric", "pointing_game", "--masks", masks, "--param", "deletion.steps=4",
         "--out", eval_out, "--no-progress", images,
     )
@@ -238,7 +238,7 @@ def test_explain_and_evaluate_torchscript(torch: Any, images: Path, tmp_path: Pa
 def test_torchscript_cam_failure_explains_the_fix(torch: Any, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "net.pt"
     torch.jit.script(cnn("torch")).save(str(path))
-    code, _, err = run(capsys, "explain", "--model", path, "--method", "gradcam", "--out", tmp_path / "o", images)
+    code, _, err = run(capsys, "explain", "--model", path, "--trust-model-code", "--method", "gradcam", "--out", tmp_path / "o", images)
     assert_one_error_line(code, err, "gradcam failed", "factory")
 
 
@@ -273,7 +273,7 @@ def test_factory_with_state_dict_and_trust_flag(torch: Any, images: Path, tmp_pa
 def test_target_out_of_range(torch: Any, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "net.pt"
     torch.jit.script(cnn("torch")).save(str(path))
-    code, _, err = run(capsys, "explain", "--model", path, "--target", "9", images)
+    code, _, err = run(capsys, "explain", "--model", path, "--trust-model-code", "--target", "9", images)
     assert_one_error_line(code, err, "--target 9 is out of range", "4 outputs")
 
 
@@ -335,7 +335,7 @@ def test_report_and_outputs_are_safe(torch: Any, tmp_path: Path, capsys: pytest.
     torch.jit.script(cnn("torch")).save(str(path))
     out = tmp_path / "deep" / "out"
     before = {p for p in tmp_path.rglob("*")}
-    code, _, err = run(capsys, "evaluate", "--model", path, "--method", "saliency", "--metric", "deletion",
+    code, _, err = run(capsys, "evaluate", "--model", path, "--trust-model-code", "--method", "saliency", "--metric", "deletion",
                        "--param", "deletion.steps=3", "--target", "0", "--class-names", classes, "--out", out,
                        folder / evil_file, folder / "ok.png")
     assert code == 0, err

@@ -10,7 +10,10 @@
   (:mod:`xai_toolbox.datasets.cli`).
 
 Errors print one line, ``xai-toolbox: error: ...``, and exit non-zero; ``--debug`` shows the
-traceback instead.
+traceback instead. Exit status 2: the command was refused before anything ran — every option,
+file and the output folder are checked before a model is loaded (:mod:`xai_toolbox._cli_checks`);
+1: a step failed while running; 130: interrupted (the maps already computed are written, each
+method's as soon as it completes).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from . import _cli_checks as checks
+from ._cli_checks import UsageError
 from .registry import get_registry
 
 PROG = "xai-toolbox"
@@ -179,26 +184,29 @@ def _read_class_names(path: str | None) -> list[str] | None:
     return names
 
 
-def _load_masks(paths: Sequence[str], image_names: Sequence[str], size: tuple[int, int]) -> Any:
+def _load_masks(paths: Sequence[str], image_paths: Sequence[Path], size: tuple[int, int]) -> Any:
     """Binary masks ``(N, H, W)`` matched to the images by file stem."""
     import numpy as np
     from PIL import Image
 
-    from .io import ImageLoadError, find_images
+    from .io import ImageLoadError, find_images, printable_name
 
     by_stem: dict[str, Path] = {}
     for path in find_images(paths):
         by_stem.setdefault(path.stem, path)
     masks = []
-    for name in image_names:
-        stem = Path(name).stem
+    for image in image_paths:
+        stem = Path(image).stem
         if stem not in by_stem:
-            raise ImageLoadError(f"no mask for image {name!r}: expected a mask file named {stem}.<ext>")
+            raise ImageLoadError(
+                f"no mask for image {printable_name(Path(image).name)!r}: expected a mask file named "
+                f"{printable_name(stem)}.<ext>"
+            )
         try:
             with Image.open(by_stem[stem]) as img:
                 mask = img.convert("L").resize((size[1], size[0]), Image.Resampling.NEAREST)
-        except OSError as exc:
-            raise ImageLoadError(f"cannot read mask {str(by_stem[stem])!r}: {exc}") from exc
+        except (OSError, Image.DecompressionBombError) as exc:
+            raise ImageLoadError(f"cannot read mask {printable_name(str(by_stem[stem]))!r}: {exc}") from exc
         masks.append(np.asarray(mask) > 127)
     return np.stack(masks).astype(np.float32)
 
@@ -213,6 +221,7 @@ class _Job:
     target: int | None
     class_names: list[str] | None
     out: Path
+    size: tuple[int, int] | None
 
 
 @dataclass
@@ -229,52 +238,76 @@ def _explain_or_evaluate(args: argparse.Namespace, with_metrics: bool) -> int:
     from .evaluation import evaluate
 
     job = _check_job(args, with_metrics)
-    inputs = _load_inputs(args)
+    inputs = _load_inputs(args, job)
     predictions, targets = _targets(args, job, inputs)
     shape = inputs.batch.images.shape
     print(
         f"{PROG}: {len(inputs.batch.names)} image(s) {shape[2]}x{shape[1]}, {inputs.loaded.source}, "
         f"{len(job.methods)} method(s)" + (f", {len(job.metrics)} metric(s)" if with_metrics else "")
     )
-    table = evaluate(
-        inputs.loaded.model,
-        inputs.model_inputs,
-        targets,
-        methods=job.methods,
-        metrics=job.metrics,
-        masks=inputs.masks,
-        method_params={m: job.params[m] for m in job.methods if m in job.params},
-        metric_params={m: job.params[m] for m in job.metrics if m in job.params},
-        batch_size=args.batch_size,
-        progress=False if args.no_progress else None,
-        echo=print,
-        keep_going=not args.debug,
-        output=args.output,
-    )
-    job.out.mkdir(parents=True, exist_ok=True)
-    _write_maps(args, job.out, inputs.batch, table)
+    maps = _MapWriter(args, job.out, inputs.batch)
+    try:
+        table = evaluate(
+            inputs.loaded.model,
+            inputs.model_inputs,
+            targets,
+            methods=job.methods,
+            metrics=job.metrics,
+            masks=inputs.masks,
+            method_params={m: job.params[m] for m in job.methods if m in job.params},
+            metric_params={m: job.params[m] for m in job.metrics if m in job.params},
+            batch_size=args.batch_size,
+            progress=False if args.no_progress else None,
+            echo=print,
+            keep_going=not args.debug,
+            output=args.output,
+            on_maps=maps,
+        )
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; {maps.summary()}", file=sys.stderr)
+        return 130
+    print(maps.summary())
     if with_metrics:
         _write_scores_and_report(args, job, inputs, predictions, table)
     return _report_failures(table.failures)
 
 
 def _check_job(args: argparse.Namespace, with_metrics: bool) -> _Job:
-    """Everything cheap, checked before a framework is imported or a model loaded."""
+    """Every option, file and the output folder, checked before a framework is imported or a
+    model loaded; what is refused raises :class:`UsageError` (exit status 2)."""
+    from .errors import XaiToolboxError
+
+    try:
+        return _checked_job(args, with_metrics)
+    except (CliError, XaiToolboxError) as exc:
+        raise UsageError(_one_line(exc)) from exc
+
+
+def _checked_job(args: argparse.Namespace, with_metrics: bool) -> _Job:
     from .demo_job import resolve_names
-    from .io import probe_images
+    from .io import image_sizes, output_path, unique_stems
 
     methods = resolve_names("method", args.method or list(DEFAULT_EXPLAIN_METHODS))
     metrics = _select_metrics(args) if with_metrics else []
     params = _parse_params(args.param, [*methods, *metrics])
+    built = [checks.build_without_model("method", m, params.get(m, {}), args.batch_size) for m in methods]
+    for metric in metrics:
+        checks.build_without_model("metric", metric, params.get(metric, {}), args.batch_size)
     target = _parse_target(args.target)
-    probe_images(args.images)  # missing or unreadable files fail here, before any model is loaded
+    size = checks.image_size(args.size)
+    checks.normalisation(args.mean, args.std)
+    checks.colormap(args.cmap)
+    sized = image_sizes(args.images)  # missing or unreadable files fail here, from their headers
+    checks.model_spec(str(args.model), args.weights)
     if _mask_paths(args):
-        probe_images(args.masks)
+        image_sizes(args.masks)
     class_names = _read_class_names(args.class_names)
+    checks.memory(len(sized), [hw for _, hw in sized], size, built)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CliError(f"--out {str(out)!r} exists and is not a folder")
-    return _Job(methods, metrics, params, target, class_names, out)
+    stems = unique_stems([path.name for path, _ in sized])
+    names = [output_path(out, stem, m, suffix=suffix).name for stem in stems for m in methods for suffix in (".npy", ".png")]
+    checks.output_folder(out, [*names, *(("scores.csv", "report.html") if with_metrics else ())])
+    return _Job(methods, metrics, params, target, class_names, out, size)
 
 
 def _select_metrics(args: argparse.Namespace) -> list[str]:
@@ -301,16 +334,16 @@ def _mask_paths(args: argparse.Namespace) -> Sequence[str] | None:
     return getattr(args, "masks", None)  # `explain` has no --masks
 
 
-def _load_inputs(args: argparse.Namespace) -> _Inputs:
+def _load_inputs(args: argparse.Namespace, job: _Job) -> _Inputs:
     from .io import load_images, load_model, normalize, to_model_layout
 
     loaded = load_model(args.model, weights=args.weights, trust_model_code=args.trust_model_code)
-    size = tuple(args.size) if args.size else loaded.input_size
+    size = job.size or loaded.input_size
     channels = 1 if loaded.channels == 1 else 3
     batch = load_images(args.images, size=size, channels=channels)
     model_inputs = to_model_layout(normalize(batch.images, args.mean, args.std), loaded.framework)
     mask_paths = _mask_paths(args)
-    masks = _load_masks(mask_paths, batch.names, batch.images.shape[1:3]) if mask_paths else None
+    masks = _load_masks(mask_paths, batch.paths, batch.images.shape[1:3]) if mask_paths else None
     return _Inputs(loaded, batch, model_inputs, masks)
 
 
@@ -335,23 +368,32 @@ def _targets(args: argparse.Namespace, job: _Job, inputs: _Inputs) -> tuple[Any,
     return predictions, np.full(len(predictions), job.target, dtype=np.int64)
 
 
-def _write_maps(args: argparse.Namespace, out: Path, batch: Any, table: Any) -> None:
-    """``OUT/<image>_<method>.npy`` (the map) and ``.png`` (the overlay) per image and method."""
-    import numpy as np
+class _MapWriter:
+    """Writes ``OUT/<image>_<method>.npy`` (the map) and ``.png`` (the overlay) for each image,
+    as soon as a method has explained (``evaluate``'s ``on_maps``)."""
 
-    from .io import output_path, unique_stems
-    from .plot import overlay
-    from .report import png_bytes
+    def __init__(self, args: argparse.Namespace, out: Path, batch: Any) -> None:
+        from .io import unique_stems
 
-    stems = unique_stems(batch.names)
-    written = 0
-    for method, maps in table.maps.items():
-        overlays = overlay(batch.images, maps, alpha=args.alpha, cmap=args.cmap, channels_first=False)
-        for i, stem in enumerate(stems):
-            np.save(output_path(out, stem, method, suffix=".npy"), maps[i])
-            output_path(out, stem, method, suffix=".png").write_bytes(png_bytes(overlays[i]))
-            written += 2
-    print(f"wrote {written} files (.npy maps and .png overlays) to {out}")
+        self.args, self.out, self.batch = args, out, batch
+        self.stems = unique_stems(batch.names)
+        self.methods: list[str] = []
+
+    def __call__(self, method: str, maps: Any) -> None:
+        from .io import npy_bytes, output_path, write_output
+        from .plot import overlay
+        from .report import png_bytes
+
+        overlays = overlay(self.batch.images, maps, alpha=self.args.alpha, cmap=self.args.cmap, channels_first=False)
+        for i, stem in enumerate(self.stems):
+            write_output(self.out, output_path(self.out, stem, method, suffix=".npy").name, npy_bytes(maps[i]))
+            write_output(self.out, output_path(self.out, stem, method, suffix=".png").name, png_bytes(overlays[i]))
+        self.methods.append(method)
+
+    def summary(self) -> str:
+        count = 2 * len(self.stems) * len(self.methods)
+        done = f" for {', '.join(self.methods)}" if self.methods else ""
+        return f"wrote {count} files (.npy maps and .png overlays){done} to {self.out}"
 
 
 def _write_scores_and_report(
@@ -364,7 +406,7 @@ def _write_scores_and_report(
     if scores:
         print()
         print(format_summary(scores, table.timings))
-        _write_csv(job.out / "scores.csv", scores)
+        _write_csv(job.out, scores)
     batch = inputs.batch
     settings = {
         "model": inputs.loaded.source,
@@ -397,17 +439,21 @@ def _write_scores_and_report(
     print(f"report: {report}")
 
 
-def _write_csv(path: Path, scores: Sequence[Any]) -> None:
+def _write_csv(out: Path, scores: Sequence[Any]) -> None:
     import csv
+    import io
 
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["method", "metric", "mean", "std", "n", "higher_is_better", "ci_low", "ci_high", "family"])
-        for s in scores:
-            writer.writerow([
-                s.method, s.metric, f"{s.mean:.6g}", f"{s.std:.6g}", s.n, s.higher_is_better,
-                f"{s.low:.6g}", f"{s.high:.6g}", s.family,
-            ])
+    from .io import write_output
+
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["method", "metric", "mean", "std", "n", "higher_is_better", "ci_low", "ci_high", "family"])
+    for s in scores:
+        writer.writerow([
+            s.method, s.metric, f"{s.mean:.6g}", f"{s.std:.6g}", s.n, s.higher_is_better,
+            f"{s.low:.6g}", f"{s.high:.6g}", s.family,
+        ])
+    write_output(out, "scores.csv", text.getvalue())
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -422,21 +468,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 _MODEL_HELP = """\
 model:
   --model accepts
-    model.pt / model.ts        a TorchScript archive (torch.jit.script(model).save(path)), or
-    model.keras                a Keras 3 file, loaded with safe_mode=True, or
-    pkg.module:factory         a function returning an nn.Module or keras.Model
+    pkg.module:factory         a function returning an nn.Module or keras.Model (your code),
     path/to/file.py:factory    (same, from a file); add --weights state.pth (PyTorch state dict,
-                               read with torch.load(weights_only=True)) or --weights x.weights.h5.
-  Pickled whole models (torch.save(model)), legacy .h5 models and .keras files with Lambda
-  layers can run arbitrary code while loading: they need --trust-model-code. Use it only
-  for files you trust.
+                               read with torch.load(weights_only=True)) or --weights x.weights.h5,
+    model.keras                a Keras 3 file, loaded with safe_mode=True, or
+    model.pt / model.ts        a TorchScript archive (torch.jit.script(model).save(path)):
+                               needs --trust-model-code (see below).
+  Files that hold code can run arbitrary code, so they need --trust-model-code: TorchScript
+  archives (their scripted forward runs on every call and can read and write files), pickled
+  whole models (torch.save(model)), legacy .h5 models and .keras files with Lambda layers
+  (they run code while loading). Use it only for files you trust; the factory + --weights
+  path needs no trust.
   TorchScript models have no module hooks: CAM methods need a factory-loaded model.
 """
 
 _EXPLAIN_EPILOG = _MODEL_HELP + """
 examples:
-  xai-toolbox explain --model resnet.ts --size 224 --mean 0.485 0.456 0.406 \\
-      --std 0.229 0.224 0.225 --method saliency --method rise photos/
+  xai-toolbox explain --model resnet.ts --trust-model-code --size 224 \\
+      --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 --method saliency --method rise photos/
   xai-toolbox explain --model torchvision.models:resnet18 --weights r18.pth \\
       --method gradcam --param gradcam.layer=layer4 cat.jpg dog.jpg
   xai-toolbox explain --model classifier.keras --method gradcam --target 3 images/
@@ -446,7 +495,8 @@ _EVALUATE_EPILOG = _MODEL_HELP + """
 examples:
   xai-toolbox evaluate --model classifier.keras --method gradcam --method rise \\
       --metric deletion --metric insertion images/ --out eval-out
-  xai-toolbox evaluate --model net.ts --size 64 --method saliency --masks masks/ images/
+  xai-toolbox evaluate --model net.ts --trust-model-code --size 64 --method saliency \\
+      --masks masks/ images/
   (masks/ holds one mask per image with the same file stem; nonzero = object)
 """
 
@@ -470,16 +520,18 @@ def _add_model_arguments(p: argparse.ArgumentParser, with_metrics: bool) -> None
     p.add_argument(
         "--trust-model-code",
         action="store_true",
-        help="allow model formats that execute code while loading (pickled modules, legacy .h5, "
-        "Lambda layers) — only for files you trust",
+        help="allow model files that hold code: TorchScript archives, pickled modules, legacy .h5, "
+        "Lambda layers — only for files you trust",
     )
     p.add_argument(
-        "--size", nargs="+", type=int, metavar="N",
+        "--size", nargs="+", type=checks.positive_int, metavar="N",
         help="resize images to H W (or one int for square); default: the model's declared input size "
         "(Keras), else the images' own size",
     )
-    p.add_argument("--mean", nargs="+", type=float, metavar="M", help="per-channel mean subtracted before the model")
-    p.add_argument("--std", nargs="+", type=float, metavar="S", help="per-channel std divided by before the model")
+    p.add_argument("--mean", nargs="+", type=checks.finite_float, metavar="M",
+                   help="per-channel mean subtracted before the model")
+    p.add_argument("--std", nargs="+", type=checks.positive_float, metavar="S",
+                   help="per-channel std divided by before the model")
     p.add_argument("--target", default="top1", help="class index to explain, or 'top1' (default): the model's prediction")
     p.add_argument(
         "--method", action="append", metavar="NAME",
@@ -492,20 +544,21 @@ def _add_model_arguments(p: argparse.ArgumentParser, with_metrics: bool) -> None
             "--masks, except randomization)",
         )
         p.add_argument("--masks", nargs="+", metavar="PATH", help="ground-truth masks (files or folder) matched to images by file stem")
-        p.add_argument("--max-report-images", type=int, default=32, metavar="N", help="images shown in the report (default 32)")
+        p.add_argument("--max-report-images", type=checks.non_negative_int, default=32, metavar="N",
+                       help="images shown in the report (default 32)")
     p.add_argument(
         "--param", action="append", metavar="NAME.KEY=VALUE",
         help="a hyper-parameter of a method or metric, e.g. rise.nb_samples=2000 or gradcam.layer=layer4 "
         "(repeatable; values are JSON, else text)",
     )
-    p.add_argument("--batch-size", type=int, default=64, help="model inputs per forward pass (default 64)")
+    p.add_argument("--batch-size", type=checks.positive_int, default=64, help="model inputs per forward pass (default 64)")
     p.add_argument(
         "--output", type=_output_selector, default=None, metavar="KEY|INDEX",
         help="which model output to explain when the model returns a dict, tuple or dataclass: a key "
         "(e.g. logits) or an index (e.g. 0); default: the obvious one (logits, or the only tensor)",
     )
     p.add_argument("--class-names", metavar="FILE", help="text file with one class name per line")
-    p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity of the overlays (default 0.5)")
+    p.add_argument("--alpha", type=checks.fraction, default=0.5, help="heatmap opacity of the overlays, in [0, 1] (default 0.5)")
     p.add_argument("--cmap", default="jet", help="colormap of the overlays (default jet)")
     p.add_argument("--out", default="xai-evaluation" if with_metrics else "xai-explanations",
                    help="output folder (default: %(default)s)")
@@ -637,6 +690,11 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print(f"{PROG}: interrupted", file=sys.stderr)
             return 130
+        except UsageError as exc:
+            if debug:  # the check's own exception, with its traceback
+                raise (exc.__cause__ or exc) from None
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return 2
         except Exception as exc:
             if debug:
                 raise

@@ -267,6 +267,7 @@ def evaluate(
     keep_going: bool = False,
     echo: Echo | None = None,
     output: Any = None,
+    on_maps: Callable[[str, np.ndarray], None] | None = None,
 ) -> EvaluationTable:
     """Explain ``inputs`` with every method once, and score each explanation with every metric.
 
@@ -297,6 +298,10 @@ def evaluate(
         output: which of the model's outputs is explained and scored, for every method and
             metric (a key, an index or a callable; ``None``: the obvious one, e.g. the
             ``logits`` of a Hugging Face model; see :func:`~xai_toolbox.adapt`).
+        on_maps: called with ``(label, maps)`` (float32 NumPy ``(N, H, W)``) as soon as a method
+            has explained, before its metrics run — to save each method's maps as it
+            completes, so they are kept when a later step fails or the run is interrupted.
+            What it raises is raised.
 
     Returns:
         An :class:`EvaluationTable` with one record per (method, metric), in the given order,
@@ -332,7 +337,7 @@ def evaluate(
     table = EvaluationTable(params=_params_used(built_methods, built_metrics))
     table.resolved_params = _params_resolved(built_methods, built_metrics)
     steps = _Steps(len(built_methods) * (1 + len(built_metrics)), progress, echo)
-    run = _Run(table, steps, keep_going, inputs, targets, masks)
+    run = _Run(table, steps, keep_going, inputs, targets, masks, on_maps)
     try:
         for method in built_methods:
             run.method(method, built_metrics)
@@ -370,6 +375,7 @@ class _Run:
     inputs: Any
     targets: Any
     masks: Any
+    on_maps: Callable[[str, np.ndarray], None] | None = None
 
     def method(self, method: _Built, metrics: list[_Built]) -> None:
         """Explain with ``method``, then score its explanations with every metric."""
@@ -380,6 +386,8 @@ class _Run:
             self.steps.say(f"  {method.label:<22} FAILED: {self.table.failures[method.label]}")
             self.steps.done(len(metrics))
             return
+        if self.on_maps is not None:
+            self.on_maps(method.label, self.table.maps[method.label])
         for metric in metrics:
             self._apply(method, maps, metric)
         scoring = sum(t for (m, _), t in self.table.metric_timings.items() if m == method.label)

@@ -8,11 +8,18 @@ Models (see :func:`load_model`):
 * Keras 3: a ``.keras`` file, read with ``keras.models.load_model(path, safe_mode=True)``, or a
   factory returning a ``keras.Model`` (optionally with ``--weights model.weights.h5``).
 
-Formats that unpickle arbitrary Python code on load (a whole pickled ``nn.Module``, a
-legacy ``.h5`` model, a ``.keras`` file with ``Lambda`` layers) are refused unless
-``trust_model_code=True``: loading such a file runs whatever code its author put in it.
+Formats that hold code which runs with your privileges (a TorchScript archive — its scripted
+``forward`` can read and write files —, a whole pickled ``nn.Module``, a legacy ``.h5`` model, a
+``.keras`` file with ``Lambda`` layers) are refused unless ``trust_model_code=True``. The safe
+path needs no trust: a factory you name (your own code) and a state dict read with
+``torch.load(weights_only=True)``, or a ``.keras`` file read in safe mode.
 
-Images are PNG/JPEG/... files read by Pillow as float32 ``(N, H, W, C)`` in ``[0, 1]``.
+Images are PNG/JPEG/TIFF/... files read by Pillow as float32 ``(N, H, W, C)`` in ``[0, 1]``:
+8- and 16-bit integers scaled by their range, float images taken as they are (values in
+``[0, 1]`` required), transparency composited over white.
+
+Every output file is written by :func:`write_output`: inside its folder only, never through a
+symbolic link, atomically (a reader never sees a half-written file).
 
 Example:
     >>> from xai_toolbox.io import load_images, load_model
@@ -26,7 +33,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import io
+import os
 import re
+import secrets
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,15 +54,21 @@ __all__ = [
     "ImageLoadError",
     "LoadedModel",
     "ModelLoadError",
+    "OutputWriteError",
+    "check_output_name",
     "find_images",
+    "image_sizes",
     "load_images",
     "load_model",
     "normalize",
+    "npy_bytes",
     "output_path",
+    "printable_name",
     "probe_images",
     "safe_stem",
     "to_model_layout",
     "unique_stems",
+    "write_output",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -102,7 +118,8 @@ def unique_stems(names: Sequence[str]) -> list[str]:
 def output_path(folder: str | Path, *parts: str, suffix: str) -> Path:
     """``folder / "<part1>_<part2>...<suffix>"`` with every part sanitised by :func:`safe_stem`.
 
-    The result is guaranteed to lie directly inside ``folder`` (checked after resolving).
+    The result is guaranteed to lie directly inside ``folder`` (checked after resolving), and
+    not to be a symbolic link (see :func:`check_output_name`).
 
     Example:
         >>> output_path("out", "../../x.png", "gradcam", suffix=".npy")
@@ -110,10 +127,95 @@ def output_path(folder: str | Path, *parts: str, suffix: str) -> Path:
     """
     folder = Path(folder)
     name = "_".join(safe_stem(p) for p in parts) + suffix
-    path = folder / name
+    path = check_output_name(folder, name)  # a planted link is named as such
     if path.resolve().parent != folder.resolve():  # defence in depth: never leave the folder
         raise InputError(f"refusing to write outside the output folder: {name!r}")
     return path
+
+
+class OutputWriteError(InputError):
+    """An output file cannot be written where asked (a symbolic link, outside its folder)."""
+
+
+def check_output_name(folder: str | Path, name: str) -> Path:
+    """``folder / name`` if an output may be written there: ``name`` is a plain file name and
+    nothing there is a symbolic link (or a folder) that a write would go through.
+
+    Raises:
+        OutputWriteError: otherwise (checked again by :func:`write_output` when it writes).
+
+    Example:
+        >>> check_output_name("out", "report.html")
+        PosixPath('out/report.html')
+    """
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise OutputWriteError(f"refusing to write {name!r}: not a plain file name")
+    path = Path(folder) / name
+    if path.is_symlink():
+        raise OutputWriteError(
+            f"refusing to write {str(path)!r}: it is a symbolic link (to {os.readlink(path)!r}), and "
+            "nothing is ever written outside the output folder; remove the link or pick another --out"
+        )
+    if path.exists() and not path.is_file():
+        raise OutputWriteError(f"refusing to write {str(path)!r}: it exists and is not a file")
+    return path
+
+
+def write_output(folder: str | Path, name: str, data: bytes | str) -> Path:
+    """Write ``data`` (bytes, or text as UTF-8) to ``folder / name``, safely.
+
+    * only there: ``name`` is a plain file name, and a symbolic link (or a folder) in its place
+      is refused — a link planted in the output folder cannot redirect the write;
+    * atomically: the bytes go to a new file in ``folder`` (created exclusively, so never
+      through a link), which then replaces ``name``; a reader (or an interrupted run) never sees
+      a half-written or empty file, and a hard link to another file is replaced, not written
+      through.
+
+    Raises:
+        OutputWriteError: ``name`` is not a plain name, or is a symbolic link or a folder.
+        OSError: the folder cannot be written.
+
+    Example:
+        >>> write_output("out", "scores.csv", "method,metric\\n")
+        PosixPath('out/scores.csv')
+    """
+    path = check_output_name(folder, name)
+    # Text from file names that are not UTF-8 (surrogate escapes) becomes "?", not an error.
+    payload = data.encode("utf-8", "replace") if isinstance(data, str) else bytes(data)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    while True:
+        temporary = Path(folder) / f".{name[:60]}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(temporary, flags, 0o666)  # the umask applies, as for any new file
+            break
+        except FileExistsError:
+            continue
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        os.replace(temporary, path)  # replaces a link planted since the check, never follows it
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def printable_name(name: str) -> str:
+    """A file name as text that can be shown and written as UTF-8: bytes that are not UTF-8
+    (kept by Python as surrogate escapes) become U+FFFD.
+
+    Example:
+        >>> printable_name(os.fsdecode(b"caf\\xe9.png"))
+        'caf\\ufffd.png'
+    """
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` in the ``.npy`` format, as bytes (for :func:`write_output`)."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 # -- images ---------------------------------------------------------------------------------------
@@ -169,20 +271,43 @@ def probe_images(paths: Sequence[str | Path]) -> list[Path]:
     Raises:
         ImageLoadError: a path is missing or a file is not an image Pillow can read.
     """
+    return [path for path, _ in image_sizes(paths)]
+
+
+def image_sizes(paths: Sequence[str | Path]) -> list[tuple[Path, tuple[int, int]]]:
+    """Each image file of :func:`find_images` with its ``(H, W)``, from its header (no decoding).
+
+    Raises:
+        ImageLoadError: a path is missing, a file is not an image Pillow can read, or its
+            declared size is one Pillow refuses as a decompression bomb.
+
+    Example:
+        >>> image_sizes(["cat.png"])
+        [(PosixPath('cat.png'), (480, 640))]
+    """
+    Image, unidentified = _pillow()
+    found = []
+    for path in find_images(paths):
+        try:
+            with Image.open(path) as img:
+                found.append((path, (int(img.size[1]), int(img.size[0]))))
+        except unidentified as exc:
+            raise ImageLoadError(f"cannot read image {_shown(path)}: not an image file Pillow can read") from exc
+        except (OSError, Image.DecompressionBombError) as exc:
+            raise ImageLoadError(f"cannot read image {_shown(path)}: {exc}") from exc
+    return found
+
+
+def _pillow() -> tuple[Any, type[Exception]]:
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError as exc:  # pragma: no cover - Pillow is in the plot/all extras
         raise ImageLoadError("reading images needs Pillow: pip install pillow") from exc
-    files = find_images(paths)
-    for path in files:
-        try:
-            with Image.open(path):
-                pass
-        except UnidentifiedImageError as exc:
-            raise ImageLoadError(f"cannot read image {str(path)!r}: not an image file Pillow can read") from exc
-        except OSError as exc:
-            raise ImageLoadError(f"cannot read image {str(path)!r}: {exc}") from exc
-    return files
+    return Image, UnidentifiedImageError
+
+
+def _shown(path: Path) -> str:
+    return repr(printable_name(str(path)))
 
 
 def _parse_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
@@ -191,7 +316,7 @@ def _parse_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
     values = [size] if isinstance(size, int) else list(size)
     if len(values) == 1:
         values = values * 2
-    if len(values) != 2 or any(int(v) < 1 for v in values):
+    if len(values) != 2 or any(isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1 for v in values):
         raise InputError(f"size must be one positive int or two (H W), got {size!r}")
     return int(values[0]), int(values[1])
 
@@ -201,47 +326,99 @@ def load_images(
 ) -> ImageBatch:
     """Read image files (or folders of them) into one float32 batch ``(N, H, W, C)`` in ``[0, 1]``.
 
+    8-bit images are divided by 255 and 16-bit ones (``I;16`` PNGs and TIFFs) by 65 535;
+    float images (``F`` TIFFs) are taken as they are and must lie in ``[0, 1]``. Transparent
+    pixels (RGBA, LA, palette or colour-key transparency) are composited over white.
+
     Args:
         paths: image files and/or folders (see :func:`find_images`).
         size: ``(H, W)`` or one int for square images; images are resized bilinearly
             (with antialiasing). ``None``: keep the files' size, which must then agree.
-        channels: 3 (RGB) or 1 (grayscale); 4-channel files are composited to RGB.
+        channels: 3 (RGB) or 1 (grayscale).
 
     Raises:
-        ImageLoadError: a file is missing or not an image Pillow can read, or sizes differ
-            without ``size``.
+        ImageLoadError: a file is missing or not an image Pillow can read, a float image
+            leaves ``[0, 1]``, sizes differ without ``size``, or the batch would not fit in
+            the memory available.
 
     Example:
         >>> load_images(["cat.png"], size=64).images.shape
         (1, 64, 64, 3)
     """
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError as exc:  # pragma: no cover - Pillow is in the plot/all extras
-        raise ImageLoadError("reading images needs Pillow: pip install pillow") from exc
+    from ._budget import check_workload
+    from .errors import WorkloadError
+
+    Image, unidentified = _pillow()
     if channels not in (1, 3):
         raise ImageLoadError(f"channels must be 1 or 3, got {channels}")
     hw = _parse_size(size)
-    files = find_images(paths)
+    sized = image_sizes(paths)
+    files = [path for path, _ in sized]
+    biggest = max(h * w for _, (h, w) in sized) if hw is None else hw[0] * hw[1]
+    try:  # the batch and the float copies of one picture, before any is decoded
+        check_workload("load_images", held_bytes=(len(files) + 2) * biggest * 4 * max(channels, 3),
+                       cause=f"{len(files)} image(s) of up to {biggest:,} pixels")
+    except WorkloadError as exc:
+        raise ImageLoadError(str(exc)) from None
     arrays = []
     for path in files:
         try:
             with Image.open(path) as img:
                 img.load()
-                mode = "L" if channels == 1 else "RGB"
-                picture = img.convert(mode)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            detail = "not an image file Pillow can read" if isinstance(exc, UnidentifiedImageError) else str(exc)
-            raise ImageLoadError(f"cannot read image {str(path)!r}: {detail}") from exc
-        if hw is not None and picture.size != (hw[1], hw[0]):
-            picture = picture.resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
-        array = np.asarray(picture, dtype=np.float32) / 255.0
-        arrays.append(array[..., None] if array.ndim == 2 else array)
+                array = _picture(img, channels, hw, Image)
+        except ImageLoadError as exc:
+            raise ImageLoadError(f"cannot read image {_shown(path)}: {exc}") from None
+        except (unidentified, OSError, ValueError, Image.DecompressionBombError) as exc:
+            detail = "not an image file Pillow can read" if isinstance(exc, unidentified) else str(exc)
+            raise ImageLoadError(f"cannot read image {_shown(path)}: {detail}") from exc
+        arrays.append(array)
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         listed = ", ".join(f"{p.name}: {a.shape[1]}x{a.shape[0]}" for p, a in list(zip(files, arrays, strict=True))[:4])
-        raise ImageLoadError(f"images have different sizes ({listed}, ...); pass --size H W to resize them")
-    return ImageBatch(np.stack(arrays).astype(np.float32), [p.name for p in files], files)
+        raise ImageLoadError(
+            f"images have different sizes ({printable_name(listed)}, ...); pass --size H W to resize them"
+        )
+    return ImageBatch(np.stack(arrays).astype(np.float32), [printable_name(p.name) for p in files], files)
+
+
+def _picture(img: Any, channels: int, hw: tuple[int, int] | None, Image: Any) -> np.ndarray:  # noqa: N803
+    """One opened image as float32 ``(H, W, channels)`` in ``[0, 1]`` (see :func:`load_images`)."""
+    if img.mode.startswith("I") or img.mode == "F":
+        return _high_depth(img, channels, hw, Image)
+    if img.has_transparency_data:  # composite over white instead of dropping alpha
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    picture = img.convert("L" if channels == 1 else "RGB")
+    if hw is not None and picture.size != (hw[1], hw[0]):
+        picture = picture.resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
+    array = np.asarray(picture, dtype=np.float32) / 255.0
+    return array[..., None] if array.ndim == 2 else array
+
+
+def _high_depth(img: Any, channels: int, hw: tuple[int, int] | None, Image: Any) -> np.ndarray:  # noqa: N803
+    """A 16/32-bit integer or float single-channel image, scaled to ``[0, 1]`` without going
+    through 8 bits (Pillow's ``convert("L")`` would clip a 16-bit image at 255)."""
+    values = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        if not np.all(np.isfinite(values)) or values.min() < 0.0 or values.max() > 1.0:
+            low, high = np.nanmin(values), np.nanmax(values)
+            raise ImageLoadError(
+                f"a float image with values in [{low:g}, {high:g}] (or NaN); float images must lie in "
+                "[0, 1] — rescale it, or save it as an 8- or 16-bit image"
+            )
+        scaled = values
+    else:  # I;16 variants, and mode I as Pillow opens 16-bit PNGs
+        if values.min() < 0 or values.max() > 65535:
+            raise ImageLoadError(
+                f"a 32-bit integer image with values in [{values.min():g}, {values.max():g}]; only "
+                "8- and 16-bit integer images are read (save it as 16-bit, or as float in [0, 1])"
+            )
+        scaled = values / 65535.0
+    plane = Image.fromarray(scaled.astype(np.float32), mode="F")
+    if hw is not None and plane.size != (hw[1], hw[0]):
+        plane = plane.resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
+    array = np.clip(np.asarray(plane, dtype=np.float32), 0.0, 1.0)[..., None]
+    return array if channels == 1 else np.repeat(array, 3, axis=-1)
 
 
 def normalize(
@@ -266,8 +443,10 @@ def normalize(
 
     m = per_channel(mean, 0.0, "mean")
     s = per_channel(std, 1.0, "std")
-    if np.any(s <= 0):
-        raise InputError(f"--std values must be positive, got {s.tolist()}")
+    if not np.all(np.isfinite(m)):
+        raise InputError(f"--mean values must be finite numbers, got {m.tolist()}")
+    if not np.all(np.isfinite(s)) or np.any(s <= 0):
+        raise InputError(f"--std values must be positive finite numbers, got {s.tolist()}")
     return ((images - m) / s).astype(np.float32)
 
 

@@ -730,12 +730,16 @@ def _settings_section(settings: Mapping[str, Any] | None, results: Any, command:
 def write_report(path: str | Path, **kwargs: Any) -> Path:
     """Write :func:`render_report` ``(**kwargs)`` to ``path`` (UTF-8) and return the path.
 
+    Written by :func:`xai_toolbox.io.write_output`: never through a symbolic link planted at
+    ``path``, and atomically (no empty or half-written report if rendering or writing fails).
+
     Example:
         >>> write_report("out/report.html", images=x, maps={"rise": maps}, results=table)
         PosixPath('out/report.html')
     """
+    from .io import write_output
+
     path = Path(path)
     page = render_report(**kwargs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_output(path.parent, path.name, page)

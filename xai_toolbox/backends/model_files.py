@@ -4,12 +4,18 @@ Each framework's :class:`~xai_toolbox.backends.frameworks.Framework` points at i
 :func:`xai_toolbox.io.load_model` picks one by file suffix. The frameworks are imported inside
 the functions, so importing this module imports neither.
 
-Formats that unpickle arbitrary Python code on load (a whole pickled ``nn.Module``, a legacy
-``.h5`` model, a ``.keras`` file with ``Lambda`` layers) are refused unless ``trust`` is true.
+Formats that hold code are refused unless ``trust`` is true: those that unpickle arbitrary
+Python on load (a whole pickled ``nn.Module``, a legacy ``.h5`` model, a ``.keras`` file with
+``Lambda`` layers), and TorchScript archives, whose scripted ``forward`` is a program that runs
+with the user's privileges on every call (``torch.from_file``, ``torch.save`` and friends can
+read and write any file). The safe path needs no trust: a factory the user names (their own
+code) with a state dict read by ``torch.load(weights_only=True)``, or a ``.keras`` file in safe
+mode. The archive is recognised from its zip listing, without loading it.
 """
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +32,59 @@ TRUST_HINT = (
 )
 
 
+SAFE_PATH_HINT = (
+    "the safe path needs no trust: build the architecture with your own code and load the "
+    "weights as data — --model package.module:factory --weights state.pth (a state dict, read "
+    "with torch.load(weights_only=True))"
+)
+
+
+def is_torchscript_archive(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip with a ``code/`` folder), from its zip
+    listing alone: nothing in it is loaded or run.
+
+    Example:
+        >>> is_torchscript_archive(Path("net.pt"))
+        True
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in f"/{name}" for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def load_torch_file(path: Path, trust: bool) -> tuple[Any, str]:
-    """A TorchScript archive (or, trusted, a pickled ``nn.Module``) in eval mode, and how it
-    was read."""
+    """A TorchScript archive or a pickled ``nn.Module`` in eval mode, and how it was read —
+    both only with ``trust``: a TorchScript ``forward`` is code that runs on every call, and
+    unpickling runs code while loading."""
+    scripted = is_torchscript_archive(path)
+    if not trust:
+        if scripted:
+            raise ModelLoadError(
+                f"{str(path)!r} is a TorchScript archive: its scripted code runs with your privileges "
+                "on every call (it can read and write files), so it runs only with "
+                "--trust-model-code (trust_model_code=True in Python), for a file you trust; "
+                f"{SAFE_PATH_HINT}"
+            )
+        raise ModelLoadError(
+            f"{str(path)!r} is not a TorchScript archive but a pickled file, and unpickling runs "
+            f"code; {SAFE_PATH_HINT}. A pickled whole model needs --trust-model-code: {TRUST_HINT}"
+        )
     try:
         import torch
     except ImportError as exc:
         raise ModelLoadError("loading a PyTorch model needs PyTorch: pip install 'xai-toolbox[torch]'") from exc
+    if scripted:
+        try:
+            model = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load TorchScript archive {str(path)!r}: {exc}") from exc
+        return model.eval(), f"TorchScript file {path.name} (trusted)"
     try:
-        model = torch.jit.load(str(path), map_location="cpu")
-        return model.eval(), f"TorchScript file {path.name}"
-    except Exception as jit_error:
-        if not trust:
-            raise ModelLoadError(
-                f"{str(path)!r} is not a TorchScript archive ({type(jit_error).__name__}). Save the "
-                "model with torch.jit.script(model).save(path), or pass a factory and the state "
-                "dict: --model package.module:factory --weights model.pth. A pickled whole model "
-                f"needs --trust-model-code: {TRUST_HINT}"
-            ) from jit_error
-    model = torch.load(path, map_location="cpu", weights_only=False)
+        model = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load {str(path)!r} with torch.load: {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, torch.nn.Module):
         raise ModelLoadError(
             f"{str(path)!r} holds a {type(model).__name__}, not a torch.nn.Module; for a state dict "
