@@ -89,7 +89,8 @@ def check_workload(owner: str, *, model_inputs: int = 0, held_bytes: int = 0, ca
         owner: who asks, for the message (``"rise"``).
         model_inputs: model inputs (forward, or forward and backward passes) the call runs.
         held_bytes: bytes the call holds at once (up-front arrays, one pass's inputs): a
-            lower bound, on the host or on the model's device.
+            lower bound, compared with the host's available memory (a GPU's memory is not
+            queried: a pass too large for it is retried on halves of the batch).
         cause: the parameters behind the numbers, for the message
             (``"nb_samples=10**9 × 2 inputs"``).
 
