@@ -119,14 +119,16 @@ def memory_scope() -> Iterator[None]:
 
 def _note_values(kind: str, *values: Any) -> None:
     """Remember, on the device and without a host read, whether the model's ``values`` of one
-    pass held a NaN or an infinity (``0 · v`` is NaN exactly then), for :func:`model_non_finite`."""
+    pass held a NaN or an infinity, for :func:`model_non_finite`: ``0 · Σ v`` is NaN when one
+    is (or when the sum overflows, which only values near the float limit make it do). One
+    reduction, no temporary the size of ``values``."""
     state = _memory.get()
     if state is None:
         return
     for t in values:
         if t is None or "float" not in str(getattr(t, "dtype", "")):
             continue
-        probe = (t * 0).sum().float32()
+        probe = t.sum().float32() * 0
         seen = state.non_finite.get(kind)
         state.non_finite[kind] = probe if seen is None else seen + probe
 
