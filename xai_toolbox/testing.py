@@ -384,6 +384,7 @@ def _adapter_results(adapter: Any, x: Any, targets: np.ndarray, seed: int) -> di
         np.testing.assert_allclose(as_numpy(grads), as_numpy(generic[1]), atol=1e-5, rtol=1e-5)
         out["score"] = as_numpy(values)
         out["input gradient"] = as_numpy(xe.channels_first(grads, axis))
+        out.update(_relu_rule_gradients(adapter, x, weights, out["input gradient"]))
     if adapter.supports_layers:
         layer = adapter.resolve_layer("conv2")
         default = adapter.default_layer(x)
@@ -401,6 +402,25 @@ def _adapter_results(adapter: Any, x: Any, targets: np.ndarray, seed: int) -> di
             _, layer_grads, _ = adapter.weighted_layer_activations(x, layer, weights)
             assert layer_grads is not None
             out["layer gradient"] = as_numpy(xe.channels_first(layer_grads, axis))
+    return out
+
+
+def _relu_rule_gradients(adapter: Any, x: Any, weights: Any, plain: np.ndarray) -> dict[str, np.ndarray]:
+    """Input gradients under the ReLU rules where the adapter has them (compared across twins),
+    and ordinary gradients unchanged after each block (a rule must not leak into cached passes)."""
+    from . import extend as xe
+    from .errors import UnsupportedModelError
+
+    out: dict[str, np.ndarray] = {}
+    for rule in ("guided", "deconv"):
+        try:
+            with adapter.relu_backward(rule):
+                grads = adapter.weighted_value_and_grad(x, weights)[1]
+        except UnsupportedModelError:
+            return out
+        out[f"{rule} gradient"] = as_numpy(xe.channels_first(grads, adapter.channel_axis))
+        after = as_numpy(xe.channels_first(adapter.weighted_value_and_grad(x, weights)[1], adapter.channel_axis))
+        np.testing.assert_allclose(after, plain, atol=1e-6, err_msg=f"{adapter.framework}: {rule} rule leaked")
     return out
 
 

@@ -330,40 +330,73 @@ def _relu_targets(model: Any) -> list[tuple[Any, str]]:
     return list(found.values())
 
 
+class _RuledLayer:
+    """One ReLU layer attribute (``call`` or ``activation``) replaced by a dispatcher: threads
+    with a rule on it (a stack each, for nested blocks) run their rule, every other thread runs
+    the original. Shared by all the blocks that overlap on the layer, restored by the last."""
+
+    def __init__(self, layer: Any, attribute: str) -> None:
+        self.layer, self.attribute = layer, attribute
+        self.had_own, self.own = attribute in layer.__dict__, layer.__dict__.get(attribute)
+        self.rules: dict[int, list[Callable[[Any], Any]]] = {}
+        original = getattr(layer, attribute)
+
+        def ruled(inputs: Any, *args: Any, **kwargs: Any) -> Any:
+            stack = self.rules.get(threading.get_ident())
+            return stack[-1](inputs) if stack else original(inputs, *args, **kwargs)
+
+        setattr(layer, attribute, ruled)
+
+    def restore(self) -> None:
+        if self.had_own:
+            setattr(self.layer, self.attribute, self.own)
+        else:
+            delattr(self.layer, self.attribute)
+
+
+# Patched layers by (id, attribute); only touched under ``_patch_lock``, so a rule's patches
+# never interleave with another thread's ``_CallPatch`` (which holds it throughout).
+_ruled_layers: dict[tuple[int, str], _RuledLayer] = {}
+
+
 class _ReluRules:
     """The model's ReLUs computed by :func:`_relu_with_rule` for a ``with`` block, in the
-    calling thread only (other threads run the originals), and put back exactly as they were."""
+    calling thread only, and put back exactly as they were by the last block that ends."""
 
     def __init__(self, targets: list[tuple[Any, str]], rule: str) -> None:
         self.targets, self.rule_fn = targets, _relu_with_rule(rule)
-        self.owner = threading.get_ident()
-        self.saved: list[tuple[Any, str, bool, Any]] = []
-
-    def _ruled(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        def ruled(inputs: Any, *args: Any, **kwargs: Any) -> Any:
-            if threading.get_ident() != self.owner:
-                return original(inputs, *args, **kwargs)
-            return self.rule_fn(inputs)
-
-        return ruled
+        self.thread = threading.get_ident()
+        self.keys: list[tuple[int, str]] = []
 
     def __enter__(self) -> None:
-        try:
-            for layer, attribute in self.targets:
-                original = getattr(layer, attribute)
-                self.saved.append((layer, attribute, attribute in layer.__dict__, layer.__dict__.get(attribute)))
-                setattr(layer, attribute, self._ruled(original))
-        except BaseException:
-            self.__exit__()
-            raise
+        with _patch_lock:
+            try:
+                for layer, attribute in self.targets:
+                    key = (id(layer), attribute)
+                    ruled = _ruled_layers.get(key)
+                    if ruled is None:
+                        ruled = _ruled_layers[key] = _RuledLayer(layer, attribute)
+                    ruled.rules.setdefault(self.thread, []).append(self.rule_fn)
+                    self.keys.append(key)
+            except BaseException:
+                self._release()
+                raise
 
     def __exit__(self, *exc: object) -> None:
-        while self.saved:
-            layer, attribute, had_own, own = self.saved.pop()
-            if had_own:
-                setattr(layer, attribute, own)
-            else:
-                delattr(layer, attribute)
+        with _patch_lock:
+            self._release()
+
+    def _release(self) -> None:
+        while self.keys:
+            key = self.keys.pop()
+            ruled = _ruled_layers[key]
+            stack = ruled.rules[self.thread]
+            stack.pop()
+            if not stack:
+                del ruled.rules[self.thread]
+            if not ruled.rules:
+                ruled.restore()
+                del _ruled_layers[key]
 
 
 def _canonical_shape(keras_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -557,8 +590,8 @@ class KerasAdapter(ModelAdapter):
         traces or is ignored by them. ``tf.nn.relu`` called inside a custom ``call()``, ReLU6,
         leaky or thresholded ReLUs and other activations are not reached; a model without any
         reachable ReLU raises :class:`~xai_toolbox.errors.UnsupportedModelError` at once.
-        Layer patches are serialised with the other patches of this adapter (``_patch_lock``).
         """
+        rule = check_relu_rule(rule)
         targets = _relu_targets(self.model)
         if not targets:
             raise UnsupportedModelError(
@@ -569,7 +602,7 @@ class KerasAdapter(ModelAdapter):
                 "use saliency instead"
             )
         ordinary = self._compiled
-        with _patch_lock, _ReluRules(targets, check_relu_rule(rule)):
+        with _ReluRules(targets, rule):
             self._compiled = _rule_compiled.setdefault(self._shared, {}).setdefault(rule, {})
             try:
                 yield

@@ -13,7 +13,6 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 import torch
-
 from torch.overrides import TorchFunctionMode
 
 from .._precision import requested
@@ -555,10 +554,10 @@ class _ReluWithRule(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, z: torch.Tensor, guided: bool, inplace: bool) -> torch.Tensor:
         if inplace:
-            out = z.clamp_(min=0)
+            out = torch.relu_(z)
             ctx.mark_dirty(z)
         else:
-            out = z.clamp(min=0)
+            out = torch.relu(z)
         ctx.guided = guided
         if guided:
             ctx.save_for_backward(out)
@@ -566,11 +565,11 @@ class _ReluWithRule(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        passed = grad.clamp(min=0)
-        if ctx.guided:
-            (out,) = ctx.saved_tensors
-            passed = passed * (out > 0)
-        return passed, None, None
+        if not ctx.guided:
+            return torch.relu(grad), None, None
+        (out,) = ctx.saved_tensors
+        # ReLU's own backward kernel (R where out > 0, else 0), then its positive part in place.
+        return torch.ops.aten.threshold_backward(grad, out, 0).relu_(), None, None
 
 
 # Every public spelling of a ReLU; ``None``: in place if the call says ``inplace=True``.
