@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from _reliability import MARKING_FACTORY, cli_command, cli_many, error_lines, write_png_images
 
+import xai_toolbox as xt
+
 PIL = pytest.importorskip("PIL")
 
 #: argv (after ``explain --model factory.py:build``) -> a fragment of the one error line.
@@ -148,3 +150,15 @@ def test_non_utf8_file_names_and_ctrl_c(torch: Any, tmp_path: Path) -> None:
     assert page.rstrip().endswith("</html>")
     assert "caf\ufffd &lt;b&gt;.png" in page  # shown with a replacement character, escaped
     assert (tmp_path / "report-out" / "caf_b_saliency.npy").is_file()
+
+
+def test_normalize_refuses_values_that_would_zero_the_inputs() -> None:
+    """``--std inf`` made every input zero and the run exited 0; in Python too, a non-finite or
+    non-positive std (or a non-finite mean) is refused."""
+    from xai_toolbox.io import normalize
+
+    images = np.full((1, 2, 2, 3), 0.5, np.float32)
+    for mean, std in ((None, [float("inf")]), (None, [0.0]), ([float("nan")], None), (None, [1.0, -1.0, 1.0])):
+        with pytest.raises(xt.InputError, match="must be (positive )?finite"):
+            normalize(images, mean, std)
+    np.testing.assert_allclose(normalize(images, [0.25], [0.5]), np.full((1, 2, 2, 3), 0.5))
