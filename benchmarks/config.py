@@ -42,7 +42,7 @@ class PeerCase:
 
     name: str
     params: dict[str, Any]
-    captum: str  # "saliency" | "integrated_gradients" | "occlusion" | "smoothgrad"
+    captum: str  # "saliency" | "integrated_gradients" | "occlusion" | "smoothgrad" | "guided_backprop" | ...
 
 
 @dataclass
@@ -150,6 +150,12 @@ def default_config(framework: str, device: str = "cpu", *, quick: bool = False, 
             PeerCase(
                 "smoothgrad", {"nb_samples": 16, "noise": 0.15, "seed": 0, "noise_source": "device"}, "smoothgrad"
             ),
+            PeerCase("guided_backprop", {}, "guided_backprop"),
+            PeerCase("deconvnet", {}, "deconvolution"),
+            PeerCase("gradient_shap", {"nb_samples": 16, "baselines": 0.0, "seed": 0}, "gradient_shap"),
+            # Captum's NoiseTunnel: absolute noise, biased variance, noise drawn on the device.
+            PeerCase("vargrad", {"nb_samples": 16, "noise": 0.2, "ddof": 0, "noise_source": "device", "seed": 0}, "vargrad"),
+            PeerCase("squaregrad", {"nb_samples": 16, "noise": 0.2, "noise_source": "device", "seed": 0}, "smoothgrad_sq"),
         ]
     return Config(
         framework=framework,

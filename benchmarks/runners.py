@@ -135,6 +135,32 @@ def run_peer_case(case: PeerCase, bench: Workbench, cfg: Config) -> dict[str, An
                 x, nt_type="smoothgrad", nt_samples=params["nb_samples"], stdevs=stdev,
                 nt_samples_batch_size=per_eval, target=target, abs=True,
             ).amax(1)
+    elif case.captum in ("guided_backprop", "deconvolution"):
+        peer = ca.GuidedBackprop(model) if case.captum == "guided_backprop" else ca.Deconvolution(model)
+        row["captum_settings"] = {}
+
+        def theirs() -> Any:
+            return peer.attribute(x, target=target).mean(1)  # our reducer="mean"
+    elif case.captum == "gradient_shap":
+        # Our constant baseline 0.0 is Captum's one-reference distribution of zeros.
+        zeros = torch.zeros_like(x[:1])
+        peer = ca.GradientShap(model)
+        row["captum_settings"] = {"n_samples": params["nb_samples"], "baselines": "zeros (1 reference)", "stdevs": 0.0}
+
+        def theirs() -> Any:
+            return peer.attribute(x, baselines=zeros, n_samples=params["nb_samples"], stdevs=0.0, target=target).sum(1)
+    elif case.captum in ("vargrad", "smoothgrad_sq"):
+        peer = ca.NoiseTunnel(ca.Saliency(model))
+        row["captum_settings"] = {
+            "nt_type": case.captum, "nt_samples": params["nb_samples"], "stdevs": params["noise"],
+            "nt_samples_batch_size": per_eval, "abs": False,
+        }
+
+        def theirs() -> Any:
+            return peer.attribute(
+                x, nt_type=case.captum, nt_samples=params["nb_samples"], stdevs=params["noise"],
+                nt_samples_batch_size=per_eval, target=target, abs=False,
+            ).mean(1)
     else:
         raise ValueError(f"unknown Captum peer {case.captum!r}")
 

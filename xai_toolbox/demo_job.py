@@ -63,6 +63,13 @@ DEMO_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
         "gradient_input": {},
         "integrated_gradients": {},
         "smoothgrad": {"seed": 0},
+        "squaregrad": {"seed": 0},
+        "vargrad": {"seed": 0},
+        # 50 draws instead of the default 200 (SHAP's): the default would take 4x SmoothGrad.
+        "gradient_shap": {"nb_samples": 50, "seed": 0},
+        "guided_backprop": {},
+        "deconvnet": {},
+        "forgrad": {},
         "gradcam": {},
         "gradcampp": {},
         "layercam": {},
@@ -112,6 +119,9 @@ QUICK_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
     "methods": {
         "integrated_gradients": {"steps": 8},
         "smoothgrad": {"nb_samples": 8, "seed": 0},
+        "squaregrad": {"nb_samples": 8, "seed": 0},
+        "vargrad": {"nb_samples": 8, "seed": 0},
+        "gradient_shap": {"nb_samples": 8, "seed": 0},
         "opticam": {"max_iter": 10},
         "rise": {"nb_samples": 200, "grid_size": 7, "seed": 0},
         "sobol": {"nb_design": 8, "grid_size": 6},
