@@ -192,3 +192,9 @@ def test_cam_family_on_a_vit(torch: Any) -> None:
             continue
         maps = xt.method(name, model, batch_size=8)(IMAGES[:2], LABELS[:2])
         assert maps.shape == (2, 16, 16) and np.all(np.isfinite(maps)), name
+
+
+def test_evaluate_reports_the_layer_used(torch: Any) -> None:
+    table = xt.evaluate(build("torch"), IMAGES, LABELS, methods=["gradcam", "saliency"])
+    assert table.params["methods"]["gradcam"]["layer used"] == "blocks.1.norm1"
+    assert "layer used" not in table.params["methods"]["saliency"]

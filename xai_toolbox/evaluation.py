@@ -55,7 +55,8 @@ class EvaluationTable(list):
         metric_timings: seconds spent scoring, per ``(method, metric)``.
         params: ``{"methods": {name: params}, "metrics": {name: params}}``: the parameters
             each method and metric built from a name was given (``batch_size`` included), or
-            an instance's ``get_params()``.
+            an instance's ``get_params()``; CAMs add ``"layer used"`` (their default layer
+            when none was given), which the reports list with the settings.
         failures: ``{"method" or "method/metric": "ErrorType: message"}`` for the steps that
             raised under ``keep_going=True``.
         resolved_params: ``{"methods": {label: params}, "metrics": {label: params}}``: every
@@ -400,6 +401,9 @@ class _Run:
         start = time.perf_counter()
         native_maps = _ready(method.obj)(self.inputs, self.targets)
         self.table.timings[method.label] = time.perf_counter() - start
+        used = getattr(method.obj, "layer_", None)  # a CAM's layer, the default one included
+        if used is not None:
+            self.table.params["methods"].setdefault(method.label, {})["layer used"] = used
         self.table.maps[method.label] = to_numpy(native_maps).astype(np.float32)
         layer = getattr(method.obj, "layer_", None)  # the layer a CAM picked by default
         if layer is not None:
