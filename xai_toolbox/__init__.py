@@ -10,7 +10,9 @@ Example:
     >>> xt.metric("deletion", model)(images, labels, maps).mean
 
 Method and metric classes are also attributes of the package (``xt.Saliency``,
-``xt.GradCAM``, ``xt.Deletion``, ...), resolved through the registry. Plugin authors build on
+``xt.GradCAM``, ``xt.Deletion``, ...), resolved through the registry. Concept extraction
+(``xt.concepts("craft", model, ...)``) and feature visualisation (``xt.featurevis("maco",
+model, ...)`` with an :class:`Objective`) are plugin kinds of their own. Plugin authors build on
 :mod:`xai_toolbox.extend`, the versioned extension API.
 """
 
@@ -24,8 +26,19 @@ _compat.apply()
 
 from . import extend  # noqa: E402
 from . import scores  # noqa: E402
+from ._featurevis import Objective  # noqa: E402
 from ._precision import autocast  # noqa: E402
-from .api import explain, list_methods, list_metrics, method, metric  # noqa: E402
+from .api import (  # noqa: E402
+    concepts,
+    explain,
+    featurevis,
+    list_concepts,
+    list_featurevis,
+    list_methods,
+    list_metrics,
+    method,
+    metric,
+)
 from .backends import ModelAdapter, adapt  # noqa: E402
 from .backends.numpy import NumpyModel  # noqa: E402
 from .base import AttributionMethod, Metric, MetricResult  # noqa: E402
@@ -43,15 +56,20 @@ __all__ = [
     "MetricResult",
     "ModelAdapter",
     "NumpyModel",
+    "Objective",
     "OutOfMemoryWarning",
     "PairedTest",
     "adapt",
     "autocast",
+    "concepts",
     "bootstrap_ci",
     "extend",
     "scores",
     "explain",
+    "featurevis",
     "hookimpl",
+    "list_concepts",
+    "list_featurevis",
     "list_methods",
     "list_metrics",
     "method",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._concepts import ConceptMethod
+from ._featurevis import FeatureVisualization
 from .base import AttributionMethod, Metric
 from .registry import get_registry
 
@@ -22,6 +24,46 @@ def list_methods() -> list[str]:
 def list_metrics() -> list[str]:
     """Names of every registered metric, sorted."""
     return sorted(get_registry().metrics)
+
+
+def list_concepts() -> list[str]:
+    """Names of every registered concept-extraction method, sorted.
+
+    Example:
+        >>> "craft" in xt.list_concepts()
+        True
+    """
+    return sorted(get_registry().concepts)
+
+
+def list_featurevis() -> list[str]:
+    """Names of every registered feature-visualisation method, sorted.
+
+    Example:
+        >>> "maco" in xt.list_featurevis()
+        True
+    """
+    return sorted(get_registry().featurevis)
+
+
+def concepts(name: str, model: Any, **params: Any) -> ConceptMethod:
+    """Build the concept-extraction method registered as ``name`` for ``model``.
+
+    Example:
+        >>> craft = xt.concepts("craft", model, layer="layer4", number_of_concepts=10)
+        >>> found = craft(images_of_one_class, class_id=3)   # bank, importances, maps, crops
+    """
+    return get_registry().concept(name).cls(model, **params)
+
+
+def featurevis(name: str, model: Any, **params: Any) -> FeatureVisualization:
+    """Build the feature-visualisation method registered as ``name`` for ``model``.
+
+    Example:
+        >>> maco = xt.featurevis("maco", model, nb_steps=256)
+        >>> vis = maco(xt.Objective.logit(3), input_shape=(3, 224, 224))
+    """
+    return get_registry().feature_visualization(name).cls(model, **params)
 
 
 def method(name: str, model: Any, **params: Any) -> AttributionMethod:
@@ -54,14 +96,21 @@ def explain(model: Any, inputs: Any, targets: Any = None, *, method: str = "sali
 
 
 def find_class(name: str) -> type | None:
-    """The registered method or metric class called ``name`` (e.g. ``"GradCAM"``), if any."""
-    registry = get_registry()
-    for entry in (*registry.methods.values(), *registry.metrics.values()):
+    """The registered method, metric, concept or feature-visualisation class called ``name``
+    (e.g. ``"GradCAM"``, ``"Craft"``), if any."""
+    for entry in _class_entries():
         if entry.cls.__name__ == name:
             return entry.cls
     return None
 
 
 def class_names() -> list[str]:
+    return sorted({e.cls.__name__ for e in _class_entries()})
+
+
+def _class_entries() -> list[Any]:
     registry = get_registry()
-    return sorted({e.cls.__name__ for e in (*registry.methods.values(), *registry.metrics.values())})
+    return [
+        *registry.methods.values(), *registry.metrics.values(),
+        *registry.concepts.values(), *registry.featurevis.values(),
+    ]

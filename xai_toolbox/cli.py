@@ -55,7 +55,8 @@ class _Parser(argparse.ArgumentParser):
 def _cmd_list(args: argparse.Namespace) -> int:
     """Every kind of plugin and the package providing it: methods (family, gradients, layer,
     passes per image at the defaults, input kinds), metrics by family (with their direction),
-    frameworks (installed or not), the adapter plugins, and plugins not loaded (and why)."""
+    concept methods and feature visualisations, frameworks (installed or not), the adapter
+    plugins, and plugins not loaded (and why)."""
     registry = get_registry()
     print("methods:")
     _print_rows(
@@ -65,6 +66,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print("metrics:")
     rows = [_metric_row(e) for _, e in sorted(registry.metrics.items(), key=lambda kv: (kv[1].cls.family, kv[0]))]
     _print_rows(["name", "class", "family", "better", "package (plugin)"], rows)
+    # Concept and feature-visualisation methods carry the same metadata as attribution methods
+    # (passes: per image of the class / per visualisation).
+    for title, table in (("concept methods:", registry.concepts), ("feature visualisations:", registry.featurevis)):
+        print(title)
+        _print_rows(
+            ["name", "class", "family", "gradients", "layer", "seeded", "passes", "inputs", "package (plugin)"],
+            [_method_row(e) for _, e in sorted(table.items())],
+        )
     print("frameworks:")
     _print_rows(
         ["name", "framework", "installed", "package (plugin)"],

@@ -35,6 +35,18 @@ def register_metrics(register: Callable[[str, type], None]) -> None:
 
 
 @hookspec
+def register_concepts(register: Callable[[str, type], None]) -> None:
+    """Call ``register(name, cls)`` for each concept-extraction method the plugin provides
+    (subclasses of :class:`xai_toolbox.extend.ConceptMethod`, e.g. CRAFT)."""
+
+
+@hookspec
+def register_featurevis(register: Callable[[str, type], None]) -> None:
+    """Call ``register(name, cls)`` for each feature-visualisation method the plugin provides
+    (subclasses of :class:`xai_toolbox.extend.FeatureVisualization`, e.g. MACO)."""
+
+
+@hookspec
 def register_frameworks(register: Callable[[Any], None]) -> None:
     """Call ``register(Framework(...))`` for each framework the plugin's adapters serve.
 

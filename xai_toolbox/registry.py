@@ -7,8 +7,9 @@ take the others down:
 * a plugin that fails to import or register, implements a hook that does not exist (a typo),
   or defines a hook function without ``@xt.hookimpl`` warns with its name and is skipped (an
   error when ``XAI_TOOLBOX_STRICT_PLUGINS=1``);
-* two plugins registering the same method, metric or framework name are both disabled, with a
-  warning naming both (an error under the strict variable); everything else keeps working;
+* two plugins registering the same name for one kind (method, metric, concept method, feature
+  visualisation, framework) are both disabled, with a warning naming both (an error under the
+  strict variable); everything else keeps working;
 * ``XAI_TOOLBOX_DISABLE_PLUGINS`` (comma-separated entry-point names, or ``all`` for every
   third-party plugin) switches plugins off.
 
@@ -40,8 +41,16 @@ PROJECT = "xai-toolbox"
 hookimpl = pluggy.HookimplMarker(GROUP)
 
 #: The registries kinds, in the order ``xai-toolbox list`` shows them.
-KINDS = ("method", "metric", "framework")
-_HOOKS = {"method": "register_methods", "metric": "register_metrics", "framework": "register_frameworks"}
+KINDS = ("method", "metric", "concept", "featurevis", "framework")
+_HOOKS = {
+    "method": "register_methods",
+    "metric": "register_metrics",
+    "concept": "register_concepts",
+    "featurevis": "register_featurevis",
+    "framework": "register_frameworks",
+}
+#: How messages name a kind where its table name is not a word.
+_NOUNS = {"concept": "concept method", "featurevis": "feature visualisation"}
 
 
 class PluginWarning(UserWarning):
@@ -97,6 +106,16 @@ class Registry:
     @property
     def frameworks(self) -> dict[str, Entry]:
         return self.tables["framework"]
+
+    @property
+    def concepts(self) -> dict[str, Entry]:
+        """Concept-extraction methods (CRAFT, ...), by name."""
+        return self.tables["concept"]
+
+    @property
+    def featurevis(self) -> dict[str, Entry]:
+        """Feature-visualisation methods (MACO, ...), by name."""
+        return self.tables["featurevis"]
 
     # -- loading -------------------------------------------------------------------------
     def add_plugin(self, module: Any, plugin: str, package: str) -> None:
@@ -175,7 +194,8 @@ class Registry:
                 hint += "; plugins that failed to load: " + ", ".join(sorted(self.failed))
             if self.disabled:
                 hint += "; plugins disabled because they claim the same names: " + ", ".join(sorted(self.disabled))
-            raise UnknownNameError(f"unknown {kind} {name!r}{suggestion}; available {kind}s: {available}{hint}")
+            noun = _NOUNS.get(kind, kind)
+            raise UnknownNameError(f"unknown {noun} {name!r}{suggestion}; available {noun}s: {available}{hint}")
         return table[name]
 
     def method(self, name: str) -> Entry:
@@ -186,6 +206,12 @@ class Registry:
 
     def framework(self, name: str) -> Entry:
         return self._lookup("framework", name)
+
+    def concept(self, name: str) -> Entry:
+        return self._lookup("concept", name)
+
+    def feature_visualization(self, name: str) -> Entry:
+        return self._lookup("featurevis", name)
 
     def package_of(self, plugin: str) -> str:
         """The distribution that declared the entry point ``plugin``."""
