@@ -9,7 +9,9 @@ What is here, by purpose:
 * **Base classes**: :class:`AttributionMethod`, :class:`Metric` (and :class:`MetricResult`),
   :class:`MethodMetric` for metrics that re-run a method, :class:`PerturbationMethod` for
   black-box methods, :class:`CAMMethod` (with :class:`LayerCapture`) for class activation maps,
-  :class:`Explanation` for maps with auxiliary outputs.
+  :class:`Explanation` for maps with auxiliary outputs; :class:`ConceptMethod` (results
+  :class:`Concepts`) for concept extraction and :class:`FeatureVisualization` (results
+  :class:`Visualization`, objectives :class:`Objective`) for feature visualisation.
 * **Targets and scores**: :class:`Targets` (scores, input gradients, layer gradients through
   the adapter's fast paths), :func:`weighted_score`, :data:`ScoreFn`.
 * **Streaming**: :func:`chunks` / :class:`Chunk` (model inputs cut in ``batch_size`` across
@@ -28,6 +30,8 @@ What is here, by purpose:
   (scikit-image, optional), :func:`segment_labels`, :data:`SEGMENTATIONS`; weighted linear
   surrogates :func:`fit_linear_surrogate` (scikit-learn where installed, else NumPy),
   :func:`linear_regressor`, :data:`LINEAR_REGRESSORS`.
+* **Concepts**: :func:`fit_nmf` (scikit-learn's non-negative factorisation, returning a
+  :class:`Factorization`).
 * **Tensor operations EagerPy lacks**, identical in every framework: :func:`resize`,
   :func:`gaussian_blur`, :func:`box_blur`, :func:`spatial_filter`, :func:`interpolation_matrix`,
   :func:`matmul`, :func:`on_device`, :func:`expand_to_inputs`, :func:`reduce_channels`,
@@ -73,6 +77,8 @@ from __future__ import annotations
 
 from ._budget import available_memory, check_workload
 from ._cam import CAMMethod, LayerCapture, input_size
+from ._concepts import ConceptMethod, Concepts, Factorization, fit_nmf
+from ._featurevis import FeatureVisualization, Objective, Visualization
 from ._noise import DeviceNoise, HostNoise, noise_source
 from ._perturbation import (
     PERTURBATIONS,
@@ -200,9 +206,13 @@ __all__ = [
     "BlockSampler",
     "CAMMethod",
     "Chunk",
+    "ConceptMethod",
+    "Concepts",
     "DeviceNoise",
     "Draw",
     "Explanation",
+    "Factorization",
+    "FeatureVisualization",
     "Framework",
     "HostNoise",
     "ItemSums",
@@ -211,6 +221,7 @@ __all__ = [
     "Metric",
     "MetricResult",
     "ModelAdapter",
+    "Objective",
     "PairScores",
     "PerturbationMethod",
     "ScoreFn",
@@ -218,6 +229,7 @@ __all__ = [
     "SegmentMethod",
     "Segments",
     "Targets",
+    "Visualization",
     "activate",
     "activation",
     "adapt",
@@ -237,6 +249,7 @@ __all__ = [
     "expand_to_inputs",
     "fit_linear_surrogate",
     "explanation_shape",
+    "fit_nmf",
     "flag",
     "float32_array",
     "framework_info",
