@@ -394,7 +394,7 @@ class TorchAdapter(ModelAdapter):
         leaf = x.raw[:1].detach().requires_grad_(True)  # a graph even with frozen weights
         try:
             with _hook_lock, torch.enable_grad(), self.calling_model(x[:1]):
-                score = self.select_output(self.model(leaf)).float().sum()
+                score = self.select_output(self._run(leaf)).float().sum()
                 names = [name for name, _ in candidates if name in captured and captured[name].requires_grad]
                 grads = torch.autograd.grad(score, [captured[n] for n in names], allow_unused=True)
         finally:
