@@ -207,6 +207,9 @@ def test_different_parameters_keep_separate_results(fw: str, tmp_path: Path) -> 
     assert sorted(frame.groupby("method_hash").size().tolist()) == [4, 4]
     with pytest.raises(KeyError, match="2 method configurations"):
         results.maps("rise")
+    explain_dataset(x, model, out=out, methods=[("rise", {"nb_samples": 20, "grid_size": 4}),
+                                                ("rise", {"nb_samples": 30, "grid_size": 4})], metrics=[DELETION])
+    assert sorted(results.scores().index) == sorted(keys)  # one row per configuration
     assert {c["params"]["nb_samples"] for c in results.info["components"].values()} == {20, 30}
 
 

@@ -61,9 +61,13 @@ class DatasetResults:
         return self.store.records().to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
 
     def scores(self) -> Any:
-        """Mean scores, a ``DataFrame`` indexed by method with one column per metric."""
+        """Mean scores, a ``DataFrame`` indexed by method with one column per metric (named
+        ``name-hash`` where the store holds several configurations of one name)."""
         frame = self.records()
-        scored = frame[frame["metric"].notna() & frame["error"].isna()]
+        scored = frame[frame["metric"].notna() & frame["error"].isna()].copy()
+        for name, digest in (("method", "method_hash"), ("metric", "metric_hash")):
+            several = scored.groupby(name)[digest].transform("nunique") > 1
+            scored[name] = scored[name].where(~several, scored[name] + "-" + scored[digest])
         return scored.pivot_table(index="method", columns="metric", values="score", aggfunc="mean")
 
     def method_keys(self) -> list[str]:
