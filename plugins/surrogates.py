@@ -181,14 +181,17 @@ def shapley_kernel(m: int, k: np.ndarray) -> np.ndarray:
     return (m - 1) / (binom * k * (m - k))
 
 
-def kernel_shap_design(rng: np.random.Generator, m: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+def kernel_shap_design(rng: np.random.Generator, m: int, n: int, paired: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """``(coalitions, weights)`` of one input with ``m`` segments and a budget of ``n``.
 
     Rows 0 and 1 are the full and the empty coalition. With ``2^m ≤ n`` the others are every
     proper coalition, weighted by the Shapley kernel (the fit then gives the exact Shapley
     values); otherwise ``n − 2`` coalitions whose size ``k`` is drawn with probability
     ``∝ (m − 1) / (k (m − k))`` and whose members are a uniform subset of that size (this
-    samples the kernel, so their weights are 1 — Captum's and Xplique's sampler).
+    samples the kernel, so their weights are 1 — Captum's and Xplique's sampler). ``paired``:
+    every drawn coalition is followed by its complement (the shap package's paired sampling;
+    the size distribution is symmetric, so each row still follows it, and the pairs cancel
+    much of the variance).
     """
     ends = np.stack([np.ones(m, np.uint8), np.zeros(m, np.uint8)])
     if m == 1:
@@ -197,11 +200,14 @@ def kernel_shap_design(rng: np.random.Generator, m: int, n: int) -> tuple[np.nda
         codes = np.arange(1, 2**m - 1, dtype=np.int64)
         z = ((codes[:, None] >> np.arange(m)[None, :]) & 1).astype(np.uint8)
         return np.concatenate([ends, z]), np.concatenate([[1.0, 1.0], shapley_kernel(m, z.sum(axis=1))])
+    draws = -(-(n - 2) // 2) if paired else n - 2
     sizes = np.arange(1, m)
     p = (m - 1) / (sizes * (m - sizes))
-    k = rng.choice(sizes, size=n - 2, p=p / p.sum())
-    ranks = np.argsort(np.argsort(rng.random((n - 2, m)), axis=1), axis=1)  # a uniform permutation
+    k = rng.choice(sizes, size=draws, p=p / p.sum())
+    ranks = np.argsort(np.argsort(rng.random((draws, m)), axis=1), axis=1)  # a uniform permutation
     z = (ranks < k[:, None]).astype(np.uint8)
+    if paired:  # z_0, 1 − z_0, z_1, 1 − z_1, ...
+        z = np.stack([z, 1 - z], axis=1).reshape(-1, m)[: n - 2]
     return np.concatenate([ends, z]), np.ones(n)
 
 
@@ -228,6 +234,8 @@ class KernelShap(SegmentMethod):
         nb_samples: coalitions per input, the full and the empty one included; ``"auto"``:
             ``2M + 2048`` for ``M`` segments (shap's default). When ``2^M`` coalitions fit in
             the budget they are all evaluated and the result is exact.
+        paired: sample each coalition with its complement (the shap package's paired
+            sampling: much lower variance); ``False``: independent draws (Captum, Xplique).
         seed: seed of the sampled coalitions (``None``: fresh ones each call).
         segmentation, grid_size, segmentation_params, baseline: see
             :class:`~xai_toolbox.extend.SegmentMethod` (default an 8×8 grid, baseline 0).
@@ -249,7 +257,9 @@ class KernelShap(SegmentMethod):
             return self.budget(self.grid_size**2)  # images
         return None if self.nb_samples == "auto" else int(self.nb_samples)  # at most
 
-    def __init__(self, model: Any, *, nb_samples: int | str = "auto", seed: int | None = 0, **kwargs: Any) -> None:
+    def __init__(
+        self, model: Any, *, nb_samples: int | str = "auto", paired: bool = True, seed: int | None = 0, **kwargs: Any
+    ) -> None:
         super().__init__(model, **kwargs)
         if nb_samples != "auto":
             nb_samples = xe.positive_int("nb_samples", nb_samples)
@@ -258,6 +268,7 @@ class KernelShap(SegmentMethod):
                     f"nb_samples must be at least 3 (the full and empty coalitions and one more), got {nb_samples}"
                 )
         self.nb_samples = nb_samples
+        self.paired = xe.flag("paired", paired)
         self.seed = seed
 
     def budget(self, m: int) -> int:
@@ -269,7 +280,9 @@ class KernelShap(SegmentMethod):
         segments = self.segments_of(x)
         n = x.shape[0]
         rngs = item_generators(self.seed, n)
-        designs = [kernel_shap_design(rngs[i], m, self.budget(m)) for i, m in enumerate(segments.counts.tolist())]
+        designs = [
+            kernel_shap_design(rngs[i], m, self.budget(m), self.paired) for i, m in enumerate(segments.counts.tolist())
+        ]
         counts = np.array([len(z) for z, _ in designs])
         scores, _ = self.coalition_scores(x, targets, segments, counts, lambda i, s: designs[i][0][s])
         values = np.zeros((n, segments.width))

@@ -141,6 +141,7 @@ BAD_PARAMS = [
     ("lime", {"seed": -1}, "seed"),
     ("kernel_shap", {"nb_samples": 2}, "at least 3"),
     ("kernel_shap", {"nb_samples": "many"}, "nb_samples"),
+    ("kernel_shap", {"paired": "yes"}, "paired"),
     ("shapley_value_sampling", {"nb_samples": 0}, "nb_samples"),
     ("shapley_value_sampling", {"seed": 1.5}, "seed"),
     ("feature_ablation", {"baseline": "mean"}, "baseline"),

@@ -200,9 +200,10 @@ def test_kernel_weights_enumeration_and_the_sampled_size_distribution() -> None:
     assert z[0].all() and not z[1].any()
     np.testing.assert_allclose(w[2:], shapley_kernel(4, z[2:].sum(axis=1)))
     rng = np.random.default_rng(1)
-    sampled = np.concatenate([kernel_shap_design(rng, 4, 12)[0][2:] for _ in range(3000)])  # 30 000
-    z, w = kernel_shap_design(rng, 4, 12)
-    assert len(z) == 12 and z[0].all() and not z[1].any() and np.all(w == 1)
+    sampled = np.concatenate([kernel_shap_design(rng, 4, 12, paired=False)[0][2:] for _ in range(3000)])
+    z, w = kernel_shap_design(rng, 4, 13)  # paired: each draw, then its complement
+    assert len(z) == 13 and z[0].all() and not z[1].any() and np.all(w == 1)
+    np.testing.assert_array_equal(z[3:13:2], 1 - z[2:12:2])
     p = np.array([1, 0.75, 1]) / 2.75
     freq = np.bincount(sampled.sum(axis=1), minlength=5)[1:4] / len(sampled)
     assert np.all(np.abs(freq - p) <= 4 * np.sqrt(p * (1 - p) / len(sampled))), freq

@@ -84,6 +84,10 @@ DEMO_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
         "sobol": {},
         "hsic": {"seed": 0},
         "occlusion": {"patch_size": 8, "stride": 4},
+        "lime": {"seed": 0},
+        "kernel_shap": {"seed": 0},
+        "shapley_value_sampling": {"seed": 0},
+        "feature_ablation": {},
     },
     "metrics": {
         # The RISE paper's protocol: class probabilities, black substrate for deletion, a
@@ -127,6 +131,10 @@ QUICK_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
         "sobol": {"nb_design": 8, "grid_size": 6},
         "hsic": {"nb_design": 100, "grid_size": 6, "seed": 0},
         "occlusion": {"patch_size": 16, "stride": 8},
+        "lime": {"nb_samples": 100, "grid_size": 4, "seed": 0},
+        "kernel_shap": {"nb_samples": 100, "grid_size": 4, "seed": 0},
+        "shapley_value_sampling": {"nb_samples": 4, "grid_size": 4, "seed": 0},
+        "feature_ablation": {"grid_size": 4},
     },
     "metrics": {
         "deletion": {"steps": 8},
