@@ -208,9 +208,10 @@ def explain_dataset(
         A :class:`DatasetRun`: counts, timing and access to the stored results.
 
     Raises:
-        ParameterError, UnknownNameError: bad settings, before any model is built or image
-        read. StoreError: ``out`` holds results of other data, model or inputs, or another
-        run is writing to it.
+        ParameterError: bad settings, before any model is built or image read.
+        UnknownNameError: an unknown method or metric, before any model is built.
+        StoreError: ``out`` holds results of other data, model or inputs, or another run is
+            writing to it.
 
     Example:
         >>> run = xt.explain_dataset("imagenet/val", "resnet.py:build", out="runs/val",

@@ -434,9 +434,9 @@ def as_source(
         size, channels: how image files are read (folders only).
 
     Raises:
-        InputError: a missing path or an unreadable file; ParameterError: options that do not
-        apply to ``data`` (a shuffled ``DataLoader`` too: its order, and so the ids, change
-        every run).
+        InputError: a missing path or an unreadable file.
+        ParameterError: options that do not apply to ``data`` (a shuffled ``DataLoader`` too:
+            its order, and so the ids, change every run).
     """
     if isinstance(data, Source):
         _only(data, labels=labels, ids=ids, size=size)
