@@ -285,3 +285,19 @@ def test_curves_rejects_results_without_curves() -> None:
     flat = MetricResult("pointing_game", np.ones(3), higher_is_better=True)
     with pytest.raises(ParameterError, match="no curves"):
         plot.curves({"gradcam": flat})
+
+
+def test_scores_figure_orders_best_first_with_intervals() -> None:
+    rng = np.random.default_rng(8)
+    results = {m: MetricResult("deletion", rng.random(10) * k, higher_is_better=False)
+               for m, k in (("a", 3.0), ("b", 1.0), ("c", 2.0))}
+    fig = plot.scores(results)
+    ax = fig.axes[0]
+    order = [t.get_text() for t in ax.get_yticklabels()]
+    assert order == sorted(results, key=lambda m: results[m].mean)  # lower is better: smallest first
+    whiskers = [line for line in ax.lines if len(line.get_xdata()) == 2]
+    for line, method in zip(whiskers, order, strict=True):
+        np.testing.assert_allclose(line.get_xdata(), results[method].ci)
+    assert "lower is better" in ax.get_xlabel() and ax.get_title() == "deletion ↓"
+    with pytest.raises(ParameterError, match="no results"):
+        plot.scores({})

@@ -159,7 +159,7 @@ def test_scores_table_marks_the_best_per_column(page: str) -> None:
     header, body = rows[0], rows[1:]
     columns = re.findall(r"<th[^>]*>(.*?)</th>", header)
     assert columns[:3] == ["rank", "method", "mean rank"]
-    assert columns[3:6] == ["deletion ↓", "insertion ↑", "pointing_<wbr>game ↑"]
+    assert columns[3:6] == ["deletion ↓", "insertion ↑", "pointing_<wbr/>game ↑"]
     best = {}
     for row in body:
         cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
@@ -167,7 +167,7 @@ def test_scores_table_marks_the_best_per_column(page: str) -> None:
         for col, cell_html in zip(columns[3:6], re.findall(r"<td([^>]*)>", row)[3:6], strict=True):
             if 'class="best"' in cell_html:
                 best.setdefault(col, []).append(method)
-    assert best == {"deletion ↓": ["a"], "insertion ↑": ["b"], "pointing_<wbr>game ↑": ["a"]}
+    assert best == {"deletion ↓": ["a"], "insertion ↑": ["b"], "pointing_<wbr/>game ↑": ["a"]}
     # Ranked by mean rank: a (1, 3, 1) -> 1.67, b (3, 1, 3) -> 2.33, EVIL (2, 2, 2) -> 2.
     assert [re.findall(r"<td[^>]*>(.*?)</td>", r)[1] for r in body] == ["a", "&lt;script&gt;alert(1)&lt;/script&gt;", "b"]
 

@@ -35,7 +35,7 @@ GALLERY_STYLE = f"""
 details.page{{margin:.6rem 0}}
 details.page>summary{{cursor:pointer;font-weight:600;margin-bottom:.3rem}}
 table.gallery{{border-collapse:separate;border-spacing:{GAP}px;table-layout:fixed;max-width:100%}}
-table.gallery col.method{{width:{METHOD_COLUMN}px}}
+table.gallery thead th:first-child{{width:{METHOD_COLUMN}px}}
 table.gallery thead th{{position:sticky;top:0;background:#fff;z-index:2;vertical-align:bottom;
 font-weight:400;font-size:.72rem;line-height:1.25;padding:2px 0;overflow-wrap:anywhere}}
 table.gallery thead th img{{outline:2px solid #555;outline-offset:-2px}}
@@ -115,7 +115,6 @@ class Gallery:
         out = [
             f'<details class="page"{" open" if page == 0 else ""}><summary>{summary}</summary>',
             f'<table class="gallery" style="width:{gallery_width(columns)}px">',
-            '<colgroup><col class="method">' + "<col>" * columns + "</colgroup>",
             f'<thead><tr><th scope="col">method</th>{head}</tr></thead><tbody>',
         ]
         for row, (method, scale, pictures) in enumerate(rows):

@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 
 from . import _cli_checks as checks
 from ._cli_checks import UsageError
+from .backends.native_logs import native_logs_filtered
 from .registry import get_registry
 
 PROG = "xai-toolbox"
@@ -136,6 +137,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         progress=False if args.no_progress else None,
         echo=print,
         keep_going=not args.debug,
+        wide=args.wide,
     )
     return _report_failures(result.run.failures)
 
@@ -254,6 +256,7 @@ def _explain_or_evaluate(args: argparse.Namespace, with_metrics: bool) -> int:
         f"{PROG}: {len(inputs.batch.names)} image(s) {shape[2]}x{shape[1]}, {inputs.loaded.source}, "
         f"{len(job.methods)} method(s)" + (f", {len(job.metrics)} metric(s)" if with_metrics else "")
     )
+    print(_explained_classes(inputs.batch.names, targets, job))
     maps = _MapWriter(args, job.out, inputs.batch)
     try:
         table = evaluate(
@@ -305,7 +308,8 @@ def _checked_job(args: argparse.Namespace, with_metrics: bool) -> _Job:
     target = _parse_target(args.target)
     size = checks.image_size(args.size)
     checks.normalisation(args.mean, args.std)
-    checks.colormap(args.cmap)
+    if args.cmap is not None:  # None: chosen by each map's sign
+        checks.colormap(args.cmap)
     sized = image_sizes(args.images)  # missing or unreadable files fail here, from their headers
     checks.model_spec(str(args.model), args.weights)
     if _mask_paths(args):
@@ -377,6 +381,20 @@ def _targets(args: argparse.Namespace, job: _Job, inputs: _Inputs) -> tuple[Any,
     return predictions, np.full(len(predictions), job.target, dtype=np.int64)
 
 
+def _explained_classes(names: Sequence[str], targets: Any, job: _Job, shown: int = 6) -> str:
+    """One line saying which class is explained for each image (the first ``shown``)."""
+
+    def label(k: int) -> str:
+        named = job.class_names is not None and 0 <= k < len(job.class_names)
+        return f"{k} ({job.class_names[k]})" if named else str(k)
+
+    if job.target is not None:
+        return f"explaining class {label(job.target)} for every image (--target)"
+    pairs = [f"{name}: {label(int(k))}" for name, k in zip(names, targets, strict=True)]
+    more = f", ... ({len(pairs) - shown} more)" if len(pairs) > shown else ""
+    return "explaining each image's top-1 class: " + ", ".join(pairs[:shown]) + more
+
+
 class _MapWriter:
     """Writes ``OUT/<image>_<method>.npy`` (the map) and ``.png`` (the overlay) for each image,
     as soon as a method has explained (``evaluate``'s ``on_maps``)."""
@@ -409,12 +427,12 @@ def _write_scores_and_report(
     args: argparse.Namespace, job: _Job, inputs: _Inputs, predictions: Any, table: Any
 ) -> None:
     """The ranked table on the terminal, ``OUT/scores.csv`` and ``OUT/report.html``."""
-    from .report import collect_scores, format_summary, write_report
+    from .report import collect_scores, format_summary, terminal_width, write_report
 
     scores = collect_scores(table)
     if scores:
         print()
-        print(format_summary(scores, table.timings))
+        print(format_summary(scores, table.timings, width=None if args.wide else terminal_width()))
         _write_csv(job.out, scores)
     batch = inputs.batch
     settings = {
@@ -567,11 +585,16 @@ def _add_model_arguments(p: argparse.ArgumentParser, with_metrics: bool) -> None
         "(e.g. logits) or an index (e.g. 0); default: the obvious one (logits, or the only tensor)",
     )
     p.add_argument("--class-names", metavar="FILE", help="text file with one class name per line")
-    p.add_argument("--alpha", type=checks.fraction, default=0.5, help="heatmap opacity of the overlays, in [0, 1] (default 0.5)")
-    p.add_argument("--cmap", default="jet", help="colormap of the overlays (default jet)")
+    p.add_argument("--alpha", type=checks.fraction, default=0.8,
+                   help="heatmap opacity of the overlays where |value| is largest, in [0, 1] (default 0.8)")
+    p.add_argument("--cmap", default=None,
+                   help="colormap of the overlays (default: viridis, and RdBu_r centred on zero for signed maps)")
     p.add_argument("--out", default="xai-evaluation" if with_metrics else "xai-explanations",
                    help="output folder (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    if with_metrics:
+        p.add_argument("--wide", action="store_true",
+                       help="print the score table in one piece (default: cut to the terminal width)")
 
 
 def _wrap(text: str) -> str:
@@ -632,6 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="seed of the held-out images (default: the demo's held-out seed)")
     p.add_argument("--quick", action="store_true", help="reduced settings: a smoke test of a few seconds")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--wide", action="store_true",
+                   help="print the score table in one piece (default: cut to the terminal width)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser(
@@ -691,7 +716,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     args.debug = debug
-    with warnings.catch_warnings():
+    # TensorFlow's C++ start-up lines (oneDNN, CUDA probes) off the terminal; --debug keeps them.
+    with warnings.catch_warnings(), native_logs_filtered(active=not debug):
         if not debug:
             warnings.showwarning = _show_warning
         try:

@@ -229,6 +229,7 @@ def run_demo(
     progress: bool | None = None,
     echo: Echo | None = print,
     keep_going: bool = True,
+    wide: bool = False,
 ) -> DemoResult:
     """Explain and score held-out images of the demo model; write ``out/report.html``.
 
@@ -250,6 +251,7 @@ def run_demo(
         progress: progress bars (``None``: on an interactive terminal).
         echo: where to print progress lines and the summary (``None``: silent).
         keep_going: a failing method or metric is reported, not raised.
+        wide: print the summary table in one piece (default: cut to the terminal width).
 
     Example:
         >>> result = run_demo("tf", methods=["gradcam", "rise"], n_images=4)
@@ -288,7 +290,7 @@ def run_demo(
     settings = _report_settings(framework, data, seed, accuracy, quick, table, seconds)
     notes = _report_notes(table, default_metrics=metrics is None)
     report = _write_demo_report(Path(out), data, seed, predictions, table, settings, notes, framework)
-    summary = _summary(table)
+    summary = _summary(table, wide)
     for line in ("", summary, "", f"report: {report}  ({seconds:.1f} s)"):
         say(line)
     return DemoResult(table, report, summary, settings, data.labels, predictions, seconds)
@@ -393,7 +395,7 @@ def _write_demo_report(
     notes: list[str],
     framework: str,
 ) -> Path:
-    from .report import write_report
+    from .report import reproduce_command, write_report
 
     out.mkdir(parents=True, exist_ok=True)
     return write_report(
@@ -410,14 +412,28 @@ def _write_demo_report(
         notes=notes,
         title=f"xai-toolbox demo — {framework}",
         channels_first=False,
+        targets=data.labels,  # the demo explains the true class
+        command=reproduce_command() or _demo_command(framework, len(data), seed, table, settings),
     )
 
 
-def _summary(table: EvaluationTable) -> str:
-    from .report import collect_scores, format_summary
+def _demo_command(framework: str, n_images: int, seed: int, table: EvaluationTable, settings: dict[str, Any]) -> str:
+    """The ``xai-toolbox demo`` command equivalent to a run from Python (its methods and
+    metrics named explicitly)."""
+    import shlex
+
+    words = ["xai-toolbox", "demo", "--framework", framework, "--n-images", str(n_images), "--seed", str(seed)]
+    words += ["--quick"] if settings.get("quick") else []
+    words += ["--methods", *table.maps, "--metrics", *table.metrics] if table.metrics else ["--methods", *table.maps]
+    return shlex.join(words)
+
+
+def _summary(table: EvaluationTable, wide: bool = False) -> str:
+    from .report import collect_scores, format_summary, terminal_width
 
     scores = collect_scores(table)
-    return format_summary(scores, table.timings) if scores else "(no scores)"
+    width = None if wide else terminal_width()
+    return format_summary(scores, table.timings, width=width) if scores else "(no scores)"
 
 
 def _without_batch(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -66,6 +66,7 @@ __all__ = [
     "map_scale",
     "overlay",
     "palette",
+    "scores",
     "to_numpy",
 ]
 
@@ -502,4 +503,55 @@ def curves(
     else:
         ax.legend(fontsize=8)
     ax.grid(True, alpha=0.3)
+    return fig
+
+
+def scores(
+    results: Mapping[str, MetricResult],
+    *,
+    title: str | None = None,
+    figsize: tuple[float, float] | None = None,
+) -> Figure:
+    """One metric's mean per method with its 95 % interval, best first (a dot-and-whisker
+    chart, as a paper's comparison figure).
+
+    Args:
+        results: ``{method: MetricResult}`` of one metric (e.g.
+            ``{m: table.results[m]["deletion"] for m in table.methods}``).
+        title: the axes title (default: the metric's name and which way is better).
+        figsize: figure size in inches (default: grows with the number of methods).
+
+    Returns:
+        a :class:`matplotlib.figure.Figure`.
+
+    Example:
+        >>> scores({m: table.results[m]["mufidelity"] for m in table.methods}).savefig("mu.png")
+    """
+    from .base import MetricResult
+
+    if not results:
+        raise ParameterError("no results to plot")
+    for label, res in results.items():
+        if not isinstance(res, MetricResult):
+            raise ParameterError(f"{label!r}: expected a MetricResult, got {type(res).__name__}")
+    first = next(iter(results.values()))
+    higher = bool(first.higher_is_better)
+    finite = {m: r for m, r in results.items() if np.isfinite(r.mean)}
+    order = sorted(finite, key=lambda m: -finite[m].mean if higher else finite[m].mean)
+    fig = _figure(*(figsize or (5.5, 0.9 + 0.32 * max(1, len(order)))))
+    ax = fig.subplots()
+    colours = palette(len(results))
+    colour_of = dict(zip(results, colours, strict=True))
+    for row, method in enumerate(order):
+        res = finite[method]
+        low, high = res.ci
+        if np.isfinite(low) and np.isfinite(high):
+            ax.plot([low, high], [row, row], color=colour_of[method], linewidth=2.2, solid_capstyle="butt")
+        ax.plot([res.mean], [row], "o", color=colour_of[method], markersize=5, markeredgecolor="black",
+                markeredgewidth=0.5)
+    ax.set_yticks(range(len(order)), labels=order, fontsize=8)
+    ax.invert_yaxis()  # best on top
+    ax.set_xlabel(f"{first.name} ({'higher' if higher else 'lower'} is better), mean and 95 % interval")
+    ax.set_title(title if title is not None else f"{first.name} {'↑' if higher else '↓'}")
+    ax.grid(True, axis="x", alpha=0.3)
     return fig

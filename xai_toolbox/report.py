@@ -36,6 +36,7 @@ import io
 import math
 import platform
 import sys
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,7 @@ __all__ = [
     "render_report",
     "reproduce_command",
     "software_versions",
+    "terminal_width",
     "write_report",
 ]
 
@@ -263,41 +265,93 @@ def _summary_cell(cell: Score | None, best: bool) -> str:
     return f"{_fmt(cell.mean)}{mark} ± {_fmt((cell.high - cell.low) / 2.0)}"
 
 
-def format_summary(scores: Sequence[Score], timings: Mapping[str, float] | None = None) -> str:
+def format_summary(
+    scores: Sequence[Score], timings: Mapping[str, float] | None = None, *, width: int | None = None
+) -> str:
     """A plain-text table of the ranked methods (for the terminal): metrics grouped by family
     with their direction, each cell ``mean ± half-width`` of the 95 % bootstrap interval
     over images; ``*`` marks the methods whose interval no other method beats.
 
+    Args:
+        scores: the cells (see :func:`collect_scores`).
+        timings: seconds spent explaining, per method (a last column).
+        width: the terminal's width in characters: a table wider than that is cut into
+            blocks of metric columns, one under the other, each repeating the rank and the
+            method, so no line wraps (``None``: one table however wide; see
+            :func:`terminal_width`).
+
     Example:
-        >>> print(format_summary(collect_scores(table), timings={"rise": 2.5}))
+        >>> print(format_summary(collect_scores(table), timings={"rise": 2.5}, width=100))
     """
     methods, metrics, cells = _table(scores)
     ranked = rank_methods(scores)
     best = {metric: _best(cells, methods, metric) for metric in metrics}
     family_of = {metric: family for family, members in group_metrics(scores) for metric in members}
-    header = ["rank", "method", "mean rank"]
+    fixed_head = ["rank", "method", "mean rank"]
+    fixed_rows = [[str(i), method, _fmt(mean_rank)] for i, (method, mean_rank) in enumerate(ranked, start=1)]
+    columns = []  # (header, cells per ranked method)
     for metric in metrics:
         hib = next(cells[(m, metric)] for m in methods if (m, metric) in cells).higher_is_better
-        header.append(f"{metric} {'↑' if hib else '↓'}")
+        values = [_summary_cell(cells.get((method, metric)), method in best[metric]) for method, _ in ranked]
+        columns.append((f"{metric} {'↑' if hib else '↓'}", values))
     if timings:
-        header.append("time (s)")
-    rows = []
-    for i, (method, mean_rank) in enumerate(ranked, start=1):
-        row = [str(i), method, _fmt(mean_rank)]
-        row += [_summary_cell(cells.get((method, metric)), method in best[metric]) for metric in metrics]
-        if timings:
-            row.append(f"{timings[method]:.1f}" if method in timings else "-")
-        rows.append(row)
-    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+        columns.append(("time (s)", [f"{timings[m]:.1f}" if m in timings else "-" for m, _ in ranked]))
+    lines: list[str] = []
+    for block in _column_blocks(fixed_head, fixed_rows, columns, width):
+        if lines:
+            lines.append("")
+        lines += _text_table([*fixed_head, *(h for h, _ in block)],
+                             [[*row, *(values[i] for _, values in block)] for i, row in enumerate(fixed_rows)])
     groups = ", ".join(
         f"{family}: {' '.join(members)}" for family, members in group_metrics(scores) if members
     )
     if len(set(family_of.values())) > 1 or "other" not in family_of.values():
-        lines.append(f"families: {groups}")
-    lines.append("mean ± half-width of the 95 % bootstrap interval over images; * = interval not beaten")
+        lines.append(textwrap.fill(f"families: {groups}", width or 10**6, subsequent_indent="  "))
+    note = "mean ± half-width of the 95 % bootstrap interval over images; * = interval not beaten"
+    lines.append(textwrap.fill(note, width or 10**6))
     return "\n".join(lines)
+
+
+def _text_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def _column_blocks(
+    fixed_head: list[str], fixed_rows: list[list[str]], columns: list[tuple[str, list[str]]], width: int | None
+) -> list[list[tuple[str, list[str]]]]:
+    """``columns`` cut into consecutive blocks that fit ``width`` beside the fixed columns
+    (at least one column per block; one block when ``width`` is ``None``)."""
+    if width is None or not columns:
+        return [columns]
+
+    def span(header: str, values: list[str]) -> int:
+        return max(len(header), *(len(v) for v in values)) + 2
+
+    fixed = sum(span(h, [r[i] for r in fixed_rows]) for i, h in enumerate(fixed_head))
+    blocks: list[list[tuple[str, list[str]]]] = [[]]
+    used = fixed
+    for column in columns:
+        need = span(*column)
+        if blocks[-1] and used + need > width:
+            blocks.append([])
+            used = fixed
+        blocks[-1].append(column)
+        used += need
+    return blocks
+
+
+def terminal_width(default: int = 120) -> int:
+    """The terminal's width in characters (``COLUMNS``, the terminal's size, else ``default``).
+
+    Example:
+        >>> print(format_summary(scores, width=terminal_width()))
+    """
+    import shutil
+
+    return shutil.get_terminal_size((default, 24)).columns
 
 
 # -- versions ----------------------------------------------------------------------------------
@@ -436,11 +490,11 @@ margin-top:2rem}h3{font-size:1.05rem;margin:1.2rem 0 .3rem}h4{margin:.8rem 0 .3r
 .muted{color:#666;font-size:.9em}
 table.scores{border-collapse:collapse;font-variant-numeric:tabular-nums;max-width:100%;margin-bottom:.8rem}
 table.scores caption{text-align:left;font-weight:600;padding:.2rem 0}
-table.scores th,table.scores td{border:1px solid #ddd;padding:.25rem .45rem;text-align:right;font-size:.88rem}
+table.scores th,table.scores td{border:1px solid #ddd;padding:.25rem .4rem;text-align:right;font-size:.86rem}
 table.scores thead th{background:#f4f4f4;font-weight:600;vertical-align:bottom}
 table.scores th.method,table.scores td.method{text-align:left}
 table.scores .hw{display:block;font-size:.78em;color:#555;white-space:nowrap}
-table.scores td{white-space:nowrap}
+table.scores td.method{overflow-wrap:anywhere;min-width:6em}
 td.best{background:#e6f4ea;font-weight:700}
 .charts{display:flex;flex-wrap:wrap;gap:1.5rem}
 figure{margin:0}figure.chart{max-width:100%}figure.chart figcaption{font-weight:600;margin-bottom:.3rem}
@@ -645,7 +699,7 @@ def _score_table(
         f'<tr><th>rank</th><th class="method">method</th><th>mean rank</th>{head}{time_head}</tr></thead><tbody>',
     ]
     for i, (method, mean_rank) in enumerate(ranked, start=1):
-        row = [f"<td>{i}</td>", f'<td class="method">{esc(method)}</td>', f"<td>{_fmt(mean_rank)}</td>"]
+        row = [f"<td>{i}</td>", f'<td class="method">{_breakable(method)}</td>', f"<td>{_fmt(mean_rank)}</td>"]
         row += [_score_cell(cells.get((method, metric)), method in best[metric]) for metric in metrics]
         if timings:
             row.append(f"<td>{timings[method]:.2f}</td>" if method in timings else "<td>-</td>")
@@ -656,7 +710,7 @@ def _score_table(
 
 def _breakable(name: str) -> str:
     """A metric name that may wrap after its underscores (narrow columns)."""
-    return "_<wbr>".join(esc(part) for part in name.split("_"))
+    return "_<wbr/>".join(esc(part) for part in name.split("_"))  # <wbr/>: a void element, closed for XML-minded parsers
 
 
 def _arrow(cells: dict[tuple[str, str], Score], methods: Sequence[str], metric: str) -> str:
