@@ -156,7 +156,8 @@ def test_table_carries_maps_timings_params_and_explains_without_metrics(torch: o
     assert set(table.timings) == {"saliency", "gradcam"}
     assert set(table.metric_timings) == {("saliency", "deletion"), ("gradcam", "deletion")}
     assert table.params["metrics"] == {"deletion": {"batch_size": 8, "steps": 3}}
-    assert table.params["methods"]["gradcam"] == xt.GradCAM(model).get_params()
+    # an instance's parameters, and the layer the CAM used (its default here)
+    assert table.params["methods"]["gradcam"] == {**xt.GradCAM(model).get_params(), "layer used": "relu2"}
     assert table.results["gradcam"]["deletion"] is table[1]["result"] and not table.failures
     assert [line.split()[0] for line in lines] == ["saliency", "gradcam"]
     # No metric: the maps only (what `xai-toolbox explain` asks for).

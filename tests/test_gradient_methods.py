@@ -235,7 +235,7 @@ def test_tabular_and_series_inputs(framework: str) -> None:
     maps = as_numpy(xt.Saliency(seq)(batch, [0, 1]))
     assert maps.shape == (2, 9)
     np.testing.assert_allclose(maps[1], np.abs(series_w[1]).max(axis=0), rtol=1e-5)
-    with pytest.raises(xt.LayerError, match="images"):
+    with pytest.raises(xt.InputError, match="explains image inputs; these are tabular inputs"):
         xt.GradCAM(tab)(rows, [0, 0, 0])
 
 

@@ -352,5 +352,5 @@ def test_non_image_inputs_are_refused(framework: str) -> None:
     from xai_toolbox.testing import linear_model
 
     model = linear_model(framework, np.ones((2, 5), np.float32))
-    with pytest.raises(xt.LayerError, match="explain images"):
+    with pytest.raises(xt.InputError, match="explains image inputs; these are tabular inputs"):
         xt.OptiCAM(model, max_iter=1)(np.ones((3, 5), np.float32), [0, 1, 0])
