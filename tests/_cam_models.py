@@ -4,7 +4,7 @@
 ``(K, h, w)`` on as its activations, so a test chooses the feature maps exactly, and the head
 is either global average pooling and a linear layer (the conv → GAP → linear anchor) or a
 linear layer on the flattened maps (gradients that vary over the positions). Twins in PyTorch
-and Keras compute the same function.
+and Keras compute the same function (other frameworks skip the tests that use them).
 """
 
 from __future__ import annotations
@@ -13,16 +13,19 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
+import pytest
 
 import xai_toolbox as xt
 from xai_toolbox.ops import interpolation_matrix
-from xai_toolbox.testing import as_numpy, cnn, to_framework
+from xai_toolbox.testing import as_numpy, cnn, cnn_weights, to_framework
 
 
 def feature_model(framework: str, weight: np.ndarray, bias: np.ndarray | None = None) -> Any:
     """``f(A) = W · GAP(A) + b`` for ``weight`` ``(classes, K)``, or ``f(A) = W · vec(A) + b``
     for ``weight`` ``(classes, K, h, w)`` (channels first), with ``A`` the image, exposed as
     layer ``"feat"``."""
+    if framework not in ("torch", "tf"):
+        pytest.skip(f"the feature models are built in PyTorch and Keras, not {framework}")
     weight = np.asarray(weight, dtype=np.float32)
     bias = np.zeros(weight.shape[0], np.float32) if bias is None else np.asarray(bias, np.float32)
     pooled = weight.ndim == 2
@@ -75,10 +78,7 @@ def relu2_and_head(
     adapter = xt.adapt(model)
     acts, _, outputs = adapter.layer_activations(adapter.to_model(to_framework(images, framework)), layer)
     acts = xt.extend.channels_first(acts, adapter.channel_axis).numpy()
-    if framework == "tf":
-        head = model.get_layer("fc").get_weights()[0].T
-    else:
-        head = model.fc.weight.detach().numpy()
+    head = cnn_weights(seed)["fc.weight"]  # every framework's test CNN is built from these
     return acts.astype(np.float64), head.astype(np.float64), outputs.numpy().astype(np.float64)
 
 
