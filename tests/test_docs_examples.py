@@ -7,9 +7,12 @@ tutorials' ``exec="on"`` blocks included. What each page finds predefined:
 * the tutorials, ``getting-started.md``, ``index.md`` and the README: nothing (they build
   everything themselves, from the embedded demo model);
 * ``plugin-guide.md``: a small PyTorch CNN on 16×16 images and the example plugin installed;
-* every other page: the demo model (PyTorch), two held-out images ``images`` (a torch tensor),
-  ``labels``, the object ``masks``, and the maps ``maps``, ``cam`` and ``rise``, an
-  evaluation ``table`` of ``rise`` and ``saliency`` on deletion, ``file_names`` and ``classes``.
+* every other page: the demo model (PyTorch), two held-out images ``images`` (a torch tensor;
+  ``images_nhwc`` as NumPy NHWC), ``labels``, the object ``masks`` (also as ``boxes``), the
+  maps ``maps``, ``cam`` and ``rise``, an evaluation ``table`` of ``rise`` and ``saliency`` on
+  deletion and its per-image ``scores``, ``file_names``, ``classes``, reference images
+  ``refs``/``train_images``, three copies of the model as ``models`` (MeGe's fold models), and
+  scikit-learn black boxes: ``clf`` on tabular ``rows``, ``sklearn_pipeline`` on images.
 
 A block that cannot run here (it needs your own model file, a data set, a GPU) is marked as
 illustrative by an HTML comment on the line before it, which the rendered page does not show:
@@ -101,11 +104,36 @@ def _demo_namespace() -> dict[str, Any]:
     rise = xt.method("rise", model, nb_samples=200, seed=0)(images, labels)
     table = xt.evaluate(model, images, labels, methods=["rise", "saliency"], metrics=["deletion"],
                         method_params={"rise": {"nb_samples": 200, "seed": 0}})
+    others = make_shapes(4, seed=DEMO_SEEDS.heldout + 1)
+    masks = data.masks.astype(np.float32)
     return {
         "xt": xt, "np": np, "model": model, "images": images, "labels": labels,
-        "masks": data.masks.astype(np.float32), "maps": cam, "cam": cam, "rise": rise,
-        "table": table, "file_names": [f"image{i}.png" for i in range(2)], "classes": list(CLASS_NAMES),
+        "masks": masks, "boxes": masks, "maps": cam, "cam": cam, "rise": rise,
+        "table": table, "scores": table.results["rise"]["deletion"].scores,
+        "file_names": [f"image{i}.png" for i in range(2)], "classes": list(CLASS_NAMES),
+        "refs": torch.from_numpy(to_channels_first(others.images)),  # reference images (baselines)
+        "train_images": torch.from_numpy(to_channels_first(others.images)),
+        "models": [load_demo_model("torch") for _ in range(3)],  # as MeGe's fold models
+        **_black_boxes(data.images, data.labels),
     }
+
+
+def _black_boxes(images_nhwc: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """The scikit-learn models the black-box pages explain: ``clf`` on tabular ``rows``, and
+    ``sklearn_pipeline`` on flattened NHWC images ``images_nhwc``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(20, 6)).astype(np.float32)
+    clf = LogisticRegression().fit(rows, (rows[:, 0] > 0).astype(int))
+    flatten = FunctionTransformer(lambda x: np.asarray(x).reshape(len(x), -1))
+    pipeline = make_pipeline(flatten, LogisticRegression(max_iter=200))
+    training = rng.random((10, *images_nhwc.shape[1:]), dtype=np.float32)
+    pipeline.fit(training, np.arange(10) % 5)  # the demo's five classes, so `labels` fit both
+    return {"rows": rows, "clf": clf, "sklearn_pipeline": pipeline, "images_nhwc": images_nhwc,
+            "labels_nhwc": labels}
 
 
 PAGES = _pages()
