@@ -11,7 +11,7 @@ tutorials' ``exec="on"`` blocks included. What each page finds predefined:
   ``images_nhwc`` as NumPy NHWC), ``labels``, the object ``masks`` (also as ``boxes``), the
   maps ``maps``, ``cam`` and ``rise``, an evaluation ``table`` of ``rise`` and ``saliency`` on
   deletion and its per-image ``scores``, ``file_names``, ``classes``, reference images
-  ``refs``/``train_images``, three copies of the model as ``models`` (MeGe's fold models), and
+  ``refs``/``train_images``, two copies of the model as ``models`` (MeGe's fold models), and
   scikit-learn black boxes: ``clf`` on tabular ``rows``, ``sklearn_pipeline`` on images.
 
 A block that cannot run here (it needs your own model file, a data set, a GPU) is marked as
@@ -113,7 +113,7 @@ def _demo_namespace() -> dict[str, Any]:
         "file_names": [f"image{i}.png" for i in range(2)], "classes": list(CLASS_NAMES),
         "refs": torch.from_numpy(to_channels_first(others.images)),  # reference images (baselines)
         "train_images": torch.from_numpy(to_channels_first(others.images)),
-        "models": [load_demo_model("torch") for _ in range(3)],  # as MeGe's fold models
+        "models": [load_demo_model("torch") for _ in range(2)],  # as MeGe's fold models (2 folds of 2 images)
         **_black_boxes(data.images, data.labels),
     }
 

@@ -330,16 +330,6 @@ _TAB10_LIGHT = (
 )
 
 
-_TAB10 = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-)
-_TAB10_LIGHT = (
-    "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5",
-    "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
-)
-
-
 def _as_maps(maps: Any) -> np.ndarray:
     m = np.asarray(to_numpy(maps), dtype=np.float32)
     if m.ndim < 2:
