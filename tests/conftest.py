@@ -1,7 +1,10 @@
-"""Test configuration: ``--framework torch|tf`` (repeatable) picks the frameworks under test.
+"""Test configuration: ``--framework NAME`` (repeatable) picks the frameworks under test.
 
-Without the option every installed framework is tested. Asking for a framework that is not
-installed is a usage error, never a silent skip.
+The choices are the registered frameworks whose plugin ships test models (``torch``, ``tf``,
+``jax``, ``keras-jax``, ``keras-torch``, and any adapter plugin's). Without the option every
+installed framework is tested. Asking for a framework that is not installed is a usage error,
+never a silent skip. Keras runs on the backend ``KERAS_BACKEND`` names (TensorFlow unless the
+environment says otherwise: tox's ``jax`` and ``keras-torch`` envs set it), one per process.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
+from xai_toolbox.backends import frameworks  # noqa: E402
 from xai_toolbox.testing import installed_frameworks  # noqa: E402
 
 
@@ -22,7 +26,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--framework",
         action="append",
-        choices=["torch", "tf"],
+        choices=[f.name for f in frameworks() if f.build_test_model is not None],
         default=None,
         help="framework to test (repeatable); default: every installed one",
     )
@@ -71,6 +75,15 @@ def tf(pytestconfig: pytest.Config) -> Any:
 @pytest.fixture
 def keras(tf: Any) -> Any:
     import keras as module
+
+    return module
+
+
+@pytest.fixture
+def jax(pytestconfig: pytest.Config) -> Any:
+    """The jax module, when jax is under test (else the test is skipped)."""
+    _require(pytestconfig, "jax")
+    import jax as module
 
     return module
 

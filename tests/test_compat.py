@@ -54,3 +54,34 @@ def test_torch_max_gradient_splits_between_ties_like_tensorflow(torch) -> None:
     leaf.grad = None
     ep.astensor(leaf).min(axis=1).raw.sum().backward()
     np.testing.assert_allclose(leaf.grad.numpy(), [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]])
+
+
+def test_jax_index_update_uses_at_set(jax) -> None:
+    """EagerPy's JAX ``index_update`` called ``jax.ops.index_update`` (removed from JAX)."""
+    import jax.numpy as jnp
+
+    _compat.apply()
+    t = ep.astensor(jnp.zeros((2, 3)))
+    updated = t.index_update((1, ep.astensor(jnp.array([0, 2]))), 5.0)
+    np.testing.assert_array_equal(updated.numpy(), [[0, 0, 0], [5, 0, 5]])
+    np.testing.assert_array_equal(t.numpy(), 0)  # arrays are immutable: a new one
+
+
+def test_eagerpy_jax_tensor_ops_the_toolbox_uses(jax) -> None:
+    """EagerPy 0.30's JAX tensor on current JAX: the operations methods and metrics call."""
+    import jax.numpy as jnp
+
+    values = np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32)
+    t = ep.astensor(jnp.asarray(values))
+    np.testing.assert_allclose(t.sum(axis=(1, 2)).numpy(), values.sum(axis=(1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(t.max(axis=1).numpy(), values.max(axis=1))
+    np.testing.assert_allclose(t.abs().mean(axis=-1, keepdims=True).numpy(), np.abs(values).mean(-1, keepdims=True), rtol=1e-5)
+    np.testing.assert_array_equal(t.argsort(axis=-1).numpy(), values.argsort(axis=-1))
+    np.testing.assert_array_equal(t[ep.astensor(jnp.array([1, 1, 0]))].numpy(), values[[1, 1, 0]])
+    np.testing.assert_allclose(ep.where(t > 0, t, 0.0).numpy(), np.maximum(values, 0))
+    np.testing.assert_allclose(ep.concatenate([t, t], axis=0).numpy(), np.concatenate([values, values]))
+    np.testing.assert_allclose(t.transpose((0, 2, 1)).reshape((2, -1)).numpy(), values.transpose(0, 2, 1).reshape(2, -1))
+    np.testing.assert_allclose(t.softmax(axis=-1).numpy().sum(-1), 1.0, rtol=1e-5)
+    values_and_grads = ep.value_and_grad(lambda z: (z * z).sum(), t)
+    np.testing.assert_allclose(values_and_grads[1].numpy(), 2 * values, rtol=1e-6)
+    assert t.numpy().dtype == np.float32 and ep.from_numpy(t, np.ones(2)).shape == (2,)

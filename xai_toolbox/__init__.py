@@ -40,6 +40,7 @@ from .api import (  # noqa: E402
     metric,
 )
 from .backends import ModelAdapter, adapt  # noqa: E402
+from .backends.jax_model import JaxModel  # noqa: E402
 from .backends.numpy import NumpyModel  # noqa: E402
 from .base import AttributionMethod, Metric, MetricResult  # noqa: E402
 from .errors import *  # noqa: E402,F403
@@ -52,6 +53,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AttributionMethod",
+    "JaxModel",
     "Metric",
     "MetricResult",
     "ModelAdapter",

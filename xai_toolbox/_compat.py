@@ -11,6 +11,9 @@ Kept in one place so the list of patches is visible and tested (tests/test_compa
   saliency map and normalisation). We use ``torch.amax``/``torch.amin`` (one pass over all the
   axes). Their gradient splits evenly between tied extremes, as TensorFlow's does, where
   ``torch.max(dim)`` sent it all to one of them.
+* EagerPy's JAX ``index_update`` calls ``jax.ops.index_update``, removed in JAX 0.3.2; we use
+  the ``x.at[indices].set(values)`` that replaced it. (The rest of its JAX tensor works with
+  current JAX: ``tests/test_compat.py`` runs the operations the toolbox uses.)
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ def apply() -> None:
         return
     _applied = True
     _patch_torch_extrema()
+    _patch_jax_index_update()
     if hasattr(np, "find_common_type"):
         return
     import eagerpy.tensor.tensorflow as ep_tf
@@ -70,3 +74,21 @@ def _patch_torch_extrema() -> None:
 
     PyTorchTensor.max = _torch_extremum("max", "amax")  # type: ignore[method-assign]
     PyTorchTensor.min = _torch_extremum("min", "amin")  # type: ignore[method-assign]
+
+
+def _jax_index_update(self: Any, indices: Any, values: Any) -> Any:
+    """``x.at[indices].set(values)`` (patched by xai_toolbox._compat: EagerPy called the
+    removed ``jax.ops.index_update``)."""
+    from eagerpy.tensor.base import unwrap_
+
+    indices, values = unwrap_(indices, values)
+    if isinstance(indices, tuple):
+        indices = unwrap_(*indices)
+    return type(self)(self.raw.at[indices].set(values))
+
+
+def _patch_jax_index_update() -> None:
+    # eagerpy.tensor.jax imports jax lazily, so this does not import JAX.
+    from eagerpy.tensor.jax import JAXTensor
+
+    JAXTensor.index_update = _jax_index_update  # type: ignore[method-assign]

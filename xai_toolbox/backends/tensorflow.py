@@ -1,9 +1,11 @@
-"""TensorFlow/Keras 3 adapter: Sequential, functional, subclassed and nested models, NHWC inputs."""
+"""TensorFlow/Keras 3 adapter: Sequential, functional, subclassed and nested models, NHWC inputs.
+
+The Keras backend TensorFlow: compiled passes (``tf.function``) and ``tf.GradientTape``. What
+the Keras backends share (layers, names, weights) is in :mod:`.keras_common`."""
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import threading
 import weakref
@@ -11,30 +13,38 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import eagerpy as ep
-import keras
-import numpy as np
 import tensorflow as tf
 
-from ..errors import InputError, LayerError, UnsupportedModelError, XaiToolboxError
+from ..errors import InputError, LayerError, XaiToolboxError
 from .adapter import (
-    Draw,
-    ModelAdapter,
     ScoreOf,
     as_type_of,
     check_relu_rule,
     check_replacement,
     float32_array,
     last_informative,
-    pick_default_layer,
     select_output,
-    token_layers,
     weighted_score,
 )
+from .keras_common import (
+    CallPatch,
+    KerasLayers,
+    ReluRules,
+    check_one_input,
+    no_relu_error,
+    patch_lock,
+    relu_targets,
+    walk,
+)
+
+# Names kept for the callers that import them from here.
+_walk = walk
+_CallPatch = CallPatch
 
 # Inner layers are reached by temporarily wrapping ``layer.call`` on the instance, which works
 # for every kind of Keras model (a functional sub-model cannot be cut out of a subclassed one).
-# The wrapping is per layer object, so captures are serialised.
-_patch_lock = threading.RLock()
+# The wrapping is per layer object, so captures are serialised (one lock for every backend).
+_patch_lock = patch_lock
 
 
 class _Compiled:
@@ -222,74 +232,7 @@ def _toolbox_error(exc: BaseException) -> XaiToolboxError | None:
     return found[0] if found else None
 
 
-def _check_one_input(model: Any) -> None:
-    """Models are explained with respect to one input tensor: a model that declares several
-    is refused before any call (instead of an AutoGraph trace from deep inside Keras)."""
-    try:
-        inputs = model.inputs
-    except (AttributeError, ValueError):
-        return
-    if isinstance(inputs, list | tuple) and len(inputs) > 1:
-        names = ", ".join(repr(getattr(t, "name", "?")) for t in inputs)
-        raise UnsupportedModelError(
-            f"the Keras model takes {len(inputs)} inputs ({names}); xai-toolbox explains a model "
-            "with respect to one input tensor — wrap it in a model of one input that fixes the "
-            "others, e.g. keras.Model(image, model([image, constant_inputs]))"
-        )
-
-
-def _walk_all(layer: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """:func:`_walk`, also into the sublayers of custom layers (a keras_hub encoder's blocks and
-    their normalisations): every layer whose ``call`` can be captured, ``"outer/inner"``."""
-    children = getattr(layer, "layers", None)
-    if children is None:
-        flatten = getattr(layer, "_flatten_layers", None)
-        children = list(flatten(include_self=False, recursive=False)) if callable(flatten) else []
-    for child in children or []:
-        if isinstance(child, keras.layers.InputLayer):
-            continue
-        qualified = f"{prefix}{child.name}"
-        yield qualified, child
-        yield from _walk_all(child, qualified + "/")
-
-
-def _walk(layer: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """``(qualified name, layer)`` for every layer below ``layer``, depth first, model order."""
-    for child in getattr(layer, "layers", []) or []:
-        qualified = f"{prefix}{child.name}"
-        if isinstance(child, keras.layers.InputLayer):
-            continue
-        yield qualified, child
-        yield from _walk(child, qualified + "/")
-
-
-class _CallPatch:
-    """Wrap ``layer.call`` on the instance for the duration of a ``with`` block."""
-
-    def __init__(self, layer: Any, after: Callable[[Any], Any]) -> None:
-        self.layer, self.after = layer, after
-
-    def __enter__(self) -> None:
-        layer = self.layer
-        self._had_own = "call" in layer.__dict__
-        self._own = layer.__dict__.get("call")
-        original = layer.call
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return self.after(original(*args, **kwargs))
-
-        layer.call = call
-
-    def __exit__(self, *exc: object) -> None:
-        if self._had_own:
-            self.layer.call = self._own
-        else:
-            del self.layer.call
-
-
 # -- ReLU backward rules (Guided Backprop, DeconvNet) ------------------------------------------
-_RELU_ACTIVATIONS = (keras.activations.relu, keras.ops.relu, tf.nn.relu)
-
 # Passes compiled under a rule, per model (its ``_Compiled``) and rule: a rule never leaks into
 # the ordinary traces, nor is it ignored because an ordinary trace was cached first.
 _rule_compiled: weakref.WeakKeyDictionary[_Compiled, dict[str, dict[tuple[Any, ...], Any]]] = (
@@ -314,107 +257,7 @@ def _relu_with_rule(rule: str) -> Callable[[Any], Any]:
     return relu
 
 
-def _relu_targets(model: Any) -> list[tuple[Any, str]]:
-    """``(layer, attribute)`` for every plain ReLU of the model, nested models included: the
-    ``call`` of ``keras.layers.ReLU()`` layers (no ``max_value``, slope or threshold) and the
-    ``activation`` of layers built with ``activation="relu"`` (``Dense``, ``Conv2D``,
-    ``Activation``, ...)."""
-    found: dict[int, tuple[Any, str]] = {}
-    for _, layer in _walk(model):
-        if isinstance(layer, keras.layers.ReLU):
-            plain = layer.max_value is None and not layer.negative_slope and not layer.threshold
-            if plain:
-                found[id(layer)] = (layer, "call")
-        elif any(getattr(layer, "activation", None) is f for f in _RELU_ACTIVATIONS):
-            found[id(layer)] = (layer, "activation")
-    return list(found.values())
-
-
-class _RuledLayer:
-    """One ReLU layer attribute (``call`` or ``activation``) replaced by a dispatcher: threads
-    with a rule on it (a stack each, for nested blocks) run their rule, every other thread runs
-    the original. Shared by all the blocks that overlap on the layer, restored by the last."""
-
-    def __init__(self, layer: Any, attribute: str) -> None:
-        self.layer, self.attribute = layer, attribute
-        self.had_own, self.own = attribute in layer.__dict__, layer.__dict__.get(attribute)
-        self.rules: dict[int, list[Callable[[Any], Any]]] = {}
-        original = getattr(layer, attribute)
-
-        def ruled(inputs: Any, *args: Any, **kwargs: Any) -> Any:
-            stack = self.rules.get(threading.get_ident())
-            return stack[-1](inputs) if stack else original(inputs, *args, **kwargs)
-
-        setattr(layer, attribute, ruled)
-
-    def restore(self) -> None:
-        if self.had_own:
-            setattr(self.layer, self.attribute, self.own)
-        else:
-            delattr(self.layer, self.attribute)
-
-
-# Patched layers by (id, attribute); only touched under ``_patch_lock``, so a rule's patches
-# never interleave with another thread's ``_CallPatch`` (which holds it throughout).
-_ruled_layers: dict[tuple[int, str], _RuledLayer] = {}
-
-
-class _ReluRules:
-    """The model's ReLUs computed by :func:`_relu_with_rule` for a ``with`` block, in the
-    calling thread only, and put back exactly as they were by the last block that ends."""
-
-    def __init__(self, targets: list[tuple[Any, str]], rule: str) -> None:
-        self.targets, self.rule_fn = targets, _relu_with_rule(rule)
-        self.thread = threading.get_ident()
-        self.keys: list[tuple[int, str]] = []
-
-    def __enter__(self) -> None:
-        with _patch_lock:
-            try:
-                for layer, attribute in self.targets:
-                    key = (id(layer), attribute)
-                    ruled = _ruled_layers.get(key)
-                    if ruled is None:
-                        ruled = _ruled_layers[key] = _RuledLayer(layer, attribute)
-                    ruled.rules.setdefault(self.thread, []).append(self.rule_fn)
-                    self.keys.append(key)
-            except BaseException:
-                self._release()
-                raise
-
-    def __exit__(self, *exc: object) -> None:
-        with _patch_lock:
-            self._release()
-
-    def _release(self) -> None:
-        while self.keys:
-            key = self.keys.pop()
-            ruled = _ruled_layers[key]
-            stack = ruled.rules[self.thread]
-            stack.pop()
-            if not stack:
-                del ruled.rules[self.thread]
-            if not ruled.rules:
-                ruled.restore()
-                del _ruled_layers[key]
-
-
-def _canonical_shape(keras_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The PyTorch layout of a Keras kernel: ``(*k, in, out)`` → ``(out, in, *k)``, dense ``.T``."""
-    if len(keras_shape) >= 3:
-        *k, cin, cout = keras_shape
-        return (cout, cin, *k)
-    return tuple(reversed(keras_shape))
-
-
-def _keras_layout(a: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`_canonical_shape` for values."""
-    if a.ndim >= 3:
-        return np.moveaxis(a, (0, 1), (-1, -2)).copy()  # (out, in, *k) -> (*k, in, out)
-    return a.T.copy() if a.ndim == 2 else a
-
-
-class KerasAdapter(ModelAdapter):
+class KerasAdapter(KerasLayers):
     """Adapter for Keras 3 models on the TensorFlow backend (channels-last inputs).
 
     Layers are addressed by name; layers inside nested sub-models by their own name when it
@@ -425,8 +268,7 @@ class KerasAdapter(ModelAdapter):
     display_name = "TensorFlow/Keras"
 
     def __init__(self, model: Any) -> None:
-        super().__init__(model, channel_axis=-1)
-        self._default_layers: dict[tuple[int, ...], str] = {}
+        super().__init__(model)
         self._shared = _compiled_for(model)
         self._compiled = self._shared.functions
 
@@ -441,7 +283,7 @@ class KerasAdapter(ModelAdapter):
         return tf.is_tensor(x) or isinstance(x, tf.Variable)
 
     def to_model(self, x: Any) -> ep.Tensor:
-        _check_one_input(self.model)
+        check_one_input(self.model)
         if not self.is_native(x):
             return ep.astensor(tf.convert_to_tensor(float32_array(x)))
         if not (x.dtype.is_floating or x.dtype.is_integer or x.dtype.is_bool):
@@ -483,7 +325,6 @@ class KerasAdapter(ModelAdapter):
         except TypeError:
             return ("unhashable", id(self.output))
         return self.output
-
 
     def _compiled_call(
         self, specs: tuple[Any, ...], path: str, make: Callable[[_Compiled | None], Any], *args: Any,
@@ -592,32 +433,16 @@ class KerasAdapter(ModelAdapter):
         reachable ReLU raises :class:`~xai_toolbox.errors.UnsupportedModelError` at once.
         """
         rule = check_relu_rule(rule)
-        targets = _relu_targets(self.model)
+        targets = relu_targets(self.model, (tf.nn.relu,))
         if not targets:
-            raise UnsupportedModelError(
-                f"{rule!r} ReLU rules found no ReLU to apply to in this Keras model: no "
-                "keras.layers.ReLU() layer and no layer with activation='relu' (tf.nn.relu called "
-                "inside a custom call(), ReLU6, leaky ReLUs and other activations are not "
-                "overridden), so Guided Backprop and DeconvNet would only give its plain gradient; "
-                "use saliency instead"
-            )
+            raise no_relu_error(rule)
         ordinary = self._compiled
-        with _ReluRules(targets, rule):
+        with ReluRules(targets, _relu_with_rule(rule)):
             self._compiled = _rule_compiled.setdefault(self._shared, {}).setdefault(rule, {})
             try:
                 yield
             finally:
                 self._compiled = ordinary
-
-    def _named_layers(self) -> list[tuple[str, Any]]:
-        return list(_walk(self.model))
-
-    def _layer(self, layer: str) -> Any:
-        return dict(self._all_layers())[self.resolve_layer(layer)]
-
-    def _all_layers(self) -> list[tuple[str, Any]]:
-        """Every capturable layer: nested models' layers and custom layers' sublayers."""
-        return list(_walk_all(self.model))
 
     def layer_activations_pass(
         self, x: ep.Tensor, layer: str, score_of: ScoreOf | None
@@ -668,87 +493,6 @@ class KerasAdapter(ModelAdapter):
             )
         return ep.astensor(outputs)
 
-    def layer_names(self) -> list[str]:
-        return [name for name, _ in self._all_layers()]
-
-    # -- weights -------------------------------------------------------------------------
-    def weight_layers(self) -> list[str]:
-        """Leaf layers with trainable weights (nested models walked: ``"outer/inner"``)."""
-        return [
-            name
-            for name, layer in self._named_layers()
-            if not getattr(layer, "layers", None) and layer.trainable_weights
-        ]
-
-    def reinitialize(self, layers: list[str], draw: Draw) -> None:
-        named = dict(self._named_layers())
-        for name in layers:
-            variables = list(named[name].trainable_weights)
-            shapes = [_canonical_shape(tuple(int(d) for d in w.shape)) for w in variables]
-            for w, a in zip(variables, draw(shapes), strict=True):
-                w.assign(_keras_layout(np.asarray(a)))
-
-    def clone(self) -> KerasAdapter:
-        """A copy by ``keras.models.clone_model`` (weights copied), or a deep copy for
-        subclassed models without a config."""
-        try:
-            clone = keras.models.clone_model(self.model)
-            clone.set_weights(self.model.get_weights())
-        except Exception as clone_error:
-            try:
-                clone = copy.deepcopy(self.model)
-            except Exception:
-                raise UnsupportedModelError(
-                    f"cannot copy this Keras model ({type(self.model).__name__}): clone_model "
-                    f"failed ({clone_error}); give the model a get_config() or use a "
-                    "functional/Sequential model"
-                ) from clone_error
-        adapter = KerasAdapter(clone)
-        adapter.output = self.output
-        return adapter
-
-    def _display_name(self, qualified: str) -> str:
-        short = qualified.rsplit("/", 1)[-1]
-        same = [n for n in self.layer_names() if n.rsplit("/", 1)[-1] == short]
-        return short if len(same) == 1 else qualified
-
-    def default_layer(self, x: ep.Tensor) -> str:
-        key = tuple(x.shape[1:])
-        if key not in self._default_layers:
-            records: list[tuple[str, tuple[int, ...]]] = []
-            leaves = [(n, obj) for n, obj in self._all_layers() if not getattr(obj, "layers", None)]
-            patches = []
-            owner = threading.get_ident()
-            for name, obj in leaves:
-
-                def record(out: Any, name: str = name) -> Any:
-                    if tf.is_tensor(out) and threading.get_ident() == owner:
-                        records.append((name, tuple(out.shape)))
-                    return out
-
-                patches.append(_CallPatch(obj, record))
-            with _patch_lock:
-                entered = []
-                try:
-                    for p in patches:
-                        p.__enter__()
-                        entered.append(p)
-                    with self.calling_model(x[:1]):
-                        self.model(x.raw[:1], training=False)
-                finally:
-                    for p in reversed(entered):
-                        p.__exit__(None, None, None)
-            norms = {n for n, obj in leaves if "normalization" in type(obj).__name__.lower()}
-            tokens = token_layers(records, (int(x.shape[1]), int(x.shape[2])), norms) if x.ndim == 4 else []
-            chosen = self._informative(x, tokens) if tokens else pick_default_layer(records, self.channel_axis)
-            if chosen is None:
-                raise LayerError(
-                    "the model has no layer with a spatial (N, H, W, C) output; a CAM method "
-                    "needs one — pass layer= explicitly or use a gradient/black-box method"
-                )
-            self._default_layers[key] = self._display_name(chosen)
-        return self._default_layers[key]
-
     def _informative(self, x: ep.Tensor, candidates: list[tuple[str, int]]) -> str:
         """The last token layer whose patch tokens the outputs depend on: one eager pass on one
         input under a tape, the gradient of the outputs' sum taken at every candidate."""
@@ -779,41 +523,3 @@ class KerasAdapter(ModelAdapter):
             for n, g in zip(names, grads, strict=True)
         }
         return last_informative(candidates, largest)
-
-
-    def model_state(self) -> Any:
-        """The weights (Keras models have no training flag or stored gradients)."""
-        return tuple(np.asarray(w).tobytes() for w in self.model.get_weights())
-
-    def output_width(self) -> int | None:
-        if self.output is not None:  # a selected output: its width is known by running the model
-            return None
-        try:
-            shape = self.model.output_shape
-        except (AttributeError, ValueError, RuntimeError):
-            return None
-        if isinstance(shape, tuple) and len(shape) == 2 and isinstance(shape[-1], int):
-            return shape[-1]
-        return None
-
-    def expected_image_size(self) -> tuple[int, int] | None:
-        try:
-            shape = self.model.input_shape
-        except (AttributeError, ValueError, RuntimeError):
-            return None
-        if not isinstance(shape, tuple) or len(shape) != 4:
-            return None
-        _, h, w, _ = shape
-        return (h, w) if isinstance(h, int) and isinstance(w, int) else None
-
-    def expected_input(self) -> tuple[int | None, int | None]:
-        try:
-            shape = self.model.input_shape
-        except (AttributeError, ValueError, RuntimeError):
-            return None, None
-        if not isinstance(shape, tuple) or not shape or not all(
-            d is None or isinstance(d, int) for d in shape
-        ):
-            return None, None
-        channels = shape[-1] if len(shape) >= 3 else None
-        return len(shape), channels

@@ -26,9 +26,24 @@ def keras_layout(weight: np.ndarray) -> np.ndarray:
     return weight.T
 
 
+def canonical_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The PyTorch layout of a Keras or Flax kernel's shape: ``(*k, in, out)`` → ``(out, in, *k)``,
+    dense ``(in, out)`` → ``(out, in)`` (the inverse of :func:`keras_layout`).
+
+    Example:
+        >>> canonical_shape((5, 5, 3, 8))
+        (8, 3, 5, 5)
+    """
+    if len(shape) >= 3:
+        *k, cin, cout = shape
+        return (cout, cin, *k)
+    return tuple(reversed(shape))
+
+
 def _unknown(architecture: str) -> ValueError:
     return ValueError(
-        f"no test model {architecture!r}; the built-in frameworks build 'cnn', 'linear' and 'demo'"
+        f"no test model {architecture!r}; the built-in frameworks build 'cnn', 'linear' and 'demo' "
+        "(JAX: 'cnn' and 'linear')"
     )
 
 
@@ -113,6 +128,27 @@ def keras_model(architecture: str, **options: Any) -> Any:
     raise _unknown(architecture)
 
 
+def jax_model(architecture: str, **options: Any) -> Any:
+    """The JAX twins of :func:`torch_model` (channels-last inputs, same functions).
+
+    ``flavour`` picks the kind of JAX model: ``"nnx"`` (default: a Flax NNX module),
+    ``"linen"`` (``functools.partial(module.apply, variables)`` of a Flax Linen module),
+    ``"function"`` (``xt.JaxModel(fn, params)`` of a ``jax.numpy`` function: no layers) or
+    ``"jit"`` (a ``jax.jit`` function with the weights closed over). ``"linear"`` is a
+    ``jax.numpy`` function of its parameters in every flavour.
+    """
+    from . import jax_test_models
+
+    if architecture == "cnn":
+        return jax_test_models.cnn(options.get("flavour", "nnx"), options["weights"])
+    if architecture == "linear":
+        weight = np.asarray(options["weight"], dtype=np.float32)
+        flat, bias = _linear_parts(options)
+        permuted = np.moveaxis(weight, 1, -1) if weight.ndim >= 3 else weight
+        return jax_test_models.linear(permuted.reshape(flat.shape[0], -1).T, bias)
+    raise _unknown(architecture)
+
+
 def _linear_parts(options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
     weight = np.asarray(options["weight"], dtype=np.float32)
     bias = options.get("bias")
@@ -131,3 +167,10 @@ def keras_native(array: np.ndarray) -> Any:
     import tensorflow as tf
 
     return tf.convert_to_tensor(array)
+
+
+def jax_native(array: np.ndarray) -> Any:
+    """A NumPy array as a JAX array (on JAX's default device)."""
+    import jax.numpy as jnp
+
+    return jnp.asarray(array)
