@@ -575,8 +575,8 @@ def _capture(run: Callable[..., Any], output: Any, layer: str, params: Any, x: A
     def tap(out: Any) -> Any:
         if not is_array(out):
             raise LayerError(
-                f"layer {layer!r} returns {type(out).__name__}, not an array; pick a layer with a "
-                "single array output"
+                f"layer {layer!r} returns {type(out).__name__}, not a tensor; pick a layer with a "
+                "single tensor (array) output"
             )
         box.append(out)
         return out if delta is None else out + delta.astype(out.dtype)

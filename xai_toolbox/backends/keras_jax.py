@@ -11,6 +11,7 @@ program's ReLUs as the JAX adapter does.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 import weakref
 from collections.abc import Mapping
@@ -54,7 +55,7 @@ class KerasProgram(Program):
         model = self.model_ref()
         trainable, non_trainable = params
         if not taps and record is None:
-            return model.stateless_call(trainable, non_trainable, x, training=False)[0]
+            return model.stateless_call(trainable, non_trainable, x, **_inference(model))[0]
         owner = threading.get_ident()
         wanted = None if record is not None else set(taps or ())
         layers = [(n, layer) for n, layer in walk_all(model) if wanted is None or n in wanted]
@@ -73,7 +74,15 @@ class KerasProgram(Program):
         with patch_lock, contextlib.ExitStack() as stack:
             for name, layer in layers:
                 stack.enter_context(CallPatch(layer, after_for(name)))
-            return model.stateless_call(trainable, non_trainable, x, training=False)[0]
+            return model.stateless_call(trainable, non_trainable, x, **_inference(model))[0]
+
+
+def _inference(model: Any) -> dict[str, Any]:
+    """``training=False`` where the model's ``call`` takes it (``stateless_call`` passes its
+    keyword arguments to ``call`` as they are; ``model(x)`` would drop it silently)."""
+    parameters = inspect.signature(model.call).parameters
+    takes = "training" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    return {"training": False} if takes else {}
 
 
 class KerasJaxAdapter(KerasLayers, JaxAdapter):
