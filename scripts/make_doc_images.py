@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         params = {"batch_size": DEMO_BATCH_SIZE, **settings["metrics"].get(curve_metric, {})}
         metric = xt.metric(curve_metric, model, **params)
         results = {m: metric(x_more, more.labels, maps_more[m]) for m in methods}
-        fig = xt.plot.curves(results, figsize=(7.5, 4.0), title=f"{curve_metric} (16 held-out images)")
+        fig = xt.plot.curves(results, figsize=(9.5, 4.4), title=f"{curve_metric} (16 held-out images)")
         fig.savefig(args.out / f"{curve_metric}.png", dpi=90, metadata=PNG_METADATA)
         written.append(f"{curve_metric}.png")
     if not args.skip_metrics:

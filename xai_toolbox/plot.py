@@ -439,7 +439,7 @@ def curves(
     *,
     title: str | None = None,
     individual: bool = False,
-    band: bool = True,
+    band: bool | None = None,
     figsize: tuple[float, float] = (5.0, 3.5),
 ) -> Figure:
     """Mean curve (with its AUC in the legend) of a curve metric, per method, with the 95 %
@@ -454,7 +454,8 @@ def curves(
             insertion, ...), or ``{label: MetricResult}`` to compare methods on one axis.
         title: the axes title (default: the metric's name).
         individual: also draw each input's curve, thin and transparent.
-        band: shade the 95 % interval of the mean curve (:func:`curve_band`).
+        band: shade the 95 % interval of the mean curve (:func:`curve_band`); ``None``: up to
+            6 methods (more bands would cover each other).
         figsize: figure size in inches.
 
     Returns:
@@ -478,6 +479,7 @@ def curves(
     fig = _figure(*figsize)
     ax = fig.subplots()
     colours = palette(len(results))
+    band = len(results) <= 6 if band is None else band
     for i, (label, res) in enumerate(results.items()):
         assert res.curves is not None
         x = curve_axis(res)
