@@ -436,9 +436,11 @@ def test_cli_errors_are_one_line_with_status_2_before_loading(fw: str, tmp_path:
     assert code == 2 and "no run.json" in capsys.readouterr().err
 
 
-def _run_cli(args: list[str]) -> subprocess.Popen[bytes]:
+def _run_cli(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
+    # ``cwd`` outside the checkout: ``-m`` puts it first on the path, where the source tree
+    # would shadow the installed package (as tox installs it)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "xai_toolbox.cli", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "xai_toolbox.cli", *args], env=env, cwd=cwd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -450,9 +452,9 @@ def test_a_killed_run_resumes_to_the_store_of_an_uninterrupted_run(fw: str, tmp_
               "--method", "saliency", "--method", "rise", "--param", "rise.nb_samples=30", "--param", "rise.grid_size=4",
               "--metric", "deletion", "--param", "deletion.steps=4", "--group-size", "2", "--commit-every", "0",
               "--no-progress"]
-    whole = _run_cli(["run", *common, "--out", str(tmp_path / "whole")])
+    whole = _run_cli(["run", *common, "--out", str(tmp_path / "whole")], tmp_path)
     killed = tmp_path / "killed"
-    proc = _run_cli(["run", *common, "--out", str(killed)])
+    proc = _run_cli(["run", *common, "--out", str(killed)], tmp_path)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if len(list((killed / "records").glob("part-*.parquet"))) >= 2:
@@ -465,7 +467,7 @@ def test_a_killed_run_resumes_to_the_store_of_an_uninterrupted_run(fw: str, tmp_
     done = interrupted.records().position.nunique()
     assert 0 < done < 16, done
     assert interrupted.info["runs"][-1]["status"] == "running"  # killed: it never logged its end
-    resumed = _run_cli(["run", *common, "--out", str(killed)])
+    resumed = _run_cli(["run", *common, "--out", str(killed)], tmp_path)
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode() if resumed.stderr else ""
     assert whole.wait(timeout=300) == 0, whole.stderr.read().decode() if whole.stderr else ""
     assert_same_store(killed, tmp_path / "whole")

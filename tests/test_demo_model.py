@@ -133,6 +133,12 @@ def test_twins_have_parallel_layer_names(both: None, torch: Any) -> None:
 
 def test_unknown_framework_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown framework"):
+        load_demo_model("mxnet")
+
+
+def test_a_framework_without_the_demo_architecture_says_so() -> None:
+    pytest.importorskip("jax")
+    with pytest.raises(ValueError, match="no test model 'demo'"):
         load_demo_model("jax")
 
 

@@ -24,8 +24,7 @@ from . import _compat
 
 _compat.apply()
 
-from . import extend  # noqa: E402
-from . import scores  # noqa: E402
+from . import extend, scores  # noqa: E402
 from ._featurevis import Objective  # noqa: E402
 from ._precision import autocast  # noqa: E402
 from .api import (  # noqa: E402

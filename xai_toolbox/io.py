@@ -573,10 +573,13 @@ def load_model(
     if weights_path is not None:
         raise ModelLoadError("--weights needs a factory (--model package.module:factory); a model file holds its weights")
     suffix = path.suffix.lower()
-    for framework in frameworks():
-        if suffix in framework.model_files and framework.load_model_file is not None:
-            model, source = framework.load_model_file(path, trust_model_code)
-            return _finish(model, framework.name, source)
+    readers = [f for f in frameworks() if suffix in f.model_files and f.load_model_file is not None]
+    # Several frameworks read .keras files (Keras on each backend): the one configured here reads
+    # it; when none can run, the first one's loader says what is missing.
+    readers.sort(key=lambda f: not f.available())
+    if readers:
+        model, source = readers[0].load_model_file(path, trust_model_code)
+        return _finish(model, readers[0].name, source)
     raise ModelLoadError(
         f"unknown model file type {suffix or '(none)'!r} for {text!r}; expected {_file_kinds()}, "
         "or package.module:factory"
