@@ -13,6 +13,7 @@ import pytest
 import xai_toolbox as xt
 from xai_toolbox.cli import main
 from xai_toolbox.demo_job import (
+    DEFAULT_EXCLUDED_METHODS,
     DEFAULT_EXCLUDED_METRICS,
     DEMO_PARAMS,
     QUICK_PARAMS,
@@ -42,6 +43,8 @@ TINY = {
         "mufidelity": {"nb_samples": 8, "seed": 0},
     },
 }
+
+DEMO_FRAMEWORKS = ("torch", "tf")  # the twins of the demo model
 
 
 class Page(HTMLParser):
@@ -77,12 +80,13 @@ def _parse(path: Path) -> tuple[str, Page]:
     return page, parser
 
 
+@pytest.mark.frameworks(*DEMO_FRAMEWORKS)
 def test_demo_end_to_end(framework: str, tmp_path: Path) -> None:
     result = run_demo(
         framework, n_images=2, quick=True, params=TINY, out=tmp_path / "demo", progress=False,
         echo=None, keep_going=False,
     )
-    methods = xt.list_methods()
+    methods = [m for m in xt.list_methods() if m not in DEFAULT_EXCLUDED_METHODS]
     metrics = [m for m in xt.list_metrics() if m not in DEFAULT_EXCLUDED_METRICS]
     assert not result.run.failures
     assert set(result.run.maps) == set(methods)
@@ -116,8 +120,11 @@ def test_demo_end_to_end(framework: str, tmp_path: Path) -> None:
 
 @pytest.fixture
 def first_framework(pytestconfig: pytest.Config) -> str:
-    """One framework under test, for checks that need not run in both."""
-    return pytestconfig.frameworks[0]  # type: ignore[attr-defined]
+    """One framework under test with the demo model, for checks that need not run in both."""
+    demo = [f for f in pytestconfig.frameworks if f in DEMO_FRAMEWORKS]  # type: ignore[attr-defined]
+    if not demo:
+        pytest.skip("the demo model is built in PyTorch and Keras: select torch or tf")
+    return demo[0]
 
 
 def test_demo_explicit_selection_with_randomization(first_framework: str, tmp_path: Path) -> None:
@@ -239,3 +246,21 @@ def test_gradcam_and_rise_beat_random_maps_on_the_pointing_game(first_framework:
     for method, score in scores.items():
         assert score >= chance + 0.3, (method, score, chance, random_score)
         assert score > random_score, (method, score, random_score)
+
+
+def test_slow_methods_are_opt_in() -> None:
+    from xai_toolbox.demo_job import _demo_selection, _report_notes
+
+    registered = set(xt.list_methods())
+    default, _ = _demo_selection(None, None)
+    assert set(default) == registered - set(DEFAULT_EXCLUDED_METHODS)
+    assert "kernel_shap" in registered and "kernel_shap" not in default
+    asked, _ = _demo_selection(["kernel_shap", "saliency"], None)
+    assert asked == ["kernel_shap", "saliency"]
+
+    class NoFailures:
+        failures: dict[str, str] = {}
+
+    notes = " ".join(_report_notes(NoFailures(), default_metrics=True, default_methods=True))  # type: ignore[arg-type]
+    assert "kernel_shap" in notes and "--methods" in notes and "--metrics" in notes
+    assert "kernel_shap" not in " ".join(_report_notes(NoFailures(), default_metrics=True))  # type: ignore[arg-type]
