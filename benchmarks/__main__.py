@@ -11,7 +11,9 @@ import json
 import os
 import sys
 
-SECTIONS = ("overhead", "gradients", "peers", "precision", "memory")
+SECTIONS = ("overhead", "naive", "gradients", "peers", "xplique", "quality", "compile", "precision", "memory")
+#: What runs without --sections: the slow side-by-side, quality and compilation sections are asked for.
+DEFAULT_SECTIONS = ("overhead", "naive", "gradients", "peers", "precision", "memory")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -20,7 +22,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--quick", action="store_true", help="smaller workloads (about 2 minutes)")
     p.add_argument("--out", default="bench-out", help="folder for bench-<framework>-<device>.json/.md")
-    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list among {', '.join(SECTIONS)}")
+    p.add_argument(
+        "--sections", default=",".join(DEFAULT_SECTIONS),
+        help=f"comma list among {', '.join(SECTIONS)} (default {','.join(DEFAULT_SECTIONS)})",
+    )
     p.add_argument("--only", default="", help="comma list of method/metric names to keep (default all)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default 3)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default 2)")
