@@ -138,11 +138,12 @@ class MuFidelity(xt.Metric):
         cells = int(np.prod(positions if x.ndim == 2 or self.grid_size is None else (self.grid_size,) * len(positions)))
         n = int(x.shape[0])
         samples = self.sampling().maximum
+        at_most = f" ({samples} at most)" if self.nb_samples == xe.AUTO else ""
         xe.check_workload(
             self.name,
             model_inputs=(samples + 1) * n,
             held_bytes=samples * cells * 12 + 3 * n * samples * 8,
-            cause=f"nb_samples={self.nb_samples} ({samples} at most) subsets of {cells} cells, {n} input(s)",
+            cause=f"nb_samples={self.nb_samples}{at_most} subsets of {cells} cells, {n} input(s)",
         )
 
     def draw_keep(self, positions: tuple[int, ...], tabular: bool, count: int | None = None) -> np.ndarray:

@@ -173,6 +173,20 @@ def test_the_control_variate_estimate_is_unbiased_and_far_less_noisy_than_the_pa
     assert np.array(got["control_variate"]).std(axis=0).max() < 0.3 * np.array(got["expectation"]).std(axis=0).min()
 
 
+def test_rise_defaults_to_the_control_variate_and_one_mask_gives_the_papers_estimate() -> None:
+    model = xt.NumpyModel(lambda b: b.reshape(len(b), -1).sum(axis=1, keepdims=True) ** 2, channel_axis=1)
+    assert xt.Rise(model).normalization == "control_variate"
+    x = IMAGES[:2]
+    kwargs = {"grid_size": 4, "seed": 5, "batch_size": 7}
+    default = xt.Rise(model, nb_samples=40, **kwargs)(x, [0, 0])
+    np.testing.assert_array_equal(default, xt.Rise(model, nb_samples=40, normalization="control_variate", **kwargs)(x, [0, 0]))
+    assert not np.allclose(default, xt.Rise(model, nb_samples=40, normalization="expectation", **kwargs)(x, [0, 0]))
+    np.testing.assert_allclose(
+        xt.Rise(model, nb_samples=1, **kwargs)(x, [0, 0]),
+        xt.Rise(model, nb_samples=1, normalization="expectation", **kwargs)(x, [0, 0]), rtol=1e-6,
+    )
+
+
 def test_hsic_standard_error_matches_the_spread_of_scores() -> None:
     rng = np.random.default_rng(3)
     n, d, reps = 256, 6, 300
