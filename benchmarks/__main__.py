@@ -30,6 +30,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default 3)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default 2)")
     p.add_argument("--width", type=int, default=None, help="base width of the ResNet (default 32)")
+    p.add_argument("--quality-divisor", type=int, default=None,
+                   help="quality section: divide every sample count by N (default 8 with --quick, else 1)")
     p.add_argument("--render", default=None, metavar="JSON", help="only rewrite the Markdown of a results file")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)  # internal: one memory setting
     return p.parse_args(argv)
@@ -65,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.repeats = args.repeats
     if args.threads is not None:
         cfg.threads = args.threads
+    if args.quality_divisor is not None:
+        cfg.quality_divisor = args.quality_divisor
     if args.width is not None:
         cfg.width = args.width
     if args.only:

@@ -120,6 +120,9 @@ class Config:
     xplique_batch: int = 128
     #: Compilation (section ``compile``): cases timed eager and compiled.
     compiling: list[CompileCase] = field(default_factory=list)
+    #: Quality (section ``quality``): every sample count divided by this (``None``: 8 with
+    #: ``quick``, else 1), and 2 images instead of 4 when set.
+    quality_divisor: int | None = None
 
     def public(self) -> dict[str, Any]:
         """The settings as plain data for the results file (explicit classes left out)."""

@@ -52,9 +52,10 @@ class QualityCase:
     kind: str = "method"
 
 
-def quality_cases(quick: bool) -> list[QualityCase]:
-    """The settings compared (``quick``: 1/8 of every sample count, for a smoke run)."""
-    k = 8 if quick else 1
+def quality_cases(quick: bool, divisor: int | None = None) -> list[QualityCase]:
+    """The settings compared (``quick``: 1/8 of every sample count, for a smoke run;
+    ``divisor``: 1/divisor of every count, whatever ``quick``)."""
+    k = divisor or (8 if quick else 1)
 
     def n(value: int) -> int:
         return max(16, value // k)
@@ -64,9 +65,9 @@ def quality_cases(quick: bool) -> list[QualityCase]:
             "rise",
             {"nb_samples": n(64000), "normalization": "control_variate"},
             [
-                Candidate("4000, expectation (former default)", {"nb_samples": n(4000), "normalization": "expectation"}),
-                Candidate("4000, mask_sum", {"nb_samples": n(4000), "normalization": "mask_sum"}),
-                Candidate("4000, control_variate", {"nb_samples": n(4000), "normalization": "control_variate"}),
+                Candidate(f"{n(4000)}, expectation (former default)", {"nb_samples": n(4000), "normalization": "expectation"}),
+                Candidate(f"{n(4000)}, mask_sum", {"nb_samples": n(4000), "normalization": "mask_sum"}),
+                Candidate(f"{n(4000)}, control_variate", {"nb_samples": n(4000), "normalization": "control_variate"}),
                 Candidate("auto, control_variate, tol 0.1", {"nb_samples": "auto", "normalization": "control_variate",
                                                               "tolerance": 0.1, "max_samples": n(8192)}),
                 Candidate("auto, control_variate, tol 0.2", {"nb_samples": "auto", "normalization": "control_variate",
@@ -77,7 +78,7 @@ def quality_cases(quick: bool) -> list[QualityCase]:
             "sobol",
             {"nb_design": 512 // k},
             [
-                Candidate("32 (former default)", {"nb_design": 32 // k}, seeded=False),
+                Candidate(f"{32 // k} (former default)", {"nb_design": 32 // k}, seeded=False),
                 Candidate("auto, tol 0.1", {"nb_design": "auto", "tolerance": 0.1, "max_design": 128 // k}, seeded=False),
                 Candidate("auto, tol 0.2", {"nb_design": "auto", "tolerance": 0.2, "max_design": 128 // k}, seeded=False),
             ],
@@ -86,8 +87,8 @@ def quality_cases(quick: bool) -> list[QualityCase]:
             "hsic",
             {"nb_design": n(24000), "sampler": "lhs"},
             [
-                Candidate("1500, lhs (former default)", {"nb_design": n(1500), "sampler": "lhs"}),
-                Candidate("1500, sobol (Xplique's)", {"nb_design": n(1500), "sampler": "sobol"}, seeded=False),
+                Candidate(f"{n(1500)}, lhs (former default)", {"nb_design": n(1500), "sampler": "lhs"}),
+                Candidate(f"{n(1500)}, sobol (Xplique's)", {"nb_design": n(1500), "sampler": "sobol"}, seeded=False),
                 Candidate("auto, lhs, tol 0.1", {"nb_design": "auto", "sampler": "lhs", "tolerance": 0.1,
                                                  "max_design": n(4096)}),
                 Candidate("auto, lhs, tol 0.2", {"nb_design": "auto", "sampler": "lhs", "tolerance": 0.2,
@@ -98,7 +99,7 @@ def quality_cases(quick: bool) -> list[QualityCase]:
             "mufidelity",
             {"nb_samples": n(3200)},
             [
-                Candidate("200 (former default)", {"nb_samples": n(200)}),
+                Candidate(f"{n(200)} (former default)", {"nb_samples": n(200)}),
                 Candidate("auto, tol 0.05", {"nb_samples": "auto", "tolerance": 0.05, "max_samples": n(2048)}),
                 Candidate("auto, tol 0.03", {"nb_samples": "auto", "tolerance": 0.03, "max_samples": n(2048)}),
             ],
@@ -133,7 +134,7 @@ def run_quality(cfg: Config) -> list[dict[str, Any]]:
     import xai_toolbox as xt
 
     rows: list[dict[str, Any]] = []
-    n_images = 2 if cfg.quick else 4
+    n_images = 2 if cfg.quick or cfg.quality_divisor else 4
     for model_name, model, x, labels in quality_models(cfg, n_images):
         explanations = {
             "saliency": _np(xt.Saliency(model)(x, labels)),
@@ -142,7 +143,7 @@ def run_quality(cfg: Config) -> list[dict[str, Any]]:
         }
         deletion = xt.Deletion(model, batch_size=cfg.batch_size, progress=False)
         insertion = xt.Insertion(model, batch_size=cfg.batch_size, progress=False)
-        for case in quality_cases(cfg.quick):
+        for case in quality_cases(cfg.quick, cfg.quality_divisor):
             log(f"[quality] {model_name}: {case.method} reference {case.reference} ...")
             run = _runner(case, model, x, labels, explanations, cfg)
             started = time.perf_counter()
