@@ -11,7 +11,9 @@ import json
 import os
 import sys
 
-SECTIONS = ("overhead", "gradients", "peers", "precision", "memory")
+SECTIONS = ("overhead", "naive", "gradients", "peers", "xplique", "quality", "compile", "precision", "memory")
+#: What runs without --sections: the slow side-by-side, quality and compilation sections are asked for.
+DEFAULT_SECTIONS = ("overhead", "naive", "gradients", "peers", "precision", "memory")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -20,11 +22,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--quick", action="store_true", help="smaller workloads (about 2 minutes)")
     p.add_argument("--out", default="bench-out", help="folder for bench-<framework>-<device>.json/.md")
-    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list among {', '.join(SECTIONS)}")
+    p.add_argument(
+        "--sections", default=",".join(DEFAULT_SECTIONS),
+        help=f"comma list among {', '.join(SECTIONS)} (default {','.join(DEFAULT_SECTIONS)})",
+    )
     p.add_argument("--only", default="", help="comma list of method/metric names to keep (default all)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default 3)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default 2)")
     p.add_argument("--width", type=int, default=None, help="base width of the ResNet (default 32)")
+    p.add_argument("--quality-divisor", type=int, default=None,
+                   help="quality section: divide every sample count by N (default 8 with --quick, else 1)")
     p.add_argument("--render", default=None, metavar="JSON", help="only rewrite the Markdown of a results file")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)  # internal: one memory setting
     return p.parse_args(argv)
@@ -60,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.repeats = args.repeats
     if args.threads is not None:
         cfg.threads = args.threads
+    if args.quality_divisor is not None:
+        cfg.quality_divisor = args.quality_divisor
     if args.width is not None:
         cfg.width = args.width
     if args.only:

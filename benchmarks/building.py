@@ -29,7 +29,8 @@ def resolve(case: Case | PeerCase | MemoryCase, kind: str = "method") -> tuple[t
 
 def build_params(cls: type, params: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """Map ``"a|b"`` alternative keys onto the names ``cls`` accepts; note the ones it does not."""
-    accepted = set(cls._param_names()) if hasattr(cls, "_param_names") else set()
+    listing = getattr(cls, "param_names", None) or getattr(cls, "_param_names", None)
+    accepted = set(listing()) if listing is not None else set()
     out, notes = {}, []
     for key, value in params.items():
         names = key.split("|")

@@ -14,6 +14,10 @@ from typing import Any
 TARGET_OVERHEAD = 1.15
 TARGET_PEER = 1.0
 TARGET_MEMORY = 1.2
+#: Black-box methods against the model's naive passes (section ``naive``): at least this speed-up.
+TARGET_NAIVE_SPEEDUP = 1.4
+#: Our time ÷ Xplique's on the same model and settings (section ``xplique``), per framework.
+TARGET_XPLIQUE = {"torch": 0.7, "tf": 1.0}
 
 #: glibc returns blocks of at least this size to the system as soon as they are freed, so the
 #: RSS follows the live tensors; its default threshold adapts upwards after the first large
@@ -43,6 +47,25 @@ class PeerCase:
     name: str
     params: dict[str, Any]
     captum: str  # "saliency" | "integrated_gradients" | "occlusion" | "smoothgrad" | "guided_backprop" | ...
+
+
+@dataclass
+class XpliqueCase:
+    """One method or metric in ours and in Xplique with the same settings."""
+
+    name: str
+    kind: str
+    ours: dict[str, Any]
+    theirs: dict[str, Any]
+
+
+@dataclass
+class CompileCase:
+    """One method timed eager and with ``xt.adapt(model, compile=True)``."""
+
+    name: str
+    kind: str = "method"
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -90,6 +113,16 @@ class Config:
     precision: list[str] = field(default_factory=list)
     #: Run each memory setting in a fresh subprocess (the only meaningful way for RSS).
     isolate_memory: bool = True
+    #: Xplique side by side (section ``xplique``): cases, image size, images, inputs per pass.
+    xplique: list[XpliqueCase] = field(default_factory=list)
+    xplique_size: int = 64
+    xplique_images: int = 2
+    xplique_batch: int = 128
+    #: Compilation (section ``compile``): cases timed eager and compiled.
+    compiling: list[CompileCase] = field(default_factory=list)
+    #: Quality (section ``quality``): every sample count divided by this (``None``: 8 with
+    #: ``quick``, else 1), and 2 images instead of 4 when set.
+    quality_divisor: int | None = None
 
     def public(self) -> dict[str, Any]:
         """The settings as plain data for the results file (explicit classes left out)."""
@@ -157,11 +190,36 @@ def default_config(framework: str, device: str = "cpu", *, quick: bool = False, 
             PeerCase("vargrad", {"nb_samples": 16, "noise": 0.2, "ddof": 0, "noise_source": "device", "seed": 0}, "vargrad"),
             PeerCase("squaregrad", {"nb_samples": 16, "noise": 0.2, "noise_source": "device", "seed": 0}, "smoothgrad_sq"),
         ]
+    # The same work in both toolboxes (Xplique's names on the right); RISE's normalisation and
+    # HSIC's estimator cost nothing beside the passes, so the estimators are left at defaults.
+    rise_x, design_x, hsic_x, mu_x = (256, 4, 128, 64) if quick else (2000, 32, 500, 200)
+    xplique = [
+        XpliqueCase("rise", "method", {"nb_samples": rise_x, "grid_size": 7, "seed": 0},
+                    {"nb_samples": rise_x, "grid_size": 7, "preservation_probability": 0.5, "mask_value": 0.0}),
+        XpliqueCase("sobol", "method", {"nb_design": design_x, "grid_size": 8},
+                    {"nb_design": design_x, "grid_size": 8, "perturbation_function": "inpainting"}),
+        XpliqueCase("hsic", "method", {"nb_design": hsic_x, "grid_size": 8, "sampler": "sobol",
+                                       "bandwidth": "median_output"},
+                    {"nb_design": hsic_x, "grid_size": 8, "perturbation_function": "inpainting"}),
+        XpliqueCase("occlusion", "method", {"patch_size": 8, "stride": 4},
+                    {"patch_size": 8, "patch_stride": 4, "occlusion_value": 0.0}),
+        XpliqueCase("mufidelity", "metric", {"nb_samples": mu_x, "grid_size": 9, "subset_percent": 0.2, "seed": 0},
+                    {"nb_samples": mu_x, "grid_size": 9, "subset_percent": 0.2, "baseline_mode": 0.0}),
+        XpliqueCase("deletion", "metric", {"steps": 10}, {"steps": 10, "baseline_mode": 0.0}),
+        XpliqueCase("insertion", "metric", {"steps": 10}, {"steps": 10, "baseline_mode": 0.0}),
+    ]
+    compiling = [
+        CompileCase("rise", params={"nb_samples": 256 if quick else 1024, "grid_size": 7, "seed": 0}),
+        CompileCase("saliency"),
+        CompileCase("integrated_gradients", params={"steps": 32 if quick else 64, "rule": "gausslegendre"}),
+    ]
     return Config(
         framework=framework,
         device=device,
         quick=quick,
         out=out,
+        xplique=xplique,
+        compiling=compiling,
         n_images=n,
         repeats=3 if quick else 5,
         overhead=overhead,

@@ -41,16 +41,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .compiling import run_compile
 from .config import Config
 from .machine import cpu_times, environment, loadavg, model_info, setup_framework, steal_share
 from .memory import run_memory_case
+from .quality import run_quality
 from .report import log, log_row, write
-from .runners import run_overhead_case, run_peer_case, run_precision_case
+from .runners import NAIVE, run_overhead_case, run_peer_case, run_precision_case
 from .workbench import Workbench
+from .xplique import run_xplique
 
 
 def run(
-    cfg: Config, sections: tuple[str, ...] = ("overhead", "gradients", "peers", "precision", "memory")
+    cfg: Config, sections: tuple[str, ...] = ("overhead", "naive", "gradients", "peers", "precision", "memory")
 ) -> dict[str, Any]:
     """Run the benchmark, write ``bench-<framework>-<device>.json`` and ``.md`` into ``cfg.out``."""
     setup_framework(cfg.framework, cfg.threads)
@@ -67,6 +70,13 @@ def run(
             row = run_overhead_case(case, bench, cfg, "bare forward passes")
             log_row(row)
             results["overhead"].append(row)
+    if "naive" in sections:
+        results["naive"] = []
+        for case in cfg.overhead:
+            log(f"[naive] {case.name} ...")
+            row = run_overhead_case(case, bench, cfg, NAIVE)
+            log_row(row)
+            results["naive"].append(row)
     if "gradients" in sections:
         results["gradients"] = []
         for case in cfg.gradients:
@@ -82,6 +92,13 @@ def run(
             row = run_peer_case(peer, peer_bench, cfg)
             log_row(row)
             results["peers"].append(row)
+    if "xplique" in sections:
+        log("[xplique] side by side ...")
+        results["xplique"] = run_xplique(cfg)
+    if "quality" in sections:
+        results["quality"] = run_quality(cfg)
+    if "compile" in sections:
+        results["compile"] = run_compile(cfg)
     if "precision" in sections and cfg.precision:
         results["precision"] = []
         for case in (c for c in cfg.overhead if c.name in cfg.precision):

@@ -23,7 +23,8 @@ from .workbench import Workbench, counting, summarize_calls
 
 # The settings a child process rebuilds its Config from (the case lists are not sent).
 _SCALAR_FIELDS = {
-    f.name for f in dataclasses.fields(Config) if f.name not in ("overhead", "gradients", "peers", "memory")
+    f.name for f in dataclasses.fields(Config)
+    if f.name not in ("overhead", "gradients", "peers", "memory", "xplique", "compiling")
 }
 
 

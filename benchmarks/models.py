@@ -86,6 +86,23 @@ def resnet(
 ) -> Any:
     """The benchmark ResNet in ``framework`` (``"torch"`` or ``"tf"``), in inference mode."""
     weights = resnet_weights(seed, width=width, channels=channels, classes=classes)
+    return resnet_from_weights(framework, weights, size=size, width=width, channels=channels, classes=classes)
+
+
+def resnet_from_weights(
+    framework: str,
+    weights: dict[str, np.ndarray],
+    *,
+    size: int = 112,
+    width: int = 32,
+    channels: int = 3,
+    classes: int = 10,
+) -> Any:
+    """The benchmark ResNet with given weights (PyTorch layout, e.g. read back from an .npz).
+
+    Needs only NumPy and the framework (no xai-toolbox): the Xplique side-by-side worker
+    builds the same model with it in its own environment.
+    """
     if framework == "torch":
         return _torch_resnet(weights, width=width, channels=channels, classes=classes)
     if framework == "tf":
@@ -188,8 +205,6 @@ def _keras_resnet(
     outputs = layers.Dense(classes, name="fc")(h)
     model = keras.Model(inputs, outputs, name="bench_resnet")
 
-    from xai_toolbox.testing import keras_layout
-
     for layer in model.layers:
         torch_name = next((k[: -len(".weight")] for k in weights if kname(k) == layer.name + "_weight"), None)
         if torch_name is None:
@@ -197,7 +212,7 @@ def _keras_resnet(
         if isinstance(layer, layers.BatchNormalization):
             layer.set_weights([weights[f"{torch_name}.{p}"] for p in ("weight", "bias", "running_mean", "running_var")])
         elif isinstance(layer, layers.Dense):
-            layer.set_weights([keras_layout(weights["fc.weight"]), weights["fc.bias"]])
-        else:
-            layer.set_weights([keras_layout(weights[f"{torch_name}.weight"])])
+            layer.set_weights([weights["fc.weight"].T, weights["fc.bias"]])
+        else:  # conv kernels (out, in, kh, kw) → (kh, kw, in, out)
+            layer.set_weights([weights[f"{torch_name}.weight"].transpose(2, 3, 1, 0)])
     return model

@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from .config import MMAP_THRESHOLD, TARGET_MEMORY, TARGET_OVERHEAD, TARGET_PEER
+from .config import (
+    MMAP_THRESHOLD,
+    TARGET_MEMORY,
+    TARGET_NAIVE_SPEEDUP,
+    TARGET_OVERHEAD,
+    TARGET_PEER,
+    TARGET_XPLIQUE,
+)
 
 
 def log(msg: str) -> None:
@@ -26,6 +33,8 @@ def log_row(row: dict[str, Any]) -> None:
         log(f"    {row.get('status')}: {row.get('note')}")
     elif "ratio" in row:
         log(f"    median {row['median_s']:.3f}s vs {row['reference_median_s']:.3f}s  ratio {row['ratio']:.3f}")
+    elif "speedup" in row:
+        log(f"    speed-up {row['speedup']:.2f}x")
     elif "growth" in row:
         log(f"    growth {row['growth']:.2f}x  ({[round(s['increase_mb'], 1) for s in row['settings']]} MiB)")
 
@@ -99,6 +108,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += _time_table(
             "Overhead over the same forward passes run bare (target ≤ 1.15)", results["overhead"], TARGET_OVERHEAD, fw
         )
+    if "naive" in results:
+        lines += _naive_table(results["naive"], fw)
     if "gradients" in results:
         lines += _time_table(
             "Gradient methods over the same forward+backward passes run bare (no target; for reading)",
@@ -117,6 +128,12 @@ def markdown(results: dict[str, Any]) -> str:
              ("ratio (quartiles)", "---:"), ("agreement (r)", "---:"), ("meets", "---")],
             results["peers"], peer_cells,
         )
+    if "xplique" in results:
+        lines += _xplique_table(results["xplique"], fw)
+    if results.get("quality"):
+        lines += _quality_tables(results["quality"])
+    if results.get("compile"):
+        lines += _compile_table(results["compile"], fw)
     if results.get("precision"):
 
         def precision_cells(r: dict[str, Any]) -> list[str]:
@@ -161,6 +178,90 @@ def markdown(results: dict[str, Any]) -> str:
             lines += ["", f"Measured with {', '.join(how)}, one fresh process per setting; {note}."]
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _naive_table(rows: list[dict[str, Any]], fw: str) -> list[str]:
+    naive = "contiguous (NCHW) batches" if fw == "torch" else "eager `model(x)` calls"
+
+    def cells(r: dict[str, Any]) -> list[str]:
+        p = r["passes"]
+        low, high = (1 / q for q in reversed(r.get("ratio_quartiles", [r["ratio"]] * 2)))
+        return [r["name"], f"{p['passes']} ({p['inputs']})", f"{r['median_s']:.3f}", f"{r['reference_median_s']:.3f}",
+                f"{r['images_per_s']:.3g}", f"{r['speedup']:.2f}× ({low:.2f}–{high:.2f})",
+                _verdict(r["speedup"] >= TARGET_NAIVE_SPEEDUP)]
+
+    return _table(
+        f"Against the model's naive passes ({naive}, the same inputs; target ≥ {TARGET_NAIVE_SPEEDUP}× faster)",
+        [("method", "---"), ("passes (inputs)", "---:"), ("ours (s)", "---:"), ("naive (s)", "---:"),
+         ("images/s", "---:"), ("speed-up (quartiles)", "---:"), ("meets", "---")],
+        rows, cells,
+    )
+
+
+def _xplique_table(section: dict[str, Any], fw: str) -> list[str]:
+    target = TARGET_XPLIQUE[fw]
+    title = f"Xplique side by side (same model and settings; target ours ÷ Xplique ≤ {target})"
+    if section.get("status") != "ok":
+        return [f"#### {title}", "", f"Skipped: {section.get('note', '')}", ""]
+    env, settings = section.get("environment", {}), section.get("settings", {})
+    bridge = " through its `TorchWrapper` (requires_grad=False)" if fw == "torch" else ""
+    lines = [f"#### {title}", "",
+             f"Xplique {env.get('xplique')} (TensorFlow {env.get('tensorflow')}{', torch ' + env['torch'] if env.get('torch') else ''})"
+             f"{bridge}, in its own environment; {settings.get('n_images')} images of "
+             f"{settings.get('size')}×{settings.get('size')}, {settings.get('batch_size')} inputs per pass.", ""]
+
+    def cells(r: dict[str, Any]) -> list[str]:
+        if r["kind"] == "metric":
+            agree = f"{r['ours_score']:.3f} / {r['xplique_score']:.3f}"
+        else:
+            agree = "" if r.get("agreement") is None else f"r = {r['agreement']:.3f}"
+        return [r["name"], _fmt_params(r.get("params")), f"{r['median_s']:.3f}", f"{r['reference_median_s']:.3f}",
+                _ratio(r, 2), agree, _verdict(r["ratio"] <= target)]
+
+    return lines + _table(
+        "", [("method", "---"), ("settings", "---"), ("ours (s)", "---:"), ("Xplique (s)", "---:"),
+             ("ours ÷ Xplique (quartiles)", "---:"), ("agreement (maps r; scores ours / theirs)", "---:"),
+             ("meets", "---")],
+        section["rows"], cells,
+    )[2:]
+
+
+def _quality_tables(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["#### Quality per forward pass (16× reference; target: adaptive ≥ 3× fewer passes for r ≥ 0.99)", ""]
+    for r in rows:
+        lines += [f"**{r['method']}** on the {r['model']} — reference {_fmt_params(r['reference'])}:", ""]
+        if r["kind"] == "metric":
+            lines += ["| setting | passes per image | largest error vs reference | seed-to-seed spread |",
+                      "|---|---:|---:|---:|"]
+            for c in r["candidates"]:
+                spread = "–" if c.get("seed_spread") is None else f"{c['seed_spread']:.3f}"
+                lines.append(f"| {c['label']} | {c['passes']:.0f} | {c['max_error']:.3f} | {spread} |")
+        else:
+            lines += ["| setting | passes per image | r with reference (worst image) | seed-to-seed r | "
+                      "passes for r = 0.99 | deletion ↓ | insertion ↑ |", "|---|---:|---:|---:|---:|---:|---:|"]
+            for c in r["candidates"]:
+                seed = "– (deterministic)" if c.get("seed_correlation") is None else f"{c['seed_correlation']:.3f}"
+                need = "–" if c.get("passes_for_target") is None else f"{c['passes_for_target']:.0f}"
+                lines.append(f"| {c['label']} | {c['passes']:.0f} | {c['correlation']:.3f} | {seed} | {need} | "
+                             f"{c['deletion']:.3f} | {c['insertion']:.3f} |")
+        lines.append("")
+    return lines
+
+
+def _compile_table(rows: list[dict[str, Any]], fw: str) -> list[str]:
+    how = "`torch.compile`" if fw == "torch" else "XLA `jit_compile`"
+
+    def cells(r: dict[str, Any]) -> list[str]:
+        pays = "never" if r.get("pays_after_calls") is None else f"{max(0.0, r['pays_after_calls']):.0f} calls"
+        return [r["name"], _fmt_params(r.get("params")), f"{r['eager_first_call_s']:.2f}", f"{r['first_call_s']:.2f}",
+                f"{r['reference_median_s']:.3f}", f"{r['median_s']:.3f}", f"{r['speedup']:.2f}×", pays]
+
+    return _table(
+        f"Compilation: eager against `xt.adapt(model, compile=True)` ({how}; for reading)",
+        [("method", "---"), ("settings", "---"), ("first call eager (s)", "---:"), ("first call compiled (s)", "---:"),
+         ("eager (s)", "---:"), ("compiled (s)", "---:"), ("speed-up", "---:"), ("pays after", "---:")],
+        rows, cells,
+    )
 
 
 def _time_table(title: str, rows: list[dict[str, Any]], target: float | None, fw: str) -> list[str]:

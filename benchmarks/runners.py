@@ -20,9 +20,14 @@ def _traces(obj: Any) -> int | None:
     return getattr(obj.adapter, "traces", None)
 
 
+#: The reference of the ``naive`` section: the same passes, the model as a user calls it.
+NAIVE = "naive forward passes (the model as given: PyTorch contiguous NCHW, Keras eager)"
+
+
 # -- section a: overhead ----------------------------------------------------------------------
 def run_overhead_case(case: Case, bench: Workbench, cfg: Config, reference: str) -> dict[str, Any]:
-    """Time one method/metric against the same passes run bare (``reference``: what they are)."""
+    """Time one method/metric against the same passes run bare (``reference``: what they are;
+    :data:`NAIVE`: run as a user would run them without the toolbox)."""
     row: dict[str, Any] = {"name": case.name, "kind": case.kind, "reference": reference}
     cls, note = resolve(case, case.kind)
     if cls is None:
@@ -53,11 +58,13 @@ def run_overhead_case(case: Case, bench: Workbench, cfg: Config, reference: str)
                 call()
         except Exception as exc:
             return {**row, "status": "error", "note": f"{type(exc).__name__}: {exc}"}
-        replay = bench.bare.prepare(calls, seen)
+        replay = bench.bare.prepare(calls, seen, naive=reference == NAIVE)
         del seen
         replay()  # the baseline's own warm-up (its tf.function traces here)
         timing = paired(call, replay, bench.sync, cfg, first)
     row.update(status="ok", passes=summarize_calls(calls), first_call_s=first, **timing)
+    row["images_per_s"] = bench.x.shape[0] / timing["median_s"]
+    row["speedup"] = 1.0 / timing["ratio"]
     row["first_call_extra_s"] = first - timing["median_s"]
     if traces_after_first is not None:
         row["traces_after_first_call"] = traces_after_first

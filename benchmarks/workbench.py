@@ -126,17 +126,23 @@ class BareRunner:
         with self.bench.tf_device():
             return np.asarray(self._forward(self.bench.x)).argmax(1).astype(np.int64)
 
-    def prepare(self, calls: list[tuple[str, int]], inputs: list[Any] | None = None) -> Callable[[], None]:
+    def prepare(
+        self, calls: list[tuple[str, int]], inputs: list[Any] | None = None, *, naive: bool = False
+    ) -> Callable[[], None]:
         """A function replaying ``calls`` (``(kind, batch)``) bare, inputs built beforehand.
 
         ``inputs``: the very batches the method fed the model (as :func:`counting` captured
-        them), so that data-dependent kernel speed — a deleted image is mostly zeros — is not
-        counted as overhead either way; else the benchmark images, repeated.
+        them, in the memory format the toolbox chose), so that data-dependent kernel speed — a
+        deleted image is mostly zeros — is not counted as overhead either way; else the
+        benchmark images, repeated. ``naive``: the model as a user calls it without the
+        toolbox — PyTorch on contiguous (NCHW) batches, Keras eagerly (``model(x)``).
         """
         if inputs is not None and len(inputs) == len(calls):
             batches = [(kind, xb) for (kind, _), xb in zip(calls, inputs, strict=True)]
         else:
             batches = [(kind, self.rows(b)) for kind, b in calls]
+        if self.framework == "torch" and naive:
+            batches = [(kind, xb.contiguous()) for kind, xb in batches]
         if self.framework == "torch":
             import torch
 
@@ -160,6 +166,19 @@ class BareRunner:
             return replay
 
         forward, gradient = self._forward, self._gradient
+        if naive:
+            import tensorflow as tf
+
+            model = self.bench.model
+
+            def forward(z: Any) -> Any:
+                return model(z, training=False)
+
+            def gradient(z: Any) -> Any:
+                with tf.GradientTape(watch_accessed_variables=False) as tape:
+                    tape.watch(z)
+                    score = tf.reduce_sum(model(z, training=False)[:, 0])
+                return tape.gradient(score, z)
 
         def replay_tf() -> None:
             last = None

@@ -24,7 +24,6 @@ from scipy.stats import rankdata
 import xai_toolbox as xt
 from xai_toolbox import extend as xe
 from xai_toolbox.extend import (
-    Chunk,
     Targets,
     expand_to_inputs,
     interpolation_matrix,
@@ -66,15 +65,23 @@ class MuFidelity(xt.Metric):
             removes single positions. Tabular inputs always use single features; series use
             ``grid_size`` cells along time.
         subset_percent: probability that a cell is removed (default 0.2, Xplique).
-        nb_samples: number of random subsets per input (default 200, Xplique).
+        nb_samples: number of random subsets per input (default 200, Xplique), or ``"auto"``:
+            subsets in rounds up to ``max_samples``, each input stopping once the standard
+            error of its correlation (distribution-free, see
+            :func:`xai_toolbox.extend.correlation_standard_error`) is at most ``tolerance``.
         baseline: value given to removed positions (default 0).
         correlation: ``"pearson"`` (default: the paper's definition and Quantus') or
             ``"spearman"`` (Xplique since 2021).
         activation: ``None`` (logits), ``"softmax"`` or ``"sigmoid"`` before the target score.
-        seed: seed of the NumPy generator that draws the subsets.
+        tolerance: with ``nb_samples="auto"``, the standard error (in correlation units) at
+            which an input stops (default 0.05).
+        max_samples: with ``nb_samples="auto"``, the most subsets per input (default 2048).
+        seed: seed of the NumPy generator that draws the subsets (subset ``n`` is the same
+            for any ``nb_samples``: more subsets only add to the sequence).
 
     Per-input correlations are ``scores``; ``details`` hold the subsets' ``attributions`` and
-    ``drops`` ``(N, nb_samples)``. An undefined correlation (constant drops) counts as 0; an
+    ``drops`` ``(N, nb_samples)`` (with ``"auto"``: NaN past the subsets an input used, whose
+    numbers are in ``details["nb_samples"]``, with the ``standard_errors``). An undefined correlation (constant drops) counts as 0; an
     input whose drops are NaN (the model returned NaN) scores NaN, left out of the mean.
 
     Example:
@@ -91,23 +98,38 @@ class MuFidelity(xt.Metric):
         *,
         grid_size: int | None = 9,
         subset_percent: float = 0.2,
-        nb_samples: int = 200,
+        nb_samples: int | str = 200,
         baseline: float = 0.0,
         correlation: str = "pearson",
         activation: str | None = None,
+        tolerance: float | None = None,
+        max_samples: int | None = None,
         seed: int | None = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
         self.grid_size = None if grid_size is None else xe.positive_int("grid_size", grid_size)
         self.subset_percent = xe.in_range("subset_percent", subset_percent, 0.0, 1.0)
-        self.nb_samples = xe.positive_int("nb_samples", nb_samples)
-        if self.nb_samples < 2:
-            raise xt.ParameterError("nb_samples must be at least 2 to compute a correlation")
+        try:
+            self.nb_samples = xe.sample_count("nb_samples", nb_samples, minimum=2)
+        except xt.ParameterError:
+            raise xt.ParameterError(
+                f"nb_samples must be at least 2 to compute a correlation (or 'auto'), got {nb_samples!r}"
+            ) from None
         self.baseline = xe.number("baseline", baseline)
         self.correlation = xe.one_of("correlation", correlation, ("pearson", "spearman"))
         self.activation = xe.activation("activation", activation)
+        self.tolerance = tolerance
+        self.max_samples = max_samples
         self.seed = seed
+        self.sampling()  # validates tolerance and max_samples against nb_samples
+
+    def sampling(self) -> xe.SampleSchedule:
+        """The number of subsets: fixed, or the adaptive rounds of ``nb_samples="auto"``."""
+        return xe.sample_schedule(
+            "nb_samples", self.nb_samples, tolerance=self.tolerance, max_samples=self.max_samples,
+            first=AUTO_FIRST, default_tolerance=AUTO_TOLERANCE, default_maximum=AUTO_MAXIMUM, minimum=2,
+        )
 
     def check_call(self, x: ep.Tensor) -> None:
         # Up front: nb_samples + 1 passes per input, and the subsets drawn at once (float64
@@ -115,20 +137,24 @@ class MuFidelity(xt.Metric):
         positions = self.explanation_shape(x)[1:]
         cells = int(np.prod(positions if x.ndim == 2 or self.grid_size is None else (self.grid_size,) * len(positions)))
         n = int(x.shape[0])
+        samples = self.sampling().maximum
+        at_most = f" ({samples} at most)" if self.nb_samples == xe.AUTO else ""
         xe.check_workload(
             self.name,
-            model_inputs=(self.nb_samples + 1) * n,
-            held_bytes=self.nb_samples * cells * 12 + 3 * n * self.nb_samples * 8,
-            cause=f"nb_samples={self.nb_samples} subsets of {cells} cells, {n} input(s)",
+            model_inputs=(samples + 1) * n,
+            held_bytes=samples * cells * 12 + 3 * n * samples * 8,
+            cause=f"nb_samples={self.nb_samples}{at_most} subsets of {cells} cells, {n} input(s)",
         )
 
-    def draw_keep(self, positions: tuple[int, ...], tabular: bool) -> np.ndarray:
-        """The kept cells ``(nb_samples, *grid)`` as 0/1 float32, at grid resolution."""
+    def draw_keep(self, positions: tuple[int, ...], tabular: bool, count: int | None = None) -> np.ndarray:
+        """The kept cells ``(count, *grid)`` as 0/1 float32, at grid resolution (``count``:
+        ``nb_samples`` by default; the first subsets are the same for any count)."""
         if tabular or self.grid_size is None:
             grid = positions
         else:
             grid = (self.grid_size,) * len(positions)
-        u = np.random.default_rng(self.seed).random((self.nb_samples, *grid))
+        count = int(self.nb_samples) if count is None else count
+        u = np.random.default_rng(self.seed).random((count, *grid))
         return (u > self.subset_percent).astype(np.float32)
 
     def score_batch(
@@ -138,41 +164,67 @@ class MuFidelity(xt.Metric):
         adapter = self.adapter
         channel_axis = adapter.channel_axis
         positions = self.explanation_shape(x)[1:]
-        keep_grid = self.draw_keep(positions, tabular=x.ndim == 2)
-        cells = adapter.from_numpy(x, keep_grid)
-        upsample = _upsampler(cells, positions)
+        schedule = self.sampling()
+        keep_grid = self.draw_keep(positions, tabular=x.ndim == 2, count=schedule.maximum)
+        upsample = _upsampler(adapter.from_numpy(x, keep_grid[:1]), positions)
         clean = xe.batched_scores(adapter, targets, x, self.batch_size, self.activation)
         base = clean.numpy().astype(np.float64)
+        attrs = np.full((x.shape[0], schedule.maximum), np.nan)
+        drops = np.full((x.shape[0], schedule.maximum), np.nan)
 
-        last: dict[int, ep.Tensor] = {}
+        def sample_round(round_: xe.SampleRound) -> None:
+            cells = adapter.from_numpy(x, keep_grid[round_.lo : round_.hi])  # this round's subsets
+            last: dict[int, ep.Tensor] = {}
 
-        def keep_of(chunk: Chunk) -> ep.Tensor:
-            # build() and attribution() ask for the same chunk in turn: upsample it once.
-            if chunk.start not in last:
-                last.clear()
-                last[chunk.start] = upsample(adapter.take_rows(cells, chunk.samples))
-            return last[chunk.start]
+            def keep_of(chunk: xe.SampleChunk) -> ep.Tensor:
+                # build() and attribution() ask for the same chunk in turn: upsample it once.
+                if chunk.start not in last:
+                    last.clear()
+                    last[chunk.start] = upsample(adapter.take_rows(cells, chunk.samples - round_.lo))
+                return last[chunk.start]
 
-        def build(chunk: Chunk) -> ep.Tensor:
-            rows = adapter.broadcast_rows(x, chunk.items)
-            keep = expand_to_inputs(keep_of(chunk), rows.ndim, channel_axis)
-            if self.baseline == 0.0:  # one full-size operation instead of three
-                return rows * keep
-            return rows * keep + (1.0 - keep) * self.baseline  # the second term is mask-sized
+            def build(chunk: xe.SampleChunk) -> ep.Tensor:
+                rows = adapter.broadcast_rows(x, chunk.items)
+                keep = expand_to_inputs(keep_of(chunk), rows.ndim, channel_axis)
+                if self.baseline == 0.0:  # one full-size operation instead of three
+                    return rows * keep
+                return rows * keep + (1.0 - keep) * self.baseline  # the second term is mask-sized
 
-        def attribution(chunk: Chunk) -> ep.Tensor:
-            removed = 1.0 - keep_of(chunk)
-            weighted = adapter.broadcast_rows(maps, chunk.items) * removed
-            return weighted.reshape((weighted.shape[0], -1)).sum(axis=1)
+            def attribution(chunk: xe.SampleChunk) -> ep.Tensor:
+                removed = 1.0 - keep_of(chunk)
+                weighted = adapter.broadcast_rows(maps, chunk.items) * removed
+                return weighted.reshape((weighted.shape[0], -1)).sum(axis=1)
 
-        scores, attrs = xe.stream_scores(
-            adapter, targets, x.shape[0], self.nb_samples, build, batch_size=self.batch_size,
-            activation=self.activation, progress_bar=self.progress, desc=self.name, extra=attribution,
-        )
-        assert attrs is not None
-        drops = base[:, None] - scores
+            k, count = len(round_.active), round_.hi - round_.lo
+            scores, sums = xe.PairScores(k, count, adapter), xe.PairScores(k, count, adapter)
+            todo = round_.chunks
+            desc = f"{self.name} ({round_.hi} subsets)" if schedule.adaptive else self.name
+            for chunk in xe.progress(todo, enabled=self.progress, total=len(todo), desc=desc):
+                items = chunk.items
+                outputs = adapter.forward(build(chunk))
+                scores.put(chunk, targets.take(items).score(xe.activate(outputs, self.activation)))
+                sums.put(chunk, attribution(chunk))
+            # One host copy per round, not per chunk.
+            got = ep.stack([scores.result(), sums.result()], axis=0).numpy().astype(np.float64)
+            drops[round_.active, round_.lo : round_.hi] = base[round_.active, None] - got[0]
+            attrs[round_.active, round_.lo : round_.hi] = got[1]
+
+        def error(active: np.ndarray, n: int) -> np.ndarray:
+            a, d = attrs[active, :n], drops[active, :n]
+            if self.correlation == "spearman":
+                a, d = rankdata(a, axis=1), rankdata(d, axis=1)
+            return xe.correlation_standard_error(a, d)
+
+        used = schedule.run(x.shape[0], self.batch_size, sample_round, error)
+        scores = np.array([
+            rowwise_correlation(attrs[i : i + 1, :n], drops[i : i + 1, :n], self.correlation)[0]
+            for i, n in enumerate(used)
+        ])
+        if not schedule.adaptive:
+            return self.make_result(scores, attributions=attrs, drops=drops)
+        errors = np.array([error(np.array([i]), int(n))[0] for i, n in enumerate(used)])
         return self.make_result(
-            rowwise_correlation(attrs, drops, self.correlation), attributions=attrs, drops=drops
+            scores, attributions=attrs, drops=drops, nb_samples=used, standard_errors=errors
         )
 
 
@@ -186,6 +238,12 @@ def _upsampler(cells: ep.Tensor, positions: tuple[int, ...]) -> Callable[[ep.Ten
     matrix = interpolation_matrix(grid[0], positions[0], "nearest").T.copy()  # (g, T)
     m = on_device(cells, ("mufidelity-nearest", grid[0], positions[0]), matrix)
     return lambda c: matmul(c, m)
+
+
+#: ``nb_samples="auto"``: first checkpoint, default tolerance and maximum.
+AUTO_FIRST = 64
+AUTO_TOLERANCE = 0.05
+AUTO_MAXIMUM = 2048
 
 
 @xt.hookimpl

@@ -34,6 +34,12 @@ SAMPLERS = ("lhs", "sobol", "random")
 BANDWIDTHS = ("median_heuristic", "median_output")
 #: Elements of the output kernel held at once by the estimator (``rows × nb_design``).
 KERNEL_BLOCK = 1 << 16
+#: Masks per Latin-hypercube block (the checkpoints of ``nb_design="auto"`` are multiples).
+LHS_BLOCK = 128
+#: ``nb_design="auto"``: first checkpoint, default tolerance and maximum.
+AUTO_FIRST = 256
+AUTO_TOLERANCE = 0.1
+AUTO_MAXIMUM = 4096
 
 
 # -- design ------------------------------------------------------------------------------------
@@ -42,8 +48,11 @@ def hsic_design(nb_design: int, dim: int, sampler: str = "lhs", seed: int | None
 
     A point ``u ∈ [0, 1)^dim`` of the sampler becomes the mask ``u ≥ 0.5``:
 
-    * ``"lhs"``: Latin hypercube (the paper's sampler), seeded; every column is balanced
-      (exactly half of the masks keep each cell when ``nb_design`` is even);
+    * ``"lhs"``: Latin hypercube (the paper's sampler), seeded, in blocks of
+      :data:`LHS_BLOCK` masks (block ``b`` from ``default_rng([seed, b])``), so the first
+      ``k · LHS_BLOCK`` masks of any larger design are the same (adaptive sampling adds masks
+      without redrawing); every column is balanced within each block (exactly half of its
+      masks keep each cell when the block size is even);
     * ``"sobol"``: unscrambled Sobol sequence without its all-zeros first point (Xplique's
       default, ``tf.math.sobol_sample``); deterministic, ``seed`` unused;
     * ``"random"``: i.i.d. uniform (the official code's Monte-Carlo sampler), seeded.
@@ -63,12 +72,15 @@ def hsic_design(nb_design: int, dim: int, sampler: str = "lhs", seed: int | None
             engine.fast_forward(1)
             u = engine.random(nb_design)
     elif sampler == "lhs":
-        rng = np.random.default_rng(seed)
-        try:
-            engine = qmc.LatinHypercube(d=dim, rng=rng)
-        except TypeError:  # SciPy < 1.15 calls the generator `seed`
-            engine = qmc.LatinHypercube(d=dim, seed=rng)
-        u = engine.random(nb_design)
+        blocks = []
+        for b, start in enumerate(range(0, nb_design, LHS_BLOCK)):
+            rng = np.random.default_rng([0 if seed is None else seed, b])
+            try:
+                engine = qmc.LatinHypercube(d=dim, rng=rng)
+            except TypeError:  # SciPy < 1.15 calls the generator `seed`
+                engine = qmc.LatinHypercube(d=dim, seed=rng)
+            blocks.append(engine.random(min(LHS_BLOCK, nb_design - start)))
+        u = np.concatenate(blocks, axis=0)
     else:
         u = np.random.default_rng(seed).random((nb_design, dim))
     return (u >= 0.5).astype(np.float32)
@@ -152,18 +164,40 @@ def hsic_scores(z: Any, y: Any, width: float, block: int = KERNEL_BLOCK) -> Any:
 
     Returns ``(d,)`` in the type of ``z`` (NumPy or a framework tensor).
     """
+    return hsic_with_error(z, y, width, block, errors=False)[0]
+
+
+def hsic_with_error(z: Any, y: Any, width: float, block: int = KERNEL_BLOCK, *, errors: bool = True) -> Any:
+    """:func:`hsic_scores` and, with ``errors``, the standard error of each score ``(d,)``.
+
+    ``HSIC_i = 2/(n−1)² Σ_j u_ij`` with ``u_ij = z_ij (L z_i)_j``. It is a V-statistic of
+    degree two in the samples, whose variance is about ``4/n`` times that of its first-order
+    projection, estimated by ``u_ij / n``: ``SE_i = 4 n / (n−1)² · sd_j(u_ij) / √n``.
+
+    Example:
+        >>> scores, se = hsic_with_error(z, y, width)
+    """
     (zt, yt), restore = ep.astensors_(z, y)
     n = zt.shape[0]
     rows = max(1, block // n)
     scale = -0.5 / (width * width)
-    total = None
+    total = squares = None
     for start in range(0, n, rows):
         stop = min(start + rows, n)
         kernel = ((yt[start:stop].reshape((-1, 1)) - yt.reshape((1, -1))) ** 2 * scale).exp()
-        part = (zt[start:stop] * matmul(kernel, zt)).sum(axis=0)
+        u = zt[start:stop] * matmul(kernel, zt)
+        part = u.sum(axis=0)
         total = part if total is None else total + part
+        if errors:
+            part2 = (u * u).sum(axis=0)
+            squares = part2 if squares is None else squares + part2
     assert total is not None
-    return restore(total * (2.0 / (n - 1) ** 2))
+    scores = total * (2.0 / (n - 1) ** 2)
+    if not errors:
+        return restore(scores), None
+    assert squares is not None
+    spread = ep.maximum(squares - total * total / n, 0.0) / (n - 1)       # var_j(u_ij)
+    return restore(scores), restore((spread / n).sqrt() * (4.0 * n / (n - 1) ** 2))
 
 
 class HsicAttribution(PerturbationMethod):
@@ -174,7 +208,10 @@ class HsicAttribution(PerturbationMethod):
 
     Args:
         grid_size: cells per side of the grid.
-        nb_design: number of masks ``n`` (the paper: 1500; 750 for a lower budget).
+        nb_design: number of masks ``n`` (the paper: 1500; 750 for a lower budget), or
+            ``"auto"``: masks in rounds up to ``max_design``, each image stopping once the
+            relative standard error of its map is at most ``tolerance``; the masks used per
+            image come back in the extras as ``"nb_design"``.
         sampler: ``"lhs"`` (paper), ``"sobol"`` (Xplique's default) or ``"random"``.
         bandwidth: RBF width of the output kernel: ``"median_heuristic"`` (median pairwise
             distance of the scores; invariant to shifting/scaling the scores),
@@ -182,6 +219,9 @@ class HsicAttribution(PerturbationMethod):
             positive number.
         perturbation, baseline, blur_size, amplitude_sigma: as :class:`SobolAttribution`
             (default inpainting with 0).
+        tolerance: with ``nb_design="auto"``, the relative standard error at which an image
+            stops (default 0.1).
+        max_design: with ``nb_design="auto"``, the most masks per image (default 4096).
         seed: seed of the ``lhs``/``random`` samplers (``None``: fresh masks each call).
 
     Example:
@@ -193,27 +233,30 @@ class HsicAttribution(PerturbationMethod):
     input_kinds = ("image", "series", "tabular")
 
     def passes_per_image(self) -> int | None:
-        return self.nb_design
+        """The masks per image (with ``nb_design="auto"``: at most)."""
+        return self.sampling().maximum
 
     def __init__(
         self,
         model: Any,
         *,
         grid_size: int = 8,
-        nb_design: int = 1500,
+        nb_design: int | str = 1500,
         sampler: str = "lhs",
         bandwidth: str | float = "median_heuristic",
         perturbation: str = "inpainting",
         baseline: float = 0.0,
         blur_size: int = 10,
         amplitude_sigma: float = 1.0,
+        tolerance: float | None = None,
+        max_design: int | None = None,
         seed: int | None = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
         self.grid_size = xe.positive_int("grid_size", grid_size)
-        self.nb_design = xe.positive_int("nb_design", nb_design)
-        if self.nb_design < 4:
+        self.nb_design = xe.sample_count("nb_design", nb_design)
+        if self.nb_design != xe.AUTO and self.nb_design < 4:
             raise xt.ParameterError(f"nb_design must be at least 4 for an HSIC estimate, got {nb_design}")
         self.sampler = xe.one_of("sampler", sampler, SAMPLERS)
         if isinstance(bandwidth, str):
@@ -223,36 +266,72 @@ class HsicAttribution(PerturbationMethod):
         self.perturbation, self.blur_size, self.amplitude_sigma, self.baseline = xe.perturbation_params(
             perturbation, blur_size, amplitude_sigma, baseline
         )
+        self.tolerance = tolerance
+        self.max_design = max_design
         self.seed = seed
+        self.sampling()  # validates tolerance and max_design against nb_design
+
+    def sampling(self) -> xe.SampleSchedule:
+        """The number of masks: fixed, or the adaptive rounds of ``nb_design="auto"``."""
+        return xe.sample_schedule(
+            "nb_design", self.nb_design, tolerance=self.tolerance, max_samples=self.max_design,
+            first=AUTO_FIRST, default_tolerance=AUTO_TOLERANCE, default_maximum=AUTO_MAXIMUM,
+            minimum=4, max_name="max_design",
+        )
 
     def check_call(self, x: ep.Tensor) -> None:
         xe.cell_geometry(x, self.adapter.channel_axis, self.grid_size, self.name)
         check_perturbation(self.perturbation, x, self.name)
 
-    def explain_batch(self, x: ep.Tensor, targets: Targets) -> ep.Tensor:
+    def explain_batch(self, x: ep.Tensor, targets: Targets) -> ep.Tensor | xe.Explanation:
         adapter = self.adapter
         cells, positions = xe.cell_geometry(x, adapter.channel_axis, self.grid_size, self.name)
-        n = self.nb_design
+        schedule = self.sampling()
         seed = self.seed if self.seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
-        design = hsic_design(n, int(np.prod(cells)), self.sampler, seed)        # (n, d) low-res
+        design = hsic_design(schedule.maximum, int(np.prod(cells)), self.sampler, seed)  # (n, d) low-res
         reference = xe.reference_images(x, adapter.channel_axis, self.perturbation, self.baseline, self.blur_size)
-        scores = xe.PairScores(x.shape[0], n, adapter)
-        todo = xe.chunks(x.shape[0], n, self.batch_size)
-        for chunk in xe.progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
-            items = chunk.items
-            low = design[chunk.samples].reshape((-1, *cells))
-            masks = xe.upsample_cells(adapter.from_numpy(x, low), positions)  # no GPU sync per chunk
-            ref = adapter.broadcast_rows(reference, items) if isinstance(reference, ep.Tensor) else reference
-            perturbed = xe.perturb(
-                adapter.broadcast_rows(x, items), masks, adapter.channel_axis, self.perturbation, ref,
-                self.amplitude_sigma,
-            )
-            scores.put(chunk, targets.take(items).score(adapter.forward(perturbed)))
-        y = scores.result()
-        z = adapter.from_numpy(x, (design - design.mean(axis=0, keepdims=True, dtype=np.float64)).astype(np.float32))
-        y_host = y.numpy()  # one small transfer per call: n scores per image, for the bandwidth
-        maps = [hsic_scores(z, y[i], output_bandwidth(y_host[i], self.bandwidth)) for i in range(x.shape[0])]
-        return xe.upsample_cells(ep.stack(maps, axis=0).reshape((x.shape[0], *cells)), positions, "bicubic")
+        parts: list[list[ep.Tensor]] = [[] for _ in range(x.shape[0])]     # scores per round
+
+        def sample_round(round_: xe.SampleRound) -> None:
+            scores = xe.PairScores(len(round_.active), round_.hi - round_.lo, adapter)
+            todo = round_.chunks
+            desc = f"{self.name} ({round_.hi} masks)" if schedule.adaptive else self.name
+            for chunk in xe.progress(todo, enabled=self.progress, total=len(todo), desc=desc):
+                items = chunk.items
+                low = design[chunk.samples].reshape((-1, *cells))
+                masks = xe.upsample_cells(adapter.from_numpy(x, low), positions)  # no GPU sync per chunk
+                ref = adapter.broadcast_rows(reference, items) if isinstance(reference, ep.Tensor) else reference
+                perturbed = xe.perturb(
+                    adapter.broadcast_rows(x, items), masks, adapter.channel_axis, self.perturbation, ref,
+                    self.amplitude_sigma,
+                )
+                scores.put(chunk, targets.take(items).score(adapter.forward(perturbed)))
+            y = scores.result()
+            for pos, item in enumerate(round_.active):
+                parts[item].append(y[pos])
+
+        def estimate(items: np.ndarray, n: int, errors: bool) -> tuple[ep.Tensor, ep.Tensor | None]:
+            first = design[:n]
+            z = adapter.from_numpy(x, (first - first.mean(axis=0, keepdims=True, dtype=np.float64)).astype(np.float32))
+            y = ep.stack([p[0] if len(p) == 1 else ep.concatenate(p, axis=0) for p in (parts[i] for i in items)])
+            y_host = y.numpy()  # one small transfer: n scores per image, for the bandwidth
+            found = [hsic_with_error(z, y[k], output_bandwidth(y_host[k], self.bandwidth), errors=errors)
+                     for k in range(len(items))]
+            maps = ep.stack([f[0] for f in found], axis=0)
+            return maps, ep.stack([f[1] for f in found], axis=0) if errors else None
+
+        def error(active: np.ndarray, n: int) -> np.ndarray:
+            maps, se = estimate(active, n, errors=True)
+            assert se is not None
+            return xe.relative_error(maps, se)
+
+        used = schedule.run(x.shape[0], self.batch_size, sample_round, error)
+        maps = ep.stack(
+            [estimate(np.array([i]), int(used[i]), errors=False)[0][0] for i in range(x.shape[0])], axis=0
+        )
+        maps = xe.upsample_cells(maps.reshape((x.shape[0], *cells)), positions, "bicubic")
+        extras = xe.sample_counts(schedule, "nb_design", used)
+        return xe.Explanation(maps, extras) if extras else maps
 
 
 Register = Callable[[str, type], None]

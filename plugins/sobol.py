@@ -29,6 +29,10 @@ from xai_toolbox.extend import PerturbationMethod, Targets
 #: Lower bound of the output variance in the Jansen estimator (as Xplique), so a constant
 #: output gives indices 0 instead of 0 / 0.
 MIN_VARIANCE = 1e-12
+#: ``nb_design="auto"``: first design size, default tolerance and largest design.
+AUTO_FIRST = 8
+AUTO_TOLERANCE = 0.1
+AUTO_MAXIMUM = 128
 
 
 def sobol_design(nb_design: int, dim: int) -> np.ndarray:
@@ -109,19 +113,26 @@ def jansen_total_order(y_a: Any, y_c: Any, nb_design: int) -> Any:
 class SobolAttribution(PerturbationMethod):
     """Sobol attribution method (Fel et al., 2021): total-order Sobol indices of grid cells.
 
-    Every image is explained with the same ``nb_design · (grid_size² + 2)`` masks (forward
-    passes per image), streamed ``batch_size`` at a time across images. Series are cut in
-    ``grid_size`` segments of time and tabular rows in one cell per feature (``d`` cells:
-    ``nb_design · (d + 2)`` passes).
+    Every image is explained with the same ``nb_design · (grid_size² + 1)`` masks (forward
+    passes per image: the design ``A`` and its ``d`` pick-freeze copies ``C^(i)``; ``B``'s
+    outputs, which Jansen's estimator does not use, are not computed), streamed ``batch_size``
+    at a time across images. Series are cut in ``grid_size`` segments of time and tabular rows
+    in one cell per feature (``d`` cells: ``nb_design · (d + 1)`` passes).
 
     Args:
         grid_size: cells per side of the grid (``d = grid_size²`` variables).
-        nb_design: ``N``, points of the Sobol design (a power of two).
+        nb_design: ``N``, points of the Sobol design (a power of two), or ``"auto"``: designs
+            of ``8, 16, 32, …`` points (each a prefix of the next, so no pass is repeated) up
+            to ``max_design``, each image stopping once the indices moved by at most
+            ``tolerance`` (relative to their spread) since the previous design; the points
+            used per image come back in the extras as ``"nb_design"``.
         perturbation: ``"inpainting"`` (``x ⊙ M + (1 − M) · baseline``), ``"blurring"``
             (``x ⊙ M + (1 − M) ⊙ box_blur(x)``) or ``"amplitude"`` (``x ⊙ (1 + σ (M − 0.5))``).
         baseline: value masked pixels move to with ``inpainting``.
         blur_size: size of the box filter of ``blurring`` (10, as the official code).
         amplitude_sigma: ``σ`` of ``amplitude``, in ``[0, 2]`` (the factor stays ≥ 0).
+        tolerance: with ``nb_design="auto"``, the stopping threshold (default 0.1).
+        max_design: with ``nb_design="auto"``, the most design points (default 128).
 
     Example:
         >>> maps = xt.SobolAttribution(model, grid_size=8, nb_design=32)(images, labels)
@@ -131,58 +142,105 @@ class SobolAttribution(PerturbationMethod):
     input_kinds = ("image", "series", "tabular")
 
     def passes_per_image(self) -> int | None:
-        """For images; series use ``grid_size`` cells, tabular rows one per feature."""
-        return self.nb_design * (self.grid_size**2 + 2)
+        """For images (with ``nb_design="auto"``: at most); series use ``grid_size`` cells,
+        tabular rows one per feature."""
+        return self.sampling().maximum * (self.grid_size**2 + 1)
 
     def __init__(
         self,
         model: Any,
         *,
         grid_size: int = 8,
-        nb_design: int = 32,
+        nb_design: int | str = 32,
         perturbation: str = "inpainting",
         baseline: float = 0.0,
         blur_size: int = 10,
         amplitude_sigma: float = 1.0,
+        tolerance: float | None = None,
+        max_design: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
         self.grid_size = xe.positive_int("grid_size", grid_size)
-        self.nb_design = xe.power_of_two("nb_design", nb_design)
-        if self.nb_design < 2:
+        self.nb_design = nb_design if nb_design == xe.AUTO else xe.power_of_two("nb_design", nb_design)
+        if self.nb_design != xe.AUTO and self.nb_design < 2:
             raise xt.ParameterError("nb_design must be at least 2 (the estimator needs a variance)")
         self.perturbation, self.blur_size, self.amplitude_sigma, self.baseline = xe.perturbation_params(
             perturbation, blur_size, amplitude_sigma, baseline
+        )
+        self.tolerance = tolerance
+        self.max_design = max_design
+        self.sampling()  # validates tolerance and max_design against nb_design
+
+    def sampling(self) -> xe.SampleSchedule:
+        """The design sizes: fixed, or the doubling designs of ``nb_design="auto"``."""
+        return xe.sample_schedule(
+            "nb_design", self.nb_design, tolerance=self.tolerance, max_samples=self.max_design,
+            first=AUTO_FIRST, default_tolerance=AUTO_TOLERANCE, default_maximum=AUTO_MAXIMUM,
+            doubling=True, minimum=2, max_name="max_design",
         )
 
     def check_call(self, x: ep.Tensor) -> None:
         xe.cell_geometry(x, self.adapter.channel_axis, self.grid_size, self.name)
         check_perturbation(self.perturbation, x, self.name)
 
-    def explain_batch(self, x: ep.Tensor, targets: Targets) -> ep.Tensor:
+    def explain_batch(self, x: ep.Tensor, targets: Targets) -> ep.Tensor | xe.Explanation:
         adapter = self.adapter
         cells, positions = xe.cell_geometry(x, adapter.channel_axis, self.grid_size, self.name)
-        n = self.nb_design
+        schedule = self.sampling()
         d = int(np.prod(cells))
-        ab = sobol_design(n, 2 * d).astype(np.float32)
-        a, b = ab[:, :d], ab[:, d:]
-        per_item = n * (d + 2)
+        ab = sobol_design(schedule.maximum, 2 * d).astype(np.float32)  # nested: N points = first N
         reference = xe.reference_images(x, adapter.channel_axis, self.perturbation, self.baseline, self.blur_size)
-        scores = xe.PairScores(x.shape[0], per_item, adapter)
-        todo = xe.chunks(x.shape[0], per_item, self.batch_size)
-        for chunk in xe.progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
-            items = chunk.items
-            low = replicated_rows(a, b, chunk.samples).reshape((-1, *cells))
-            masks = xe.upsample_cells(adapter.from_numpy(x, low), positions)  # no GPU sync per chunk
-            ref = adapter.broadcast_rows(reference, items) if isinstance(reference, ep.Tensor) else reference
-            perturbed = xe.perturb(
-                adapter.broadcast_rows(x, items), masks, adapter.channel_axis, self.perturbation, ref,
-                self.amplitude_sigma,
-            )
-            scores.put(chunk, targets.take(items).score(adapter.forward(perturbed)))
-        y = scores.result()
-        st = jansen_total_order(y[:, :n], y[:, 2 * n :], n)                      # (N_img, d)
-        return xe.upsample_cells(st.reshape((x.shape[0], *cells)), positions, "bicubic")
+        y_a: list[list[ep.Tensor]] = [[] for _ in range(x.shape[0])]     # (points,) per round
+        y_c: list[list[ep.Tensor]] = [[] for _ in range(x.shape[0])]     # (d, points) per round
+        previous: dict[int, ep.Tensor] = {}
+
+        def sample_round(round_: xe.SampleRound) -> None:
+            lo, hi = round_.lo, round_.hi
+            a, b = ab[lo:hi, :d], ab[lo:hi, d:]
+            points = hi - lo
+            per_item = points * (d + 1)  # A, then C^(1..d): B is not needed by Jansen
+            scores = xe.PairScores(len(round_.active), per_item, adapter)
+            todo = round_.chunks_of(per_item)
+            desc = f"{self.name} ({hi} points)" if schedule.adaptive else self.name
+            for chunk in xe.progress(todo, enabled=self.progress, total=len(todo), desc=desc):
+                items = chunk.items
+                block, j = np.divmod(chunk.samples, points)      # 0: A; i ≥ 1: C^(i)
+                low = replicated_rows(a, b, np.where(block == 0, j, (block + 1) * points + j))
+                low = low.reshape((-1, *cells))
+                masks = xe.upsample_cells(adapter.from_numpy(x, low), positions)  # no GPU sync per chunk
+                ref = adapter.broadcast_rows(reference, items) if isinstance(reference, ep.Tensor) else reference
+                perturbed = xe.perturb(
+                    adapter.broadcast_rows(x, items), masks, adapter.channel_axis, self.perturbation, ref,
+                    self.amplitude_sigma,
+                )
+                scores.put(chunk, targets.take(items).score(adapter.forward(perturbed)))
+            y = scores.result().reshape((len(round_.active), d + 1, points))  # A, C^(1..d) blocks
+            for pos, item in enumerate(round_.active):
+                y_a[item].append(y[pos, 0])
+                y_c[item].append(y[pos, 1:])
+
+        def indices(item: int) -> ep.Tensor:
+            ya = y_a[item][0] if len(y_a[item]) == 1 else ep.concatenate(y_a[item], axis=0)
+            yc = y_c[item][0] if len(y_c[item]) == 1 else ep.concatenate(y_c[item], axis=1)
+            return jansen_total_order(ya, yc.reshape((-1,)), int(ya.shape[0]))          # (d,)
+
+        def error(active: np.ndarray, n: int) -> np.ndarray:
+            # Nested designs: the change since the previous (half-size) design bounds the error.
+            now = {int(i): indices(int(i)) for i in active}
+            errors = np.full(len(active), np.inf)
+            if previous:
+                est = ep.stack([now[int(i)] for i in active], axis=0)
+                change = est - ep.stack([previous[int(i)] for i in active], axis=0)
+                errors = xe.relative_error(est, change)
+            previous.update(now)
+            return errors
+
+        used = schedule.run(x.shape[0], self.batch_size, sample_round, error)
+        st = ep.stack([indices(i) for i in range(x.shape[0])], axis=0)             # (N_img, d)
+        maps = xe.upsample_cells(st.reshape((x.shape[0], *cells)), positions, "bicubic")
+        extras = xe.sample_counts(schedule, "nb_design", used)
+        return xe.Explanation(maps, extras) if extras else maps
 
 
 def check_perturbation(perturbation: str, x: ep.Tensor, method: str) -> None:

@@ -32,7 +32,8 @@ def test_forward_passes_run_in_bfloat16_and_return_float32(torch) -> None:
     x = adapter.to_model(_images())
     with xt.autocast():
         outputs = adapter.forward(x)
-    assert seen == [torch.bfloat16]  # on the CPU, the device's usual reduced precision
+    # On the CPU, the device's usual reduced precision (the memory-format trial's passes too).
+    assert set(seen) == {torch.bfloat16}
     assert outputs.raw.dtype == torch.float32
     plain = adapter.forward(x)
     assert seen[-1] == torch.float32  # the block is over

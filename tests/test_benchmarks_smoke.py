@@ -198,3 +198,94 @@ def test_stolen_cpu_time_is_the_steal_counters_share(harness: Any) -> None:
     assert steal_share(None, end) is None and steal_share(start, start) is None
     assert "stolen by the hypervisor 17 %" in _steal({"cpu_steal_share": 50 / 300})
     assert _steal({}) == ""
+
+
+def test_parameters_reach_the_methods(harness: Any) -> None:
+    """Cases' parameters are passed on under the names a class takes (once, every case ran at
+    its defaults: the tables said 512 masks while 4000 ran)."""
+    import xai_toolbox as xt
+    from benchmarks.building import build_params
+
+    kwargs, notes = build_params(xt.Rise, {"nb_samples|nb_masks": 12, "window": 3})
+    assert kwargs == {"nb_samples": 12} and len(notes) == 1 and "window" in notes[0]
+
+
+def test_naive_section_replays_contiguous_passes(harness: Any, torch: Any, tmp_path: Path) -> None:
+    """The naive reference feeds the model contiguous NCHW batches (what a user's loop does),
+    whatever layout the toolbox chose, and the row reports images/s and the speed-up."""
+    from benchmarks.runners import NAIVE, run_overhead_case
+    from benchmarks.workbench import Workbench
+
+    cfg = tiny_config(harness, "torch", tmp_path)
+    bench = Workbench(cfg)
+    seen: list[bool] = []
+    hook = bench.model.register_forward_pre_hook(lambda _m, a: seen.append(a[0].is_contiguous()))
+    try:
+        replay = bench.bare.prepare([("forward", 4)], [bench.x.repeat(2, 1, 1, 1).contiguous(
+            memory_format=torch.channels_last)], naive=True)
+        replay()
+    finally:
+        hook.remove()
+    assert seen == [True]
+    from benchmarks.config import Case
+
+    row = run_overhead_case(Case("bench_tiny", cls=TinyPerturbation), bench, cfg, NAIVE)
+    assert row["status"] == "ok" and row["reference"] == NAIVE
+    assert row["images_per_s"] > 0 and row["speedup"] == pytest.approx(1 / row["ratio"])
+
+
+def test_xplique_section_is_skipped_with_a_note_without_its_environment(
+    harness: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks.report import markdown
+    from benchmarks.xplique import run_xplique
+
+    monkeypatch.setenv("XPLIQUE_PYTHON", str(tmp_path / "no-such-python"))
+    cfg = tiny_config(harness, "torch", tmp_path)
+    section = run_xplique(cfg)
+    assert section["status"] == "skipped" and "scripts/peers/README.md" in section["note"]
+    results = {"environment": {"framework": "torch", "device": "cpu", "cpu": "x", "cpu_count": 2, "numpy": "2",
+                               "python": "3.11"}, "model": {"name": "m", "input": [3, 8, 8], "parameters": 10,
+                                                            "n_images": 1, "batch_size": 2},
+               "config": {"quick": True}, "xplique": section}
+    assert "Skipped: Xplique's environment not found" in markdown(results)
+
+
+def test_new_sections_render_wellformed_tables(harness: Any) -> None:
+    from benchmarks.report import markdown
+
+    timing = {"status": "ok", "median_s": 1.0, "reference_median_s": 2.0, "ratio": 0.5, "ratio_quartiles": [0.4, 0.6]}
+    results = {
+        "environment": {"framework": "torch", "device": "cpu", "cpu": "x", "cpu_count": 2, "numpy": "2",
+                        "python": "3.11"},
+        "model": {"name": "m", "input": [3, 8, 8], "parameters": 10, "n_images": 1, "batch_size": 2},
+        "config": {"quick": True},
+        "naive": [{**timing, "name": "rise", "passes": {"passes": 2, "inputs": 16}, "images_per_s": 4.0,
+                   "speedup": 2.0}],
+        "xplique": {"status": "ok", "environment": {"xplique": "2.0.2", "tensorflow": "2.20.0"},
+                    "settings": {"size": 64, "n_images": 2, "batch_size": 128},
+                    "rows": [{**timing, "name": "rise", "kind": "method", "agreement": 0.9},
+                             {**timing, "name": "deletion", "kind": "metric", "ours_score": 0.1, "xplique_score": 0.2}]},
+        "quality": [{"model": "m", "method": "rise", "kind": "method", "reference": {"nb_samples": 64},
+                     "candidates": [{"label": "a", "passes": 4.0, "correlation": 0.9, "seed_correlation": 0.8,
+                                     "passes_for_target": 20.0, "deletion": 0.1, "insertion": 0.5}]},
+                    {"model": "m", "method": "mufidelity", "kind": "metric", "reference": {"nb_samples": 64},
+                     "candidates": [{"label": "b", "passes": 4.0, "max_error": 0.01, "seed_spread": None}]}],
+        "compile": [{**timing, "name": "rise", "first_call_s": 9.0, "eager_first_call_s": 1.0, "speedup": 2.0,
+                     "pays_after_calls": 7.5}],
+    }
+    text = markdown(results)
+    assert check_markdown_tables(text) == 5
+    assert "2.00× (1.67–2.50)" in text and "8 calls" in text and "0.100 / 0.200" in text
+
+
+def test_quality_extrapolates_passes_by_the_monte_carlo_law(harness: Any) -> None:
+    from benchmarks.quality import _correlations, _passes_for, quality_cases
+
+    # r = 0.9 at 1000 passes: noise/signal variance 0.2346; 0.99 needs 0.0203 → 11.5× more.
+    assert _passes_for(0.9, 1000) == pytest.approx(1000 * (1 / 0.81 - 1) / (1 / 0.9801 - 1))
+    assert _passes_for(0.995, 1000) < 1000 and _passes_for(-0.1, 10) is None
+    a = np.random.default_rng(0).random((2, 3, 3))
+    np.testing.assert_allclose(_correlations(a, 2 * a + 1), [1.0, 1.0])
+    quick = {c.method: c for c in quality_cases(quick=True)}
+    assert quick["rise"].reference["nb_samples"] == 8000 and set(quick) == {"rise", "sobol", "hsic", "mufidelity"}

@@ -154,6 +154,6 @@ def test_sobol_is_deterministic_and_counts_forward_passes() -> None:
     explainer = xt.SobolAttribution(model, grid_size=4, nb_design=8, batch_size=50)
     first = explainer(x, [0, 1])
     assert calls[0] == 1  # the engine's probe of the output width (NumPy callables)
-    assert sum(calls[1:]) == 2 * 8 * (16 + 2)  # N (d + 2) forward passes per image
+    assert sum(calls[1:]) == 2 * 8 * (16 + 1)  # N (d + 1) forward passes per image (B unused)
     assert max(calls) <= 50
     np.testing.assert_array_equal(explainer(x, [0, 1]), first)

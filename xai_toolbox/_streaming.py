@@ -132,17 +132,25 @@ class ItemSums:
 
     def add(self, chunk: Chunk, values: ep.Tensor) -> None:
         """Add the chunk's per-pair ``values`` ``(chunk.size, ...)`` to their items' sums."""
-        in_place = self.adapter.mutable_tensors
         for item, lo, hi in chunk.runs():
-            part = values[lo:hi].sum(axis=0)
-            if in_place:
-                if self._buffer is None:
-                    self._buffer = ep.zeros(part, (len(self._sums), *part.shape)).raw
-                self.adapter.write_rows(self._buffer, item, part.raw, add=True)
-            else:
-                current = self._sums[item]
-                self._sums[item] = part if current is None else current + part
-            self._added[item] = True
+            self.add_to(item, values[lo:hi].sum(axis=0))
+
+    def add_to(self, item: int, part: ep.Tensor) -> None:
+        """Add ``part``, already summed over pairs (e.g. by a matrix product), to ``item``'s sum.
+
+        Example:
+            >>> for item, lo, hi in chunk.runs():
+            ...     sums.add_to(item, matmul(weights[:, lo:hi], masks[lo:hi]))
+        """
+        item = int(item)
+        if self.adapter.mutable_tensors:
+            if self._buffer is None:
+                self._buffer = ep.zeros(part, (len(self._sums), *part.shape)).raw
+            self.adapter.write_rows(self._buffer, item, part.raw, add=True)
+        else:
+            current = self._sums[item]
+            self._sums[item] = part if current is None else current + part
+        self._added[item] = True
 
     def result(self) -> ep.Tensor:
         """The sums, ``(n_items, ...)``."""

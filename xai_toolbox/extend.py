@@ -17,6 +17,11 @@ What is here, by purpose:
 * **Streaming**: :func:`chunks` / :class:`Chunk` (model inputs cut in ``batch_size`` across
   images), the in-place accumulators :class:`ItemSums` and :class:`PairScores`,
   :func:`stream_scores`, :func:`batched_forward`, :func:`batched_scores`, :func:`index_column`, :func:`progress`.
+* **Adaptive sampling** (``nb_samples="auto"``): :func:`sample_count`, :func:`sample_schedule`
+  / :class:`SampleSchedule` (rounds ending at fixed checkpoints, :func:`checkpoints`), whose
+  :class:`SampleRound` / :class:`SampleChunk` stream the images still running,
+  :func:`relative_error` (a map's standard error over its spread),
+  :func:`correlation_standard_error`, :func:`sample_counts`, :data:`AUTO`.
 * **Perturbations and randomness**: :class:`BlockSampler` (draws reproducible for any
   chunking), :func:`perturb`, :func:`reference_images`, :func:`upsample_nearest`,
   :func:`image_size`, :func:`check_grid`, :func:`perturbation_params`,
@@ -75,6 +80,18 @@ Example:
 
 from __future__ import annotations
 
+from ._adaptive import (
+    AUTO,
+    SampleChunk,
+    SampleRound,
+    SampleSchedule,
+    checkpoints,
+    correlation_standard_error,
+    relative_error,
+    sample_count,
+    sample_counts,
+    sample_schedule,
+)
 from ._budget import available_memory, check_workload
 from ._cam import CAMMethod, LayerCapture, input_size
 from ._concepts import ConceptMethod, Concepts, Factorization, fit_nmf
@@ -171,7 +188,7 @@ from .ops import (
 from .registry import hookimpl
 
 #: Version of the extension API, ``MAJOR.MINOR`` (see the module docs for the promise).
-API_VERSION = "1.1"
+API_VERSION = "1.2"
 
 
 def require_api(version: str) -> None:
@@ -199,6 +216,7 @@ def require_api(version: str) -> None:
 __all__ = [
     "ACTIVATIONS",
     "API_VERSION",
+    "AUTO",
     "LINEAR_REGRESSORS",
     "PERTURBATIONS",
     "SEGMENTATIONS",
@@ -224,6 +242,9 @@ __all__ = [
     "Objective",
     "PairScores",
     "PerturbationMethod",
+    "SampleChunk",
+    "SampleRound",
+    "SampleSchedule",
     "ScoreFn",
     "ScoreOf",
     "SegmentMethod",
@@ -243,7 +264,9 @@ __all__ = [
     "channels_first",
     "check_grid",
     "check_workload",
+    "checkpoints",
     "chunks",
+    "correlation_standard_error",
     "current_rows",
     "describe_output",
     "expand_to_inputs",
@@ -283,13 +306,17 @@ __all__ = [
     "progress",
     "reduce_channels",
     "reference_images",
+    "relative_error",
     "require_api",
     "resize",
     "resolve_qualified",
     "rows",
+    "sample_count",
+    "sample_counts",
+    "sample_schedule",
     "seed",
-    "segment_labels",
     "select_output",
+    "segment_labels",
     "spatial_filter",
     "standard_normal",
     "superpixel_labels",

@@ -81,7 +81,14 @@ def frameworks_where(capability: str) -> list[str]:
     return [f.display_name for f in frameworks() if getattr(f, attribute, False)]
 
 
-def adapt(model: Any, framework: str | None = None, output: OutputSelector = None) -> ModelAdapter:
+def adapt(
+    model: Any,
+    framework: str | None = None,
+    output: OutputSelector = None,
+    *,
+    compile: bool | None = None,
+    memory_format: str | None = None,
+) -> ModelAdapter:
     """The adapter for ``model``: the first plugin's ``adapt_model`` that accepts it.
 
     ``framework`` (any registered spelling: "torch", "pytorch", "tf", "keras", "numpy", ...)
@@ -90,16 +97,33 @@ def adapt(model: Any, framework: str | None = None, output: OutputSelector = Non
     see :func:`~xai_toolbox.extend.select_output`). An adapter passed in is returned as is
     (with ``output`` given: a copy selecting it).
 
+    Speed options (see :meth:`~xai_toolbox.extend.ModelAdapter.configure`); pass the adapter
+    to any method or metric in place of the model:
+
+    * ``compile=True``: ``torch.compile`` of the forward and gradient passes (PyTorch), XLA
+      ``jit_compile`` of the compiled passes (Keras on TensorFlow). Opt-in: the first call of
+      each input shape pays for the compilation (seconds to a minute), so it pays for long
+      runs on one input shape only (see the benchmarks page).
+    * ``memory_format``: PyTorch image batches ``"auto"`` (default: a convolutional model runs
+      on channels-last batches where a short measurement on its first passes finds that
+      faster), ``"channels_last"`` or ``"contiguous"`` (always that layout). Keras models are
+      channels-last already (``"auto"`` only).
+
+    ``None`` (the default of both) keeps what an adapter passed in has (else ``False`` and
+    ``"auto"``).
+
     Example:
         >>> adapter = adapt(model)            # TorchAdapter, KerasAdapter, NumpyAdapter, ...
         >>> adapter.framework, adapter.channel_axis
         ('torch', 1)
         >>> adapt(hf_model, output="logits").output
         'logits'
+        >>> explainer = xt.Rise(adapt(model, compile=True), nb_samples=4000)
     """
     output = output_selector("output", output)
     if isinstance(model, ModelAdapter):
-        return model if output is None else model.with_output(output)
+        adapter = model if output is None else model.with_output(output)
+        return _configured(adapter, compile, memory_format)
     fw = canonical_framework(framework) if framework else None
     if fw is not None:
         framework_info(fw)  # an unknown name fails here, listing the registered frameworks
@@ -111,7 +135,17 @@ def adapt(model: Any, framework: str | None = None, output: OutputSelector = Non
             f"no backend accepts a model of type {type(model).__module__}.{type(model).__qualname__}"
             f"{forced}; expected {', '.join(accepted) or 'a model of a registered framework'}"
         )
-    return adapter if output is None else adapter.with_output(output)
+    adapter = adapter if output is None else adapter.with_output(output)
+    return _configured(adapter, compile, memory_format)
+
+
+def _configured(adapter: ModelAdapter, compile: bool | None, memory_format: str | None) -> ModelAdapter:
+    if compile is None and memory_format is None:
+        return adapter
+    return adapter.configure(
+        compile=adapter.compile if compile is None else compile,
+        memory_format=adapter.memory_format if memory_format is None else memory_format,
+    )
 
 
 __all__ = [

@@ -720,6 +720,47 @@ class ModelAdapter(ABC):
         other.output = output
         return other
 
+    # == speed options ========================================================================
+    #: Whether :meth:`configure` accepts ``compile=True`` (see :func:`~xai_toolbox.adapt`).
+    supports_compile: ClassVar[bool] = False
+    #: The ``memory_format`` values :meth:`configure` accepts (``"auto"`` always).
+    memory_formats: ClassVar[tuple[str, ...]] = ("auto",)
+    #: Compile the model's passes (``torch.compile``, XLA): set by :meth:`configure`.
+    compile: bool = False
+    #: Layout of image batches in the model's passes: set by :meth:`configure`.
+    memory_format: str = "auto"
+
+    def configure(self, *, compile: bool = False, memory_format: str = "auto") -> ModelAdapter:
+        """This adapter with speed options, as a shallow copy sharing the model (``self`` when
+        nothing changes); what :func:`~xai_toolbox.adapt` calls.
+
+        Args:
+            compile: compile the forward and gradient passes (an adapter with
+                :attr:`supports_compile`); the first call of each input shape pays for it.
+            memory_format: how image batches are laid out in memory for the model, among
+                :attr:`memory_formats` (``"auto"``: the adapter's choice).
+
+        Raises :class:`~xai_toolbox.errors.ParameterError` for a value this adapter cannot
+        honour (never ignored silently).
+
+        Example:
+            >>> fast = adapter.configure(compile=True)
+        """
+        if not isinstance(compile, bool):
+            raise ParameterError(f"compile must be True or False, got {compile!r}")
+        if compile and not self.supports_compile:
+            raise ParameterError(f"compile=True: {self.display_name} models are not compiled by this toolbox")
+        if memory_format not in self.memory_formats:
+            raise ParameterError(
+                f"memory_format must be one of {', '.join(map(repr, self.memory_formats))} for a "
+                f"{self.display_name} model, got {memory_format!r}"
+            )
+        if (compile, memory_format) == (self.compile, self.memory_format):
+            return self
+        other = copy.copy(self)
+        other.compile, other.memory_format = compile, memory_format
+        return other
+
     # == data =================================================================================
     @abstractmethod
     def is_native(self, x: Any) -> bool:

@@ -266,6 +266,10 @@ class KerasAdapter(KerasLayers):
 
     framework = "tf"
     display_name = "TensorFlow/Keras"
+    # compile=True: the compiled passes are XLA-compiled too (jit_compile); Keras layers are
+    # channels-last (NHWC) already, so there is no layout to choose.
+    supports_compile = True
+    memory_formats = ("auto", "channels_last")
 
     def __init__(self, model: Any) -> None:
         super().__init__(model)
@@ -333,11 +337,13 @@ class KerasAdapter(KerasLayers):
         """``make(shared)`` as a ``tf.function`` over ``specs``, traced once and cached by input
         shapes and ``path``, run on ``args``; ``make(None)`` run eagerly for models that cannot
         be traced."""
-        key = (*((tuple(sp.shape[1:]), sp.dtype.name) for sp in specs), self._output_key(), path)
+        key = (*((tuple(sp.shape[1:]), sp.dtype.name) for sp in specs), self._output_key(), self.compile, path)
         fn = self._compiled.get(key)
         if fn is not None:
             return fn(*args)
-        fn = tf.function(make(self._shared), input_signature=list(specs), autograph=autograph)
+        fn = tf.function(
+            make(self._shared), input_signature=list(specs), autograph=autograph, jit_compile=self.compile or None
+        )
         # Cached before the first run: running out of memory there must not cause a retrace.
         self._compiled[key] = fn
         with _patch_lock:  # never trace while another thread has a layer's call wrapped
