@@ -13,7 +13,6 @@ import pytest
 import xai_toolbox as xt
 from xai_toolbox.cli import main
 from xai_toolbox.demo_job import (
-    DEFAULT_EXCLUDED_METHODS,
     DEFAULT_EXCLUDED_METRICS,
     DEMO_PARAMS,
     QUICK_PARAMS,
@@ -86,7 +85,7 @@ def test_demo_end_to_end(framework: str, tmp_path: Path) -> None:
         framework, n_images=2, quick=True, params=TINY, out=tmp_path / "demo", progress=False,
         echo=None, keep_going=False,
     )
-    methods = [m for m in xt.list_methods() if m not in DEFAULT_EXCLUDED_METHODS]
+    methods = xt.list_methods()
     metrics = [m for m in xt.list_metrics() if m not in DEFAULT_EXCLUDED_METRICS]
     assert not result.run.failures
     assert set(result.run.maps) == set(methods)
@@ -247,20 +246,3 @@ def test_gradcam_and_rise_beat_random_maps_on_the_pointing_game(first_framework:
         assert score >= chance + 0.3, (method, score, chance, random_score)
         assert score > random_score, (method, score, random_score)
 
-
-def test_slow_methods_are_opt_in() -> None:
-    from xai_toolbox.demo_job import _demo_selection, _report_notes
-
-    registered = set(xt.list_methods())
-    default, _ = _demo_selection(None, None)
-    assert set(default) == registered - set(DEFAULT_EXCLUDED_METHODS)
-    assert "kernel_shap" in registered and "kernel_shap" not in default
-    asked, _ = _demo_selection(["kernel_shap", "saliency"], None)
-    assert asked == ["kernel_shap", "saliency"]
-
-    class NoFailures:
-        failures: dict[str, str] = {}
-
-    notes = " ".join(_report_notes(NoFailures(), default_metrics=True, default_methods=True))  # type: ignore[arg-type]
-    assert "kernel_shap" in notes and "--methods" in notes and "--metrics" in notes
-    assert "kernel_shap" not in " ".join(_report_notes(NoFailures(), default_metrics=True))  # type: ignore[arg-type]

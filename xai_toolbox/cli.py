@@ -535,10 +535,8 @@ examples:
   xai-toolbox demo --quick --n-images 4              # a smoke test of a few seconds
 
 The demo's hyper-parameters are DEMO_PARAMS in xai_toolbox/demo_job.py (listed in the
-report's settings). The slowest methods and metrics are left out unless asked for:
-the surrogate-model methods (--methods ... kernel_shap lime shapley_value_sampling) and the
-metrics that re-explain every image many times (--metrics ... randomization, the stability
-metrics, ROAD).
+report's settings). The slowest metrics are left out unless asked for: those that
+re-explain every image many times (--metrics ... randomization, the stability metrics, ROAD).
 """
 
 
@@ -650,8 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--framework", choices=["torch", "tf"], default=frameworks[0],
                    help="which twin of the demo model to explain (default: %(default)s)")
-    p.add_argument("--methods", nargs="+", metavar="NAME", help="methods (default: every registered one but the slow surrogate-model ones: kernel_shap, lime, shapley_value_sampling)")
-    p.add_argument("--metrics", nargs="+", metavar="NAME", help="metrics (default: every registered one but randomization)")
+    p.add_argument("--methods", nargs="+", metavar="NAME", help="methods (default: every registered one)")
+    p.add_argument("--metrics", nargs="+", metavar="NAME", help="metrics (default: every registered one but the slow ones, see below)")
     p.add_argument("--n-images", type=_positive, default=8, help="held-out images to explain (default 8)")
     p.add_argument("--out", default="xai-demo", help="output folder (default: %(default)s)")
     p.add_argument("--seed", type=int, default=None, help="seed of the held-out images (default: the demo's held-out seed)")

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from .evaluation import EvaluationTable
 
 __all__ = [
-    "DEFAULT_EXCLUDED_METHODS",
     "DEFAULT_EXCLUDED_METRICS",
     "DEMO_BATCH_SIZE",
     "DEMO_PARAMS",
@@ -55,9 +54,10 @@ DEMO_BATCH_SIZE = 32
 
 #: Hyper-parameters of the demo, per method and per metric: each method's published setting
 #: (its default), with a seed where it draws random numbers and Occlusion's window scaled to the
-#: 64x64 images. The default run (8 images, every method and metric) takes about 40 s on 2 idle
-#: CPU cores with PyTorch, 30 s with TensorFlow. Methods and metrics not listed (a third-party plugin) run with
-#: their own defaults.
+#: 64x64 images. The default run (8 images, every method, every metric but
+#: :data:`DEFAULT_EXCLUDED_METRICS`) takes about 55 s on 2 idle CPU cores with PyTorch and with
+#: TensorFlow (the surrogate-model methods about 20 s of it). Methods and metrics not listed (a
+#: third-party plugin) run with their own defaults.
 DEMO_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
     "methods": {
         "saliency": {},
@@ -154,12 +154,6 @@ DEFAULT_EXCLUDED_METRICS: tuple[str, ...] = (
     "road_morf", "road_lerf", "mege",
 )
 
-#: Methods left out of the default demo run (ask for them with ``--methods``): the
-#: surrogate-model methods fit a model to 200-1000 perturbed copies of every image (Kernel SHAP
-#: and LIME also solve a weighted regression per image): together they would more than double
-#: the default run, which stays under 3 minutes on 2 CPU cores.
-DEFAULT_EXCLUDED_METHODS: tuple[str, ...] = ("kernel_shap", "lime", "shapley_value_sampling")
-
 Echo = Callable[[str], None]
 
 
@@ -245,8 +239,7 @@ def run_demo(
     Args:
         framework: ``"torch"`` or ``"tf"`` (or an alias: ``"pytorch"``, ``"keras"``) — which
             twin of the demo model to explain.
-        methods: method names (default: every registered method except
-            :data:`DEFAULT_EXCLUDED_METHODS`).
+        methods: method names (default: every registered method).
         metrics: metric names (default: every registered metric except
             :data:`DEFAULT_EXCLUDED_METRICS`).
         n_images: number of held-out images.
@@ -296,7 +289,7 @@ def run_demo(
     )
     seconds = time.perf_counter() - started
     settings = _report_settings(framework, data, seed, accuracy, quick, table, seconds)
-    notes = _report_notes(table, default_metrics=metrics is None, default_methods=methods is None)
+    notes = _report_notes(table, default_metrics=metrics is None)
     report = _write_demo_report(Path(out), data, seed, predictions, table, settings, notes, framework)
     summary = _summary(table, wide)
     for line in ("", summary, "", f"report: {report}  ({seconds:.1f} s)"):
@@ -328,9 +321,7 @@ def _demo_selection(
     methods: Sequence[str] | None, metrics: Sequence[str] | None
 ) -> tuple[list[str], list[str]]:
     """The method and metric names to run: the user's, or every registered one in demo order."""
-    method_names = _demo_order(
-        "methods", resolve_names("method", methods, exclude=DEFAULT_EXCLUDED_METHODS), methods is None
-    )
+    method_names = _demo_order("methods", resolve_names("method", methods), methods is None)
     metric_names = _demo_order(
         "metrics", resolve_names("metric", metrics, exclude=DEFAULT_EXCLUDED_METRICS), metrics is None
     )
@@ -382,19 +373,15 @@ def _report_settings(
     }
 
 
-def _report_notes(table: EvaluationTable, default_metrics: bool, default_methods: bool = False) -> list[str]:
+def _report_notes(table: EvaluationTable, default_metrics: bool) -> list[str]:
     notes = ["Pointing games are scored against the ground-truth object masks of the synthetic images."]
-    for kind, default, excluded_names in (
-        ("method", default_methods, DEFAULT_EXCLUDED_METHODS),
-        ("metric", default_metrics, DEFAULT_EXCLUDED_METRICS),
-    ):
-        registered = resolve_names(kind, None)
-        excluded = [m for m in excluded_names if default and m in registered]
-        if excluded:
-            notes.append(
-                f"Left out by default because they are slow: {', '.join(excluded)} "
-                f"(add them with --{kind}s)."
-            )
+    registered = resolve_names("metric", None)
+    excluded = [m for m in DEFAULT_EXCLUDED_METRICS if default_metrics and m in registered]
+    if excluded:
+        notes.append(
+            f"Left out by default because they are slow: {', '.join(excluded)} "
+            "(add them with --metrics)."
+        )
     notes.extend(f"FAILED {what}: {why}" for what, why in table.failures.items())
     return notes
 
