@@ -42,7 +42,10 @@ def build_params(cls: type, params: dict[str, Any]) -> tuple[dict[str, Any], lis
     return out, notes
 
 
-def make(cls: type, bench: Workbench, params: dict[str, Any], batch_size: int) -> tuple[Any, list[str]]:
+def make(
+    cls: type, bench: Workbench, params: dict[str, Any], batch_size: int, model: Any = None
+) -> tuple[Any, list[str]]:
+    """``cls`` on the bench's model (or ``model``: an adapter with speed options)."""
     kwargs, notes = build_params(cls, params)
     kwargs = {"batch_size": batch_size, "progress": False, **kwargs}
-    return cls(bench.model, **kwargs), notes
+    return cls(bench.model if model is None else model, **kwargs), notes

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+import xai_toolbox as xt
+
 from .building import make, resolve
 from .config import Case, Config, PeerCase
 from .timing import paired, timed
@@ -32,8 +34,11 @@ def run_overhead_case(case: Case, bench: Workbench, cfg: Config, reference: str)
     cls, note = resolve(case, case.kind)
     if cls is None:
         return {**row, "status": "skipped", "note": note}
+    # Against the naive passes, PyTorch runs with the measured layout (the default "auto" runs
+    # the model as given on a CPU: the same layout as the naive passes).
+    model = xt.adapt(bench.model, memory_format="measure") if reference == NAIVE and bench.framework == "torch" else None
     try:
-        obj, notes = make(cls, bench, case.params, cfg.batch_size)
+        obj, notes = make(cls, bench, case.params, cfg.batch_size, model)
     except Exception as exc:  # a plugin under construction: report, do not abort the run
         return {**row, "status": "error", "note": f"{type(exc).__name__}: {exc}"}
     row["params"] = {k: v for k, v in obj.get_params().items() if k not in ("score_fn", "progress", "framework")}

@@ -1,5 +1,5 @@
-"""PyTorch memory format (channels-last) and compilation options: the ``"auto"`` trial and its
-decision rule, results equal to contiguous runs (forward, gradients, CAM layers), models that
+"""PyTorch memory format (channels-last) and compilation options: the ``"auto"`` rule (no
+extra passes on a CPU), the ``"measure"`` trial and its decision rule, results equal to contiguous runs (forward, gradients, CAM layers), models that
 cannot run channels-last, the options of ``xt.adapt`` and their errors."""
 
 from __future__ import annotations
@@ -25,6 +25,11 @@ def _needs_torch(pytestconfig: pytest.Config) -> None:
         pytest.skip("PyTorch not selected (--framework)")
 
 
+def measured(model: Any) -> Any:
+    """The model with the timing trial on (``memory_format="measure"``)."""
+    return xt.adapt(model, memory_format="measure")
+
+
 def trial_of(model: Any, shape: tuple[int, ...], kind: str = "forward") -> Any:
     return torch_backend._trials.get(model, {}).get(("cpu", shape, kind, None))
 
@@ -47,11 +52,11 @@ def test_the_rule_drops_warm_ups_and_keeps_channels_last_unless_slower(
 
 def test_the_trial_times_both_layouts_before_the_first_result() -> None:
     model = cnn("torch", 2)
-    xt.Rise(model, nb_samples=8, grid_size=4, batch_size=8)(IMAGES[:1], [0])  # one pass
+    xt.Rise(measured(model), nb_samples=8, grid_size=4, batch_size=8)(IMAGES[:1], [0])  # one pass
     trial = trial_of(model, (3, 16, 16))
     assert [len(t) for t in trial.times.values()] == [torch_backend.TRIAL_PASSES] * 2
     assert trial.decided is torch_backend.prefers_channels_last(trial.times)
-    xt.Saliency(model)(IMAGES[:1], [0])
+    xt.Saliency(measured(model))(IMAGES[:1], [0])
     assert trial_of(model, (3, 16, 16), "gradient").decided is not None  # its own trial
 
 
@@ -66,16 +71,16 @@ def test_repeated_calls_give_identical_results() -> None:
 
 # -- results do not depend on the layout ------------------------------------------------------------
 def layouts(model: Any) -> dict[str, Any]:
-    return {f: xt.adapt(model, memory_format=f) for f in ("contiguous", "channels_last", "auto")}
+    return {f: xt.adapt(model, memory_format=f) for f in ("contiguous", "channels_last", "measure", "auto")}
 
 
 def test_perturbation_maps_are_equal_in_every_layout() -> None:
     model = cnn("torch", 0)
     x = torch.from_numpy(IMAGES)
     maps = {f: as_numpy(xt.Rise(a, nb_samples=96, grid_size=4, batch_size=16)(x, TARGETS)) for f, a in layouts(model).items()}
-    for f in ("channels_last", "auto"):
+    for f in ("channels_last", "measure", "auto"):
         np.testing.assert_allclose(maps[f], maps["contiguous"], rtol=1e-5, atol=1e-6)
-    assert xt.adapt(model).layout_choice(x) in ("channels_last", "contiguous")
+    assert measured(model).layout_choice(x) in ("channels_last", "contiguous")
 
 
 @pytest.mark.parametrize("method", ["saliency", "gradcam", "integrated_gradients"])
@@ -83,7 +88,7 @@ def test_gradient_and_layer_passes_are_equal_in_every_layout(method: str) -> Non
     model = cnn("torch", 0)
     x = torch.from_numpy(IMAGES)
     maps = {f: as_numpy(xt.method(method, a, batch_size=2)(x, TARGETS)) for f, a in layouts(model).items()}
-    for f in ("channels_last", "auto"):
+    for f in ("channels_last", "measure", "auto"):
         np.testing.assert_allclose(maps[f], maps["contiguous"], rtol=1e-4, atol=1e-6)
 
 
@@ -104,11 +109,11 @@ def test_channels_last_inputs_really_reach_the_model() -> None:
 
 def test_the_decision_is_shared_by_every_adapter_of_a_model() -> None:
     model = cnn("torch", 1)
-    xt.Rise(model, nb_samples=64, grid_size=4, batch_size=8)(IMAGES[:1], [0])
+    xt.Rise(measured(model), nb_samples=64, grid_size=4, batch_size=8)(IMAGES[:1], [0])
     trial = trial_of(model, (3, 16, 16))
     assert trial is not None and trial.decided is not None
     before = {k: list(v) for k, v in trial.times.items()}
-    xt.Rise(model, nb_samples=64, grid_size=4, batch_size=8)(IMAGES[:1], [0])  # a new method, a new adapter
+    xt.Rise(measured(model), nb_samples=64, grid_size=4, batch_size=8)(IMAGES[:1], [0])  # a new adapter
     assert {k: list(v) for k, v in trial.times.items()} == before  # no second trial
 
 
@@ -129,7 +134,7 @@ def test_a_model_that_cannot_run_channels_last_stays_contiguous() -> None:
     torch.manual_seed(0)
     model = ViewsItsActivations().eval()
     x = torch.from_numpy(IMAGES)
-    auto = as_numpy(xt.Rise(model, nb_samples=32, grid_size=4, batch_size=8)(x, [0, 1, 2]))
+    auto = as_numpy(xt.Rise(measured(model), nb_samples=32, grid_size=4, batch_size=8)(x, [0, 1, 2]))
     plain = as_numpy(xt.Rise(xt.adapt(model, memory_format="contiguous"), nb_samples=32, grid_size=4)(x, [0, 1, 2]))
     np.testing.assert_allclose(auto, plain, rtol=1e-5, atol=1e-6)
     assert trial_of(model, (3, 16, 16)).decided is False
@@ -139,11 +144,29 @@ def test_a_model_that_cannot_run_channels_last_stays_contiguous() -> None:
 
 def test_models_without_convolutions_and_non_image_inputs_get_no_trial() -> None:
     mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4)).eval()
-    xt.Rise(mlp, nb_samples=16, grid_size=4)(IMAGES, TARGETS)
+    xt.Rise(measured(mlp), nb_samples=16, grid_size=4)(IMAGES, TARGETS)
     assert mlp not in torch_backend._trials
     tabular = torch.nn.Sequential(torch.nn.Linear(6, 2)).eval()
-    xt.Rise(tabular, nb_samples=16)(np.ones((2, 6), np.float32), [0, 1])
+    xt.Rise(measured(tabular), nb_samples=16)(np.ones((2, 6), np.float32), [0, 1])
     assert tabular not in torch_backend._trials
+
+
+def test_the_default_adds_no_pass_on_a_cpu() -> None:
+    """``"auto"`` is a rule: the user's model sees exactly the method's passes, as given."""
+    model = cnn("torch", 4)
+    seen: list[bool] = []
+    handle = model.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    try:
+        xt.Rise(model, nb_samples=16, grid_size=4, batch_size=8)(IMAGES[:1], [0])
+        assert len(seen) == 2 and not any(seen)  # 16 masks in chunks of 8
+        seen.clear()
+        xt.Rise(measured(model), nb_samples=16, grid_size=4, batch_size=8)(IMAGES[:1], [0])
+        assert len(seen) == 2 + 2 * torch_backend.TRIAL_PASSES  # the trial's passes come first
+    finally:
+        handle.remove()
+    assert trial_of(model, (3, 16, 16)) is not None
 
 
 # -- options -------------------------------------------------------------------------------------------

@@ -105,8 +105,10 @@ def adapt(
       each input shape pays for the compilation (seconds to a minute), so it pays for long
       runs on one input shape only (see the benchmarks page).
     * ``memory_format``: PyTorch image batches ``"auto"`` (default: a convolutional model runs
-      on channels-last batches where a short measurement on its first passes finds that
-      faster), ``"channels_last"`` or ``"contiguous"`` (always that layout). Keras models are
+      on channels-last batches on CUDA, as given elsewhere), ``"measure"`` (a short timing of
+      both layouts on the first passes of each input shape picks the faster: worth it on CPUs
+      where channels-last pays, at the cost of a few extra passes the model sees once),
+      ``"channels_last"`` or ``"contiguous"`` (always that layout). Keras models are
       channels-last already (``"auto"`` only).
 
     ``None`` (the default of both) keeps what an adapter passed in has (else ``False`` and

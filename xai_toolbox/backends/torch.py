@@ -42,8 +42,8 @@ _mode_users: weakref.WeakKeyDictionary[torch.nn.Module, list[Any]] = weakref.Wea
 _hook_lock = threading.RLock()
 
 #: ``memory_format`` values of :meth:`TorchAdapter.configure`.
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
-#: Timed passes per layout in an ``"auto"`` trial; the first of each warms its kernels up and
+MEMORY_FORMATS = ("auto", "measure", "channels_last", "contiguous")
+#: Timed passes per layout in a ``"measure"`` trial; the first of each warms its kernels up and
 #: is not counted.
 TRIAL_PASSES = 3
 #: Inputs of the trial's passes (the first ones of the pass that starts it).
@@ -57,7 +57,7 @@ CHANNELS_LAST_SHARE = 1.0
 
 
 def prefers_channels_last(times: dict[bool, list[float]]) -> bool:
-    """The ``"auto"`` rule on trial timings ``{channels_last: [seconds, ...]}``: drop each
+    """The ``"measure"`` rule on trial timings ``{channels_last: [seconds, ...]}``: drop each
     layout's first pass (kernel warm-up), keep channels-last if its best remaining pass takes
     at most :data:`CHANNELS_LAST_SHARE` of the contiguous one's (is not slower).
 
@@ -102,6 +102,9 @@ class _Layout:
     contiguous: bool = False
     compiled: bool = False
     trial: _LayoutTrial | None = None
+    #: channels-last was the adapter's choice, not the user's: a model that cannot run it
+    #: runs as given instead
+    may_fall_back: bool = False
 
 
 _layout: ContextVar[_Layout | None] = ContextVar("xai_toolbox_torch_layout", default=None)
@@ -237,12 +240,12 @@ class TorchAdapter(ModelAdapter):
             try:
                 return model(raw.contiguous(memory_format=torch.channels_last))
             except RuntimeError as exc:
-                if layout.trial is None or self.is_out_of_memory(exc):
+                if not layout.may_fall_back or self.is_out_of_memory(exc):
                     raise
-                # e.g. ``x.view(n, -1)`` on strided activations in a branch the trial did not
-                # take: this model stays contiguous, and this pass goes on as given (a genuine
-                # error is raised again there).
-                layout.trial.refuse()
+                # e.g. ``x.view(n, -1)`` on strided activations (in a branch the trial did not
+                # take): this pass goes on as given (a genuine error is raised again there).
+                if layout.trial is not None:
+                    layout.trial.refuse()  # and the model stays contiguous
                 layout.channels_last = False
         elif layout.contiguous and raw.ndim == 4:
             raw = raw.contiguous()
@@ -267,10 +270,18 @@ class TorchAdapter(ModelAdapter):
             return _Layout(contiguous=raw.ndim == 4, compiled=compiled)
         if self.memory_format == "channels_last":
             return _Layout(channels_last=True, compiled=compiled)
-        # "auto": compiled passes choose their own layouts (inductor); models without 2-d
-        # convolutions run as given; convolutional ones on the layout their trial found faster.
+        # Compiled passes choose their own layouts (inductor); models without 2-d convolutions
+        # run as given.
         if compiled or not self._convolutional():
             return _Layout(compiled=compiled)
+        if self.memory_format == "auto":
+            # The rule: channels-last on CUDA (cuDNN's tensor-core kernels are NHWC), as given
+            # elsewhere. On CPUs the gain depends on the chip (0-20 % on this project's,
+            # 1.6-1.75x reported on others) and only a measurement can tell: "measure".
+            if raw.device.type == "cuda":
+                return _Layout(channels_last=True, may_fall_back=True)
+            return _Layout()
+        # "measure": convolutional models on the layout their trial found faster.
         backward = kind in ("gradient", "layer gradient")
         key = (str(raw.device), tuple(raw.shape[1:]), "gradient" if backward else "forward", requested())
         with _layout_lock:
@@ -284,7 +295,7 @@ class TorchAdapter(ModelAdapter):
         with trial.lock:  # concurrent first passes wait for the one trial
             if trial.decided is None:
                 self._measure_layouts(trial, raw, backward)
-        return _Layout(channels_last=bool(trial.decided), trial=trial)
+        return _Layout(channels_last=bool(trial.decided), trial=trial, may_fall_back=True)
 
     def _measure_layouts(self, trial: _LayoutTrial, raw: torch.Tensor, backward: bool) -> None:
         """Time :data:`TRIAL_PASSES` passes per layout on the first inputs, interleaved, and
@@ -319,8 +330,8 @@ class TorchAdapter(ModelAdapter):
     def _pass_layout(self, x: ep.Tensor, kind: str) -> Iterator[None]:
         """The layout (and compiled module) of one pass of ``kind`` (``"forward"``,
         ``"gradient"``: compiled with ``compile=True``; ``"layer"``, ``"layer gradient"``: with
-        hooks, never compiled). The first pass of a kind on a new input shape runs the
-        ``"auto"`` trial first."""
+        hooks, never compiled). With ``"measure"``, the first pass of a kind on a new input
+        shape runs the trial first."""
         token = _layout.set(self._choose_layout(x.raw, kind))
         try:
             yield
@@ -328,7 +339,7 @@ class TorchAdapter(ModelAdapter):
             _layout.reset(token)
 
     def layout_choice(self, x: Any, kind: str = "forward") -> str | None:
-        """The layout ``"auto"`` settled on for inputs like ``x`` (``"channels_last"`` or
+        """The layout ``"measure"`` settled on for inputs like ``x`` (``"channels_last"`` or
         ``"contiguous"``), ``None`` while the trial runs or where no trial applies.
 
         Example:
