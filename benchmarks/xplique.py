@@ -28,6 +28,7 @@ import numpy as np
 from .building import make, resolve
 from .config import Case, Config, XpliqueCase
 from .report import log, log_row
+from .runners import _correlation, _np
 from .timing import paired, timed
 from .workbench import Workbench
 
@@ -193,16 +194,3 @@ def _summary(ratios: list[float], ours: list[float], theirs: list[float]) -> dic
         "ratio": statistics.median(ratios),
         "ratio_quartiles": [quartiles[0], quartiles[2]],
     }
-
-
-def _np(t: Any) -> np.ndarray:
-    if hasattr(t, "detach"):
-        return t.detach().cpu().numpy()
-    return np.asarray(t)
-
-
-def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    if a.shape != b.shape or a.std() == 0 or b.std() == 0:
-        return None
-    return float(np.corrcoef(a, b)[0, 1])
