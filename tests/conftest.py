@@ -22,6 +22,7 @@ from typing import Any  # noqa: E402
 import pytest  # noqa: E402
 
 from xai_toolbox.backends import frameworks  # noqa: E402
+from xai_toolbox.backends.test_models import TEST_DEVICE_VARIABLE, torch_test_device  # noqa: E402
 from xai_toolbox.testing import installed_frameworks  # noqa: E402
 
 DEFAULT_FRAMEWORKS = ("torch", "tf")  # under test when --framework is not given
@@ -35,6 +36,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="framework to test (repeatable); default: torch and tf where installed",
     )
+    parser.addoption(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="device of the PyTorch test models (default cpu, or $XAI_TOOLBOX_TEST_DEVICE); the "
+        "inputs stay NumPy arrays and CPU tensors, as a user's often are",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -44,10 +52,19 @@ def pytest_configure(config: pytest.Config) -> None:
     if missing:
         raise pytest.UsageError(f"--framework {' '.join(missing)} requested but not installed")
     config.frameworks = list(dict.fromkeys(chosen))  # type: ignore[attr-defined]
+    device = config.getoption("device")
+    if device is not None:  # read by the test-model builders, in xdist's workers too
+        os.environ[TEST_DEVICE_VARIABLE] = device
+    if torch_test_device() == "cuda" and "torch" in config.frameworks:  # type: ignore[attr-defined]
+        import torch
+
+        if not torch.cuda.is_available():
+            raise pytest.UsageError("--device cuda: torch.cuda.is_available() is False here")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"xai-toolbox frameworks under test: {', '.join(config.frameworks) or 'none'}"  # type: ignore[attr-defined]
+    frameworks_ = ", ".join(config.frameworks) or "none"  # type: ignore[attr-defined]
+    return f"xai-toolbox frameworks under test: {frameworks_}; PyTorch test models on {torch_test_device()}"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

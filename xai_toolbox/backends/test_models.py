@@ -7,6 +7,7 @@ weights given in PyTorch's layout, so twin models in every framework compute the
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -47,10 +48,33 @@ def _unknown(architecture: str) -> ValueError:
     )
 
 
+#: Environment variable naming the device the PyTorch test models live on (default ``cpu``).
+#: ``pytest --device cuda`` sets it, so the suite runs its models on a GPU while the tests keep
+#: handing NumPy arrays and CPU tensors in (the adapter moves them to the model's device and the
+#: results back to the inputs' device, as for a user's GPU model).
+TEST_DEVICE_VARIABLE = "XAI_TOOLBOX_TEST_DEVICE"
+
+
+def torch_test_device() -> str:
+    """The device of the PyTorch test models: ``$XAI_TOOLBOX_TEST_DEVICE``, else ``"cpu"``.
+
+    Example:
+        >>> import os
+        >>> torch_test_device() == os.environ.get("XAI_TOOLBOX_TEST_DEVICE", "cpu")
+        True
+    """
+    return os.environ.get(TEST_DEVICE_VARIABLE) or "cpu"
+
+
 def torch_model(architecture: str, **options: Any) -> Any:
     """The PyTorch test models: ``"cnn"`` (conv1 → relu1 → pool1 → conv2 → relu2 → gap →
-    flatten → fc) and ``"linear"`` (flatten → linear). ``training=True`` hands the CNN over in
-    training mode (the contract checks that a call restores it)."""
+    flatten → fc) and ``"linear"`` (flatten → linear), on :func:`torch_test_device`.
+    ``training=True`` hands the CNN over in training mode (the contract checks that a call
+    restores it)."""
+    return _torch_model(architecture, **options).to(torch_test_device())
+
+
+def _torch_model(architecture: str, **options: Any) -> Any:
     import torch
 
     if architecture == "demo":  # the demo CNN with the given (trained) weights
