@@ -11,9 +11,9 @@ import json
 import os
 import sys
 
-SECTIONS = ("overhead", "naive", "gradients", "peers", "xplique", "quality", "compile", "precision", "memory")
+SECTIONS = ("overhead", "naive", "naive-compiled", "gradients", "peers", "xplique", "quality", "compile", "precision", "memory")
 #: What runs without --sections: the slow side-by-side, quality and compilation sections are asked for.
-DEFAULT_SECTIONS = ("overhead", "naive", "gradients", "peers", "precision", "memory")
+DEFAULT_SECTIONS = ("overhead", "naive", "naive-compiled", "gradients", "peers", "precision", "memory")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

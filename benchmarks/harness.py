@@ -77,6 +77,13 @@ def run(
             row = run_overhead_case(case, bench, cfg, NAIVE)
             log_row(row)
             results["naive"].append(row)
+    if "naive-compiled" in sections:
+        results["naive_compiled"] = []
+        for case in cfg.overhead:
+            log(f"[naive-compiled] {case.name} ...")
+            row = run_overhead_case(case, bench, cfg, NAIVE, compiled=True)
+            log_row(row)
+            results["naive_compiled"].append(row)
     if "gradients" in sections:
         results["gradients"] = []
         for case in cfg.gradients:

@@ -27,28 +27,38 @@ NAIVE = "naive forward passes (the model as given: PyTorch contiguous NCHW, Kera
 
 
 # -- section a: overhead ----------------------------------------------------------------------
-def run_overhead_case(case: Case, bench: Workbench, cfg: Config, reference: str) -> dict[str, Any]:
+def run_overhead_case(
+    case: Case, bench: Workbench, cfg: Config, reference: str, *, compiled: bool = False
+) -> dict[str, Any]:
     """Time one method/metric against the same passes run bare (``reference``: what they are;
-    :data:`NAIVE`: run as a user would run them without the toolbox)."""
-    row: dict[str, Any] = {"name": case.name, "kind": case.kind, "reference": reference}
+    :data:`NAIVE`: run as a user would run them without the toolbox). ``compiled``: ours on
+    ``xt.adapt(model, compile=True)`` (its first call, compilation included, is reported apart)."""
+    row: dict[str, Any] = {"name": case.name, "kind": case.kind, "reference": reference, "compiled": compiled}
     cls, note = resolve(case, case.kind)
     if cls is None:
         return {**row, "status": "skipped", "note": note}
     # Against the naive passes, PyTorch runs with the measured layout (the default "auto" runs
     # the model as given on a CPU: the same layout as the naive passes).
-    model = xt.adapt(bench.model, memory_format="measure") if reference == NAIVE and bench.framework == "torch" else None
+    # (A compiled run makes no layout trial: its eager twin below runs the model as given.)
+    measure = reference == NAIVE and bench.framework == "torch" and not compiled
+    model = xt.adapt(bench.model, memory_format="measure") if measure else None
     try:
         obj, notes = make(cls, bench, case.params, cfg.batch_size, model)
+        # A compiled model is not counted through (a hook on it would be traced into its
+        # graph): the eager twin of the call makes the same passes and is counted instead.
+        counted = obj
+        if compiled:
+            obj, _ = make(cls, bench, case.params, cfg.batch_size, xt.adapt(bench.model, compile=True))
     except Exception as exc:  # a plugin under construction: report, do not abort the run
         return {**row, "status": "error", "note": f"{type(exc).__name__}: {exc}"}
     row["params"] = {k: v for k, v in obj.get_params().items() if k not in ("score_fn", "progress", "framework")}
     row["notes"] = notes
     if case.kind == "metric":
-        def call() -> Any:
-            return obj(bench.x, bench.labels, bench.maps)
+        def call(o: Any = obj) -> Any:
+            return o(bench.x, bench.labels, bench.maps)
     else:
-        def call() -> Any:
-            return obj(bench.x, bench.labels)
+        def call(o: Any = obj) -> Any:
+            return o(bench.x, bench.labels)
 
     with bench.context():
         try:
@@ -58,9 +68,11 @@ def run_overhead_case(case: Case, bench: Workbench, cfg: Config, reference: str)
                 call()
             # The passes are counted on a steady-state call: a first call may do one-off work
             # (e.g. probing the output width of the model, which is remembered afterwards).
+            if counted is not obj:
+                call(counted)  # its own one-off work (a probe of the output width) goes first
             seen: list[Any] = []
-            with counting(obj, bench.framework, seen) as calls:
-                call()
+            with counting(counted, bench.framework, seen) as calls:
+                call(counted)
         except Exception as exc:
             return {**row, "status": "error", "note": f"{type(exc).__name__}: {exc}"}
         replay = bench.bare.prepare(calls, seen, naive=reference == NAIVE)

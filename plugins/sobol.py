@@ -35,20 +35,42 @@ AUTO_TOLERANCE = 0.1
 AUTO_MAXIMUM = 128
 
 
-def sobol_design(nb_design: int, dim: int) -> np.ndarray:
-    """The first ``nb_design`` points of the unscrambled Sobol sequence in ``[0, 1)^dim``.
+#: Design samplers of :class:`SobolAttribution` (see :func:`sobol_design`).
+SAMPLERS = ("scrambled", "sobol", "random")
 
-    ``nb_design`` must be a power of two (Sobol points are balanced only then). SciPy's
-    unscrambled sequence starts at the all-zeros point, as the official PyTorch code.
+
+def sobol_design(nb_design: int, dim: int, sampler: str = "sobol", seed: int | None = 0) -> np.ndarray:
+    """The first ``nb_design`` points of a design in ``[0, 1)^dim``.
+
+    * ``"sobol"``: the unscrambled Sobol sequence (SciPy's, starting at the all-zeros point,
+      as the official PyTorch code and Xplique); deterministic, ``seed`` unused;
+    * ``"scrambled"``: the Sobol sequence with Owen's scrambling, seeded (randomised QMC:
+      each estimate is unbiased and independent seeds give independent estimates);
+    * ``"random"``: i.i.d. uniform points, seeded (plain Monte Carlo).
+
+    ``nb_design`` must be a power of two (Sobol points are balanced only then). Every design is
+    nested: its first ``N`` points are the design of ``N`` points (adaptive sampling adds points
+    without redrawing).
 
     Example:
         >>> ab = sobol_design(32, 2 * 64)          # A = ab[:, :64], B = ab[:, 64:]
+        >>> ab_s = sobol_design(32, 2 * 64, "scrambled", seed=0)
     """
     from scipy.stats import qmc
 
     xe.power_of_two("nb_design", nb_design)
     xe.positive_int("dim", dim)
-    return qmc.Sobol(d=dim, scramble=False).random(nb_design)
+    xe.one_of("sampler", sampler, SAMPLERS)
+    rng = np.random.default_rng(0 if seed is None else seed)
+    if sampler == "random":
+        return rng.random((nb_design, dim))
+    if sampler == "sobol":
+        return qmc.Sobol(d=dim, scramble=False).random(nb_design)
+    try:
+        engine = qmc.Sobol(d=dim, scramble=True, rng=rng)
+    except TypeError:  # SciPy < 1.15 calls the generator `seed`
+        engine = qmc.Sobol(d=dim, scramble=True, seed=rng)
+    return engine.random(nb_design)
 
 
 def replicated_rows(a: np.ndarray, b: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -131,8 +153,16 @@ class SobolAttribution(PerturbationMethod):
         baseline: value masked pixels move to with ``inpainting``.
         blur_size: size of the box filter of ``blurring`` (10, as the official code).
         amplitude_sigma: ``σ`` of ``amplitude``, in ``[0, 2]`` (the factor stays ≥ 0).
+        sampler: the design's points (:func:`sobol_design`): ``"sobol"`` (default:
+            unscrambled, the paper's code and Xplique), ``"scrambled"`` (randomised QMC:
+            unbiased, and seeds give independent estimates whose spread is an error bar) or
+            ``"random"`` (plain Monte Carlo). The docs page gives the measurements behind the
+            default.
         tolerance: with ``nb_design="auto"``, the stopping threshold (default 0.1).
         max_design: with ``nb_design="auto"``, the most design points (default 128).
+        seed: seed of the ``scrambled`` and ``random`` samplers (``None``: a fresh design
+            each call); the same seed gives the same map in every framework and for any
+            ``batch_size``.
 
     Example:
         >>> maps = xt.SobolAttribution(model, grid_size=8, nb_design=32)(images, labels)
@@ -140,6 +170,8 @@ class SobolAttribution(PerturbationMethod):
 
     name = "sobol"
     input_kinds = ("image", "series", "tabular")
+    # Not ``stochastic``: the default design is deterministic (``seed`` matters only with the
+    # ``scrambled`` and ``random`` samplers).
 
     def passes_per_image(self) -> int | None:
         """For images (with ``nb_design="auto"``: at most); series use ``grid_size`` cells,
@@ -156,12 +188,16 @@ class SobolAttribution(PerturbationMethod):
         baseline: float = 0.0,
         blur_size: int = 10,
         amplitude_sigma: float = 1.0,
+        sampler: str = "sobol",
         tolerance: float | None = None,
         max_design: int | None = None,
+        seed: int | None = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
         self.grid_size = xe.positive_int("grid_size", grid_size)
+        self.sampler = xe.one_of("sampler", sampler, SAMPLERS)
+        self.seed = seed
         self.nb_design = nb_design if nb_design == xe.AUTO else xe.power_of_two("nb_design", nb_design)
         if self.nb_design != xe.AUTO and self.nb_design < 2:
             raise xt.ParameterError("nb_design must be at least 2 (the estimator needs a variance)")
@@ -189,7 +225,9 @@ class SobolAttribution(PerturbationMethod):
         cells, positions = xe.cell_geometry(x, adapter.channel_axis, self.grid_size, self.name)
         schedule = self.sampling()
         d = int(np.prod(cells))
-        ab = sobol_design(schedule.maximum, 2 * d).astype(np.float32)  # nested: N points = first N
+        seed = self.seed if self.seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
+        # nested: the design of N points is the first N points of the largest one
+        ab = sobol_design(schedule.maximum, 2 * d, self.sampler, seed).astype(np.float32)
         reference = xe.reference_images(x, adapter.channel_axis, self.perturbation, self.baseline, self.blur_size)
         y_a: list[list[ep.Tensor]] = [[] for _ in range(x.shape[0])]     # (points,) per round
         y_c: list[list[ep.Tensor]] = [[] for _ in range(x.shape[0])]     # (d, points) per round
