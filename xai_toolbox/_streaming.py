@@ -18,6 +18,7 @@ import eagerpy as ep
 import numpy as np
 
 from .backends import ModelAdapter
+from .backends.adapter import finish_built, split_built, weighted_score
 
 if TYPE_CHECKING:
     from ._targets import Targets
@@ -254,18 +255,71 @@ def progress(iterable: Iterable[T], *, enabled: bool | None, total: int, desc: s
     return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
+def built_scores(
+    adapter: ModelAdapter,
+    build: Callable[..., Any],
+    *tensors: ep.Tensor,
+    targets: Targets,
+    items: np.ndarray,
+    activation: str | None = None,
+    finish: Callable[..., Any] | None = None,
+    key: Any = (),
+) -> Any:
+    """Target scores ``(B,)`` of one chunk of model inputs built on the device, as one pass
+    that the adapter may compile (:meth:`~xai_toolbox.extend.ModelAdapter.forward_built`).
+
+    ``build(*tensors)`` returns the chunk's model inputs, or a tuple ``(inputs, *extras)``
+    (masks, per-pair values); the model runs on them; the outputs are scored for the targets of
+    ``items`` (the image of each input) after ``activation`` (``None``, ``"softmax"``,
+    ``"sigmoid"``); and ``finish(scores, *extras)`` makes the result — by default the scores,
+    or ``(scores, *extras)``. ``build`` and ``finish`` follow the rules of ``forward_built``:
+    pure EagerPy functions of their tensors, closing over numbers, strings, booleans, ``None``,
+    tuples and functions only. On TensorFlow the whole chunk is one ``tf.function`` traced once
+    per input shape, so the eager element-wise work of building the batch and scoring it goes;
+    with a ``score_fn`` (any Python function of the user's targets) the outputs are scored, and
+    ``finish`` run, after the pass.
+
+    Example:
+        >>> def build(rows, masks):                   # rows (1 or B, ...), masks (B, H, W)
+        ...     return xe.perturb(rows, masks, channel_axis, "inpainting", 0.0), masks
+        >>> rows = adapter.broadcast_rows(x, chunk.items)
+        >>> masks = xe.upsample_cells(adapter.from_numpy(x, low_res), positions)
+        >>> scores, masks = xe.built_scores(adapter, build, rows, masks, targets=targets, items=chunk.items)
+    """
+    from .ops import activate
+
+    if targets.score_fn is not None or targets.weights is None:
+        outputs, extras = split_built(adapter.forward_built(build, *tensors, key=key))
+        values = targets.take(items).score(activate(outputs, activation))
+        return finish_built(finish, values, extras)
+    index = adapter.from_numpy(tensors[0] if tensors else targets.weights, np.asarray(items, dtype=np.int64))
+    given = len(tensors)
+
+    def build_scored(*args: ep.Tensor) -> tuple[ep.Tensor, ...]:
+        inputs, extras = split_built(build(*args[:given]))
+        return (inputs, *extras, args[given], args[given + 1])  # the weights and the items
+
+    def finish_scored(outputs: ep.Tensor, *rest: ep.Tensor) -> Any:
+        *extras, weights, index = rest
+        values = weighted_score(activate(outputs, activation), weights[index])
+        return finish_built(finish, values, tuple(extras))
+
+    return adapter.forward_built(build_scored, *tensors, targets.weights, index, finish=finish_scored, key=key)
+
+
 def stream_scores(
     adapter: ModelAdapter,
     targets: Targets,
     n_items: int,
     n_per_item: int,
-    build: Callable[[Chunk], ep.Tensor],
+    build: Callable[..., ep.Tensor],
     *,
     batch_size: int,
     activation: str | None = None,
     progress_bar: bool | None = None,
     desc: str = "",
     extra: Callable[[Chunk], ep.Tensor] | None = None,
+    tensors: Callable[[Chunk], tuple[ep.Tensor, ...]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Scores ``(n_items, n_per_item)`` (NumPy float64) of the perturbed inputs ``build(chunk)``
     returns, streamed ``batch_size`` model inputs at a time across items.
@@ -275,10 +329,17 @@ def stream_scores(
     (MuFidelity's attribution sums); it comes back with the same shape. Scores stay on the
     device until the end: one host copy per call, not one per chunk.
 
+    With ``tensors(chunk)`` (the chunk's rows, indices, low-resolution masks as tensors),
+    ``build`` is instead a pure function of those tensors, and building, the forward pass and
+    the score run as one pass the adapter may compile (see :func:`built_scores`).
+
     Example:
         >>> def build(chunk):                   # perturbed inputs (chunk.size, *x.shape[1:])
         ...     return adapter.broadcast_rows(x, chunk.items) * masks_of(chunk)
         >>> scores, _ = stream_scores(adapter, targets, len(x), 16, build, batch_size=64)
+        >>> scores, _ = stream_scores(                 # the same, built inside the compiled pass
+        ...     adapter, targets, len(x), 16, lambda rows, m: rows * m, batch_size=64,
+        ...     tensors=lambda chunk: (adapter.broadcast_rows(x, chunk.items), masks_of(chunk)))
     """
     from .ops import activate
 
@@ -286,8 +347,13 @@ def stream_scores(
     extras = PairScores(n_items, n_per_item, adapter)
     todo = chunks(n_items, n_per_item, batch_size)
     for chunk in progress(todo, enabled=progress_bar, total=len(todo), desc=desc):
-        outputs = adapter.forward(build(chunk))
-        scores.put(chunk, targets.take(chunk.items).score(activate(outputs, activation)))
+        if tensors is None:
+            outputs = adapter.forward(build(chunk))
+            scores.put(chunk, targets.take(chunk.items).score(activate(outputs, activation)))
+        else:
+            scores.put(
+                chunk, built_scores(adapter, build, *tensors(chunk), targets=targets, items=chunk.items, activation=activation)
+            )
         if extra is not None:
             extras.put(chunk, extra(chunk))
     values = scores.result().numpy().astype(np.float64)

@@ -16,7 +16,9 @@ What is here, by purpose:
   the adapter's fast paths), :func:`weighted_score`, :data:`ScoreFn`.
 * **Streaming**: :func:`chunks` / :class:`Chunk` (model inputs cut in ``batch_size`` across
   images), the in-place accumulators :class:`ItemSums` and :class:`PairScores`,
-  :func:`stream_scores`, :func:`batched_forward`, :func:`batched_scores`, :func:`index_column`, :func:`progress`.
+  :func:`stream_scores`, :func:`batched_forward`, :func:`batched_scores`, :func:`index_column`, :func:`progress`;
+  :func:`built_scores` (a chunk's inputs built on the device, the forward pass and the score
+  as one pass the adapter may compile: :meth:`ModelAdapter.forward_built`).
 * **Adaptive sampling** (``nb_samples="auto"``): :func:`sample_count`, :func:`sample_schedule`
   / :class:`SampleSchedule` (rounds ending at fixed checkpoints, :func:`checkpoints`), whose
   :class:`SampleRound` / :class:`SampleChunk` stream the images still running,
@@ -53,7 +55,9 @@ What is here, by purpose:
   :func:`token_grid` / :func:`token_layers` / :func:`last_informative` (transformers' token
   layers and their default CAM layer), :func:`select_output` / :func:`describe_output`
   (structured model outputs, ``output=``), :func:`resolve_qualified`, :func:`adapt`, :func:`frameworks`, :func:`framework_info`,
-  :func:`canonical_framework`, and :data:`hookimpl` to mark hook functions.
+  :func:`canonical_framework`, and :data:`hookimpl` to mark hook functions; for adapters that
+  compile built passes (:meth:`ModelAdapter.forward_built_pass`): :func:`run_built`,
+  :func:`split_built`, :func:`finish_built` and :func:`tracing`.
 
 Stability: :data:`API_VERSION` is ``MAJOR.MINOR``. Within a major version, names in
 ``__all__`` keep working with the signatures and behaviour documented here; new names and new
@@ -124,6 +128,7 @@ from ._streaming import (
     PairScores,
     batched_forward,
     batched_scores,
+    built_scores,
     chunks,
     index_column,
     progress,
@@ -153,6 +158,7 @@ from .backends.adapter import (
     as_type_of,
     current_rows,
     describe_output,
+    finish_built,
     float32_array,
     item_seed,
     last_informative,
@@ -160,11 +166,14 @@ from .backends.adapter import (
     pick_default_layer,
     resolve_qualified,
     rows,
+    run_built,
     select_output,
+    split_built,
     standard_normal,
     to_numpy,
     token_grid,
     token_layers,
+    tracing,
     weighted_score,
 )
 from .backends.frameworks import Framework
@@ -188,7 +197,10 @@ from .ops import (
 from .registry import hookimpl
 
 #: Version of the extension API, ``MAJOR.MINOR`` (see the module docs for the promise).
-API_VERSION = "1.2"
+#: 1.3 added :meth:`ModelAdapter.forward_built` / :meth:`ModelAdapter.forward_built_pass`,
+#: :func:`built_scores`, ``stream_scores(tensors=...)``, :func:`run_built`,
+#: :func:`split_built`, :func:`finish_built` and :func:`tracing`.
+API_VERSION = "1.3"
 
 
 def require_api(version: str) -> None:
@@ -259,6 +271,7 @@ __all__ = [
     "batched_forward",
     "batched_scores",
     "box_blur",
+    "built_scores",
     "canonical_framework",
     "cell_geometry",
     "channels_first",
@@ -272,6 +285,7 @@ __all__ = [
     "expand_to_inputs",
     "fit_linear_surrogate",
     "explanation_shape",
+    "finish_built",
     "fit_nmf",
     "flag",
     "float32_array",
@@ -311,6 +325,7 @@ __all__ = [
     "resize",
     "resolve_qualified",
     "rows",
+    "run_built",
     "sample_count",
     "sample_counts",
     "sample_schedule",
@@ -318,12 +333,14 @@ __all__ = [
     "select_output",
     "segment_labels",
     "spatial_filter",
+    "split_built",
     "standard_normal",
     "superpixel_labels",
     "stream_scores",
     "to_numpy",
     "token_grid",
     "token_layers",
+    "tracing",
     "upsample_cells",
     "upsample_nearest",
     "weighted_score",

@@ -23,6 +23,8 @@ from typing import Literal
 import eagerpy as ep
 import numpy as np
 
+from .backends.adapter import is_tracing
+
 ResizeMode = Literal["nearest", "bilinear", "bicubic"]
 _MODES = ("nearest", "bilinear", "bicubic")
 
@@ -141,9 +143,14 @@ def on_device(like: ep.Tensor, key: tuple[object, ...], array: np.ndarray) -> ep
     :data:`DEVICE_CACHE_BYTES` (least recently used constants go first), so calls over many
     image sizes cannot pile up device memory.
 
+    While an adapter traces a built pass (see :func:`~xai_toolbox.extend.tracing`), the
+    constant is made for the trace, where it becomes part of the compiled graph, and not cached.
+
     Example:
         >>> table = on_device(x, ("my-method-table", h, w), build_table(h, w))
     """
+    if is_tracing():  # a traced tensor belongs to its graph: never cache it for later calls
+        return ep.from_numpy(like, array)
     device = getattr(like.raw, "device", None)
     full = (type(like).__name__, str(device), *key)
     held = _call_constants.get()

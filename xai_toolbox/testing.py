@@ -375,6 +375,7 @@ def _adapter_results(adapter: Any, x: Any, targets: np.ndarray, seed: int) -> di
     axis = adapter.channel_axis
     out: dict[str, np.ndarray] = {"forward": as_numpy(adapter.forward(x))}
     weights = adapter.from_numpy(x, np.eye(4, dtype=np.float32)[targets])
+    out["built pass"] = _built_pass(adapter, x, weights, seed)
     if adapter.supports_gradients:
         values, grads = adapter.weighted_value_and_grad(x, weights)
         generic = adapter.value_and_grad(
@@ -403,6 +404,34 @@ def _adapter_results(adapter: Any, x: Any, targets: np.ndarray, seed: int) -> di
             assert layer_grads is not None
             out["layer gradient"] = as_numpy(xe.channels_first(layer_grads, axis))
     return out
+
+
+def _built_pass(adapter: Any, x: Any, weights: Any, seed: int) -> np.ndarray:
+    """Scores of masked inputs through ``forward_built`` (build, model, finish as one pass),
+    checked against the same steps run in turn, for a chunk of rows and a smaller chunk of one
+    image's row broadcast; compared across twins."""
+    from . import extend as xe
+
+    axis = adapter.channel_axis
+    size = tuple(x.shape[2:]) if axis == 1 else tuple(x.shape[1:3])
+    keep = np.random.default_rng(seed + 7).random((x.shape[0], *size)) > 0.5
+    masks = adapter.from_numpy(x, keep.astype(np.float32))
+
+    def build(rows: Any, m: Any, w: Any) -> Any:
+        return xe.perturb(rows, m, axis, "inpainting", 0.5), w
+
+    def finish(outputs: Any, w: Any) -> Any:
+        return xe.weighted_score(outputs, w)
+
+    results = []
+    for rows, m, w in ((x, masks, weights), (x[:1], masks[1:], weights[1:])):
+        built = as_numpy(adapter.forward_built(build, rows, m, w, finish=finish))
+        steps = as_numpy(finish(adapter.forward(build(rows, m, w)[0]), w))
+        np.testing.assert_allclose(
+            built, steps, atol=1e-5, rtol=1e-5, err_msg=f"{adapter.framework}: forward_built differs from its steps"
+        )
+        results.append(built)
+    return np.concatenate(results)
 
 
 def _relu_rule_gradients(adapter: Any, x: Any, weights: Any, plain: np.ndarray) -> dict[str, np.ndarray]:

@@ -25,6 +25,8 @@ What an adapter implements (one pass over the batch it is given, no retries):
   rules for the duration of a block);
 * optional speed-ups with generic defaults: :meth:`~ModelAdapter.weighted_value_and_grad_pass`,
   :meth:`~ModelAdapter.weighted_layer_activations_pass` (compiled paths),
+  :meth:`~ModelAdapter.forward_built_pass` (a chunk's batch construction, forward pass and
+  scoring compiled together),
   :meth:`~ModelAdapter.from_numpy` (asynchronous uploads), :meth:`~ModelAdapter.repeated_row`
   (broadcast views), :meth:`~ModelAdapter.random_normal` (device generators),
   ``mutable_tensors`` + :meth:`~ModelAdapter.write_rows` (in-place accumulators),
@@ -33,7 +35,8 @@ What an adapter implements (one pass over the batch it is given, no retries):
 What methods call (templates that retry on halves of the batch after an out-of-memory
 error, then call the passes above): :meth:`~ModelAdapter.forward`,
 :meth:`~ModelAdapter.value_and_grad`, :meth:`~ModelAdapter.weighted_value_and_grad`,
-:meth:`~ModelAdapter.layer_activations`, :meth:`~ModelAdapter.weighted_layer_activations`.
+:meth:`~ModelAdapter.layer_activations`, :meth:`~ModelAdapter.weighted_layer_activations`,
+:meth:`~ModelAdapter.forward_built`.
 
 :func:`xai_toolbox.testing.check_adapter` runs this contract on an adapter.
 """
@@ -43,11 +46,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import enum
+import functools
 import inspect
 import math
+import types
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -92,10 +98,14 @@ class _MemoryState:
     #: Per kind of model value ("outputs", "gradients"): a device scalar that is 0 while every
     #: value seen was finite and NaN after the first NaN or infinity (read only on failure).
     non_finite: dict[str, Any] = field(default_factory=dict)
+    #: A built pass (:meth:`ModelAdapter.forward_built`) ran out of memory: the rest of the
+    #: call builds, runs and finishes its chunks apart, so the forward passes can be split.
+    unfused: bool = False
 
 
 _memory: ContextVar[_MemoryState | None] = ContextVar("xai_toolbox_memory", default=None)
 _window: ContextVar[tuple[int, int, int] | None] = ContextVar("xai_toolbox_rows", default=None)
+_tracing: ContextVar[bool] = ContextVar("xai_toolbox_tracing", default=False)
 
 
 @contextlib.contextmanager
@@ -641,6 +651,158 @@ def check_relu_rule(rule: str) -> str:
     return rule
 
 
+# -- built passes (ModelAdapter.forward_built) -------------------------------------------------
+@contextlib.contextmanager
+def tracing() -> Iterator[None]:
+    """The block runs a function that an adapter is tracing into a compiled graph (the ``build``
+    and ``finish`` of :meth:`ModelAdapter.forward_built`, inside a ``tf.function``).
+
+    Inside it, :func:`~xai_toolbox.extend.on_device` constants are made for the trace (they
+    become part of the graph) instead of being cached for later calls, where a traced tensor
+    would be of no use. An adapter that traces built passes runs ``build`` and ``finish`` in
+    this block; nothing else needs it.
+
+    Example:
+        >>> with tracing():
+        ...     built = build(*symbolic_tensors)        # inside the adapter's traced function
+    """
+    token = _tracing.set(True)
+    try:
+        yield
+    finally:
+        _tracing.reset(token)
+
+
+def is_tracing() -> bool:
+    """Whether the calling code runs inside :func:`tracing` (see :func:`~xai_toolbox.extend.on_device`)."""
+    return _tracing.get()
+
+
+def run_built(
+    forward: Callable[[ep.Tensor], ep.Tensor],
+    build: Callable[..., Any],
+    tensors: tuple[ep.Tensor, ...],
+    finish: Callable[..., Any] | None = None,
+) -> Any:
+    """What :meth:`ModelAdapter.forward_built` computes, step by step: ``build(*tensors)`` gives
+    the model inputs (or a tuple ``(inputs, *extras)``), ``forward`` runs the model on them, and
+    ``finish(outputs, *extras)`` gives the result (without ``finish``: the outputs, or
+    ``(outputs, *extras)`` when ``build`` returned extras).
+
+    The generic default of :meth:`ModelAdapter.forward_built_pass` calls it with the adapter's
+    :meth:`~ModelAdapter.forward`; an adapter that compiles built passes can call it inside its
+    compiled function with the model's own forward.
+
+    Example:
+        >>> run_built(adapter.forward, lambda rows, m: rows * m, (rows, masks))     # the outputs
+    """
+    inputs, extras = split_built(build(*tensors))
+    return finish_built(finish, forward(inputs), extras)
+
+
+def split_built(built: Any) -> tuple[Any, tuple[Any, ...]]:
+    """``(inputs, extras)`` of what a ``build`` returned: a tensor, or a tuple ``(inputs, *extras)``.
+
+    Example:
+        >>> split_built((inputs, masks))
+        (inputs, (masks,))
+    """
+    if isinstance(built, tuple | list):
+        if not built:
+            raise ParameterError("build returned an empty tuple; it must return the model inputs first")
+        return built[0], tuple(built[1:])
+    return built, ()
+
+
+def finish_built(finish: Callable[..., Any] | None, values: Any, extras: tuple[Any, ...]) -> Any:
+    """``finish(values, *extras)``; without ``finish``: ``values``, or ``(values, *extras)``.
+
+    Example:
+        >>> finish_built(None, outputs, (masks,))
+        (outputs, masks)
+    """
+    if finish is not None:
+        return finish(values, *extras)
+    return (values, *extras) if extras else values
+
+
+#: Values a ``build`` or ``finish`` may close over: they become part of the compiled pass's key.
+_PLAIN_VALUES = (
+    type(None), bool, int, float, complex, str, bytes, range, type, types.ModuleType, enum.Enum, np.generic
+)
+#: Functions and callables that are the same function whatever the call (keyed by identity).
+_PLAIN_CALLABLES = (types.BuiltinFunctionType, np.ufunc)
+_MAX_SIGNATURE_DEPTH = 4
+
+
+def built_signature(fn: Callable[..., Any] | None, what: str, is_tensor: Callable[[Any], bool], depth: int = 0) -> Hashable:
+    """A hashable value that identifies what ``fn`` computes for given tensors: its code, and
+    the Python values it closes over or takes as defaults (functions among them, recursively).
+
+    :meth:`ModelAdapter.forward_built` keys its compiled passes by it, so two closures of one
+    ``def`` with other numbers in them get passes of their own. A tensor or array among those
+    values raises :class:`~xai_toolbox.errors.ParameterError` (a compiled pass would keep the
+    first one it saw for every later chunk: pass it as one of the tensors), and so does any
+    other object (an adapter, a method object, a dict), whose content could change unseen:
+    read what is needed from it into a local number, string or tuple first.
+
+    Example:
+        >>> built_signature(lambda rows, m: rows * m, "build", adapter.is_native) is not None
+        True
+    """
+    if fn is None:
+        return None
+    if isinstance(fn, functools.partial):
+        return (
+            "partial",
+            built_signature(fn.func, what, is_tensor, depth + 1),
+            tuple(_built_value(a, f"an argument of {what}", is_tensor, depth) for a in fn.args),
+            tuple(sorted((k, _built_value(v, f"{what}'s {k}", is_tensor, depth)) for k, v in fn.keywords.items())),
+        )
+    if isinstance(fn, _PLAIN_CALLABLES):
+        return fn
+    if inspect.ismethod(fn) or not isinstance(fn, types.FunctionType):
+        raise ParameterError(
+            f"{what} must be a function (def or lambda) or a functools.partial of one, got "
+            f"{type(fn).__name__}: a bound method or a callable object carries an object whose "
+            "content a compiled pass cannot follow"
+        )
+    code = fn.__code__
+    if depth >= _MAX_SIGNATURE_DEPTH:  # a local function calling itself: its code is enough
+        return code
+    values = []
+    for name, cell in zip(code.co_freevars, fn.__closure__ or (), strict=True):
+        try:
+            value = cell.cell_contents
+        except ValueError:  # a name assigned later in the enclosing function
+            value = None
+        values.append(_built_value(value, f"the variable {name!r} that {what} uses", is_tensor, depth))
+    defaults = tuple(_built_value(v, f"a default of {what}", is_tensor, depth) for v in fn.__defaults__ or ())
+    keywords = tuple(
+        sorted((k, _built_value(v, f"a default of {what}", is_tensor, depth)) for k, v in (fn.__kwdefaults__ or {}).items())
+    )
+    return (code, tuple(values), defaults, keywords)
+
+
+def _built_value(value: Any, where: str, is_tensor: Callable[[Any], bool], depth: int) -> Hashable:
+    if isinstance(value, ep.Tensor | np.ndarray) or is_tensor(value):
+        raise ParameterError(
+            f"{where} is a tensor: pass it to forward_built as one of the tensors (a compiled pass "
+            "would use the first value it saw for every later chunk)"
+        )
+    if isinstance(value, _PLAIN_VALUES):
+        return (type(value), value)  # 1 and True, 0 and 0.0 are equal keys otherwise
+    if isinstance(value, tuple | frozenset):
+        return (type(value), tuple(_built_value(v, where, is_tensor, depth) for v in value))
+    if callable(value) and not isinstance(value, type):
+        return built_signature(value, where, is_tensor, depth + 1)
+    raise ParameterError(
+        f"{where} is a {type(value).__name__}: build and finish may use numbers, strings, "
+        "booleans, None, tuples of them and functions (the key of their compiled pass); read "
+        "what they need from other objects into such variables first, and pass tensors as arguments"
+    )
+
+
 #: Above this many runs of equal items a gather is cheaper than concatenating views.
 _MAX_VIEW_RUNS = 8
 
@@ -939,6 +1101,79 @@ class ModelAdapter(ABC):
         _note_values("outputs", outputs)
         return outputs
 
+    def forward_built(
+        self,
+        build: Callable[..., Any],
+        *tensors: ep.Tensor,
+        finish: Callable[..., Any] | None = None,
+        key: Hashable = (),
+    ) -> Any:
+        """One chunk of a perturbation method as one pass: ``build(*tensors)`` makes the model
+        inputs on the device, the model runs on them (no gradient tracking, eval mode), and
+        ``finish(outputs, *extras)`` makes what the method keeps — which an adapter may compile
+        together, once per input shape (see :func:`run_built` for exactly what is computed).
+
+        ``build`` returns the model inputs, or a tuple ``(inputs, *extras)`` whose extras (masks,
+        rows of per-image data) are passed on to ``finish``; without ``finish`` the result is
+        the outputs, or ``(outputs, *extras)``. Both are pure EagerPy functions of the tensors
+        they are given: whatever changes from chunk to chunk (rows, indices, low-resolution
+        masks) comes in as one of ``tensors`` — axis 0 of each may differ between chunks
+        without a new trace, so use ``-1`` rather than ``t.shape[0]`` in reshapes — and they may
+        close over numbers, strings, booleans, ``None``, tuples of them and other functions
+        only, which key the compiled pass with their code (see :func:`built_signature`; a
+        tensor or any other object raises :class:`~xai_toolbox.errors.ParameterError`).
+        ``key`` adds a hashable value for anything else they depend on. They must not read
+        values back to the host (``.numpy()``, ``float(t)``) or upload with
+        :meth:`from_numpy` (do that outside); :func:`~xai_toolbox.extend.on_device`
+        constants and the toolbox's operations (:func:`~xai_toolbox.extend.perturb`,
+        :func:`~xai_toolbox.extend.resize`, :func:`~xai_toolbox.extend.matmul`, ...) are fine.
+
+        The Keras adapter on TensorFlow compiles build, model and finish into one
+        ``tf.function`` whose batch axes are unknown (the chunks of a call, a smaller last one
+        included, share one trace; the ``traces`` counter counts it; the model runs through the
+        forward pass's own trace), with build compiled by XLA for large inputs; other adapters
+        run the three steps in turn. If the
+        compiled pass runs out of memory, the rest of the call builds, runs and finishes
+        apart, the forward passes retried on halves as :meth:`forward` does.
+
+        Example:
+            >>> def build(rows, masks):                    # (1 or B, C, H, W), (B, H, W)
+            ...     return xe.perturb(rows, masks, 1, "inpainting", 0.0), masks
+            >>> def finish(outputs, masks):                # outputs (B, K)
+            ...     return outputs[:, 3], masks
+            >>> scores, masks = adapter.forward_built(build, rows, masks, finish=finish)
+        """
+        for i, t in enumerate(tensors):
+            if not isinstance(t, ep.Tensor):
+                raise ParameterError(
+                    f"forward_built takes EagerPy tensors after build; argument {i + 1} is a "
+                    f"{type(t).__name__} (numbers belong in build's closure, arrays in from_numpy)"
+                )
+        try:
+            hash(key)
+        except TypeError:
+            raise ParameterError(f"key must be hashable, got {type(key).__name__}") from None
+        signature = (
+            key, built_signature(build, "build", self.is_native), built_signature(finish, "finish", self.is_native)
+        )
+        state = _memory.get()
+        if state is None or not state.unfused:
+            try:
+                result, check = self.forward_built_pass(signature, build, tensors, finish)
+            except Exception as exc:
+                if not self.is_out_of_memory(exc):
+                    raise
+            else:
+                if check is not None:
+                    _note_values("outputs", check)
+                return result
+            # Out of memory: from now on apart, outside the ``except`` block so the error's
+            # frames (and the tensors they hold) are released first.
+            if state is not None:
+                state.unfused = True
+            self.release_memory()
+        return run_built(self.forward, build, tensors, finish)
+
     # == model: what adapters implement (one pass over the batch given) =====================
     @abstractmethod
     def forward_pass(self, x: ep.Tensor) -> ep.Tensor:
@@ -993,6 +1228,27 @@ class ModelAdapter(ABC):
     def forward_with_activations_pass(self, x: ep.Tensor, layer: str, activations: ep.Tensor) -> ep.Tensor:
         """One pass of :meth:`forward_with_activations`."""
         raise UnsupportedModelError(self.no_layers_message())
+
+    def forward_built_pass(
+        self,
+        key: Hashable,
+        build: Callable[..., Any],
+        tensors: tuple[ep.Tensor, ...],
+        finish: Callable[..., Any] | None,
+    ) -> tuple[Any, ep.Tensor | None]:
+        """One pass of :meth:`forward_built`: ``(result, check)``; override to compile it.
+
+        ``key`` identifies ``build`` and ``finish`` (their code, what they close over and the
+        caller's key; see :func:`built_signature`): a pass compiled for one key, input shapes
+        and dtypes (axis 0 aside) serves every later call with equal ones. ``check`` is a scalar
+        tensor that is not finite when the model's outputs were not (``outputs.sum() * 0``), or
+        ``None`` when the outputs went through :meth:`forward`, which checks them itself. The
+        default runs :func:`run_built` with :meth:`forward`.
+
+        Example:
+            >>> result, check = adapter.forward_built_pass(key, build, (rows, masks), None)
+        """
+        return run_built(self.forward, build, tensors, finish), None
 
     def is_out_of_memory(self, exc: BaseException) -> bool:
         """Whether ``exc`` is the framework's out-of-memory error (retried on a smaller batch)."""
