@@ -124,10 +124,11 @@ class _CausalMetric(xt.Metric):
         counts = self.perturbed_counts(int(np.prod(ranks_np.shape[1:])))
         ranks = self.adapter.from_numpy(x, ranks_np.astype(np.float32))  # exact below 2**24 positions
         substrate = self._substrate(x)
-        build = self._builder(x, ranks, counts, substrate)
+        build = _perturber(self._deleting, self.adapter.channel_axis, substrate if isinstance(substrate, float) else None)
         curves, _ = xe.stream_scores(
             self.adapter, targets, n, len(counts), build, batch_size=self.batch_size,
             activation=self.activation, progress_bar=self.progress, desc=self.name,
+            tensors=self._chunk_tensors(x, ranks, counts, substrate),
         )
         # A constant map ranks nothing: its curve would only follow the row-major tie-break.
         flat = maps_np.reshape(n, -1)
@@ -142,31 +143,46 @@ class _CausalMetric(xt.Metric):
             **reason,
         )
 
-    def _builder(
+    def _chunk_tensors(
         self, x: ep.Tensor, ranks: ep.Tensor, counts: np.ndarray, substrate: ep.Tensor | float
-    ) -> Callable[[Chunk], ep.Tensor]:
+    ) -> Callable[[Chunk], tuple[ep.Tensor, ...]]:
+        """What each chunk's perturbed inputs are built from (uploads and views only): the
+        rows of its images, their ranks, the number of positions replaced at each of its points
+        ``(B, 1, ..., 1)``, and the substrate's rows when it is an image."""
         adapter = self.adapter
-        channel_axis = adapter.channel_axis
 
-        def build(chunk: Chunk) -> ep.Tensor:
+        def tensors(chunk: Chunk) -> tuple[ep.Tensor, ...]:
             items = chunk.items
             rows = adapter.broadcast_rows(x, items)
             k = xe.index_column(adapter, x, counts[chunk.samples], ranks.ndim)
             r = adapter.broadcast_rows(ranks, items)
-            # Deletion keeps the positions ranked at or after k; insertion (what is not yet
-            # inserted is substrate) those before k.
-            keep = ((r >= k) if self._deleting else (r < k)).astype(rows.dtype)
-            keep = expand_to_inputs(keep, rows.ndim, channel_axis)
-            # x·keep + s·(1−keep) is exact for keep ∈ {0, 1}: kept values are bit-identical.
-            # Full-size operations are what this loop costs beside the model, so the scalar
-            # substrate's term stays at mask size, and a zero substrate needs none.
             if isinstance(substrate, float):
-                if substrate == 0.0:
-                    return rows * keep
-                return rows * keep + (1.0 - keep) * substrate
-            return rows * keep + adapter.broadcast_rows(substrate, items) * (1.0 - keep)
+                return rows, r, k
+            return rows, r, k, adapter.broadcast_rows(substrate, items)
 
-        return build
+        return tensors
+
+
+def _perturber(deleting: bool, channel_axis: int, value: float | None) -> Callable[..., ep.Tensor]:
+    """``build(rows, ranks, k[, substrate])`` → the inputs with the positions of rank below
+    ``k`` replaced (deletion) or kept (insertion), the others from the substrate: ``value``,
+    or the substrate rows given (see ``xe.built_scores``)."""
+
+    def build(rows: ep.Tensor, r: ep.Tensor, k: ep.Tensor, *substrate: ep.Tensor) -> ep.Tensor:
+        # Deletion keeps the positions ranked at or after k; insertion (what is not yet
+        # inserted is substrate) those before k.
+        keep = ((r >= k) if deleting else (r < k)).astype(rows.dtype)
+        keep = expand_to_inputs(keep, rows.ndim, channel_axis)
+        # x·keep + s·(1−keep) is exact for keep ∈ {0, 1}: kept values are bit-identical.
+        # Full-size operations are what this costs beside the model, so the scalar
+        # substrate's term stays at mask size, and a zero substrate needs none.
+        if substrate:
+            return rows * keep + substrate[0] * (1.0 - keep)
+        if value == 0.0:
+            return rows * keep
+        return rows * keep + (1.0 - keep) * value
+
+    return build
 
 
 class Deletion(_CausalMetric):

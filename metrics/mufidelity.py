@@ -23,14 +23,7 @@ from scipy.stats import rankdata
 
 import xai_toolbox as xt
 from xai_toolbox import extend as xe
-from xai_toolbox.extend import (
-    Targets,
-    expand_to_inputs,
-    interpolation_matrix,
-    matmul,
-    on_device,
-    resize,
-)
+from xai_toolbox.extend import Targets, expand_to_inputs
 
 
 def rowwise_correlation(a: np.ndarray, b: np.ndarray, kind: str = "pearson") -> np.ndarray:
@@ -166,44 +159,29 @@ class MuFidelity(xt.Metric):
         positions = self.explanation_shape(x)[1:]
         schedule = self.sampling()
         keep_grid = self.draw_keep(positions, tabular=x.ndim == 2, count=schedule.maximum)
-        upsample = _upsampler(adapter.from_numpy(x, keep_grid[:1]), positions)
         clean = xe.batched_scores(adapter, targets, x, self.batch_size, self.activation)
         base = clean.numpy().astype(np.float64)
         attrs = np.full((x.shape[0], schedule.maximum), np.nan)
         drops = np.full((x.shape[0], schedule.maximum), np.nan)
+        build = _remover(channel_axis, self.baseline, positions)
 
         def sample_round(round_: xe.SampleRound) -> None:
             cells = adapter.from_numpy(x, keep_grid[round_.lo : round_.hi])  # this round's subsets
-            last: dict[int, ep.Tensor] = {}
-
-            def keep_of(chunk: xe.SampleChunk) -> ep.Tensor:
-                # build() and attribution() ask for the same chunk in turn: upsample it once.
-                if chunk.start not in last:
-                    last.clear()
-                    last[chunk.start] = upsample(adapter.take_rows(cells, chunk.samples - round_.lo))
-                return last[chunk.start]
-
-            def build(chunk: xe.SampleChunk) -> ep.Tensor:
-                rows = adapter.broadcast_rows(x, chunk.items)
-                keep = expand_to_inputs(keep_of(chunk), rows.ndim, channel_axis)
-                if self.baseline == 0.0:  # one full-size operation instead of three
-                    return rows * keep
-                return rows * keep + (1.0 - keep) * self.baseline  # the second term is mask-sized
-
-            def attribution(chunk: xe.SampleChunk) -> ep.Tensor:
-                removed = 1.0 - keep_of(chunk)
-                weighted = adapter.broadcast_rows(maps, chunk.items) * removed
-                return weighted.reshape((weighted.shape[0], -1)).sum(axis=1)
-
             k, count = len(round_.active), round_.hi - round_.lo
             scores, sums = xe.PairScores(k, count, adapter), xe.PairScores(k, count, adapter)
             todo = round_.chunks
             desc = f"{self.name} ({round_.hi} subsets)" if schedule.adaptive else self.name
             for chunk in xe.progress(todo, enabled=self.progress, total=len(todo), desc=desc):
                 items = chunk.items
-                outputs = adapter.forward(build(chunk))
-                scores.put(chunk, targets.take(items).score(xe.activate(outputs, self.activation)))
-                sums.put(chunk, attribution(chunk))
+                # The subsets' cells, upsampled and applied, scored, and their attribution
+                # sums, in one pass the adapter may compile.
+                score, attribution = xe.built_scores(
+                    adapter, build, adapter.broadcast_rows(x, items), adapter.broadcast_rows(maps, items),
+                    adapter.take_rows(cells, chunk.samples - round_.lo),
+                    targets=targets, items=items, activation=self.activation,
+                )
+                scores.put(chunk, score)
+                sums.put(chunk, attribution)
             # One host copy per round, not per chunk.
             got = ep.stack([scores.result(), sums.result()], axis=0).numpy().astype(np.float64)
             drops[round_.active, round_.lo : round_.hi] = base[round_.active, None] - got[0]
@@ -228,16 +206,21 @@ class MuFidelity(xt.Metric):
         )
 
 
-def _upsampler(cells: ep.Tensor, positions: tuple[int, ...]) -> Callable[[ep.Tensor], ep.Tensor]:
-    """Nearest-neighbour upsampling of ``(B, *grid)`` cells to ``(B, *positions)``."""
-    grid = tuple(cells.shape[1:])
-    if grid == positions:
-        return lambda c: c
-    if len(positions) == 2:
-        return lambda c: resize(c, positions, "nearest")
-    matrix = interpolation_matrix(grid[0], positions[0], "nearest").T.copy()  # (g, T)
-    m = on_device(cells, ("mufidelity-nearest", grid[0], positions[0]), matrix)
-    return lambda c: matmul(c, m)
+def _remover(channel_axis: int, baseline: float, positions: tuple[int, ...]) -> Callable[..., tuple[ep.Tensor, ep.Tensor]]:
+    """``build(rows, maps, cells)`` → the inputs with the removed cells set to ``baseline``, and
+    the attribution of the removed positions per input (see ``xe.built_scores``). Cells
+    ``(B, *grid)`` are nearest-upsampled to ``positions``."""
+    size = int(np.prod(positions))
+
+    def build(rows: ep.Tensor, maps: ep.Tensor, cells: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor]:
+        keep = xe.upsample_cells(cells, positions, "nearest")                   # (B, *positions)
+        removed = (maps * (1.0 - keep)).reshape((-1, size)).sum(axis=1)
+        keep = expand_to_inputs(keep, rows.ndim, channel_axis)
+        if baseline == 0.0:  # one full-size operation instead of three
+            return rows * keep, removed
+        return rows * keep + (1.0 - keep) * baseline, removed  # the second term is mask-sized
+
+    return build
 
 
 #: ``nb_samples="auto"``: first checkpoint, default tolerance and maximum.

@@ -121,28 +121,54 @@ class Occlusion(PerturbationMethod):
             coverage = np.outer(coverage, tables[1].sum(axis=0))
         base = targets.score(xe.batched_forward(adapter, x, self.batch_size))    # f(x), (N,)
         sums = xe.ItemSums(x.shape[0], adapter)
+        build, finish = _occluder(adapter.channel_axis, self.baseline, len(positions))
         todo = xe.chunks(x.shape[0], per_item, self.batch_size)
         for chunk in xe.progress(todo, enabled=self.progress, total=len(todo), desc=self.name):
             items = chunk.items
-            window = _windows(adapter, x, device_tables, counts, chunk.samples)   # (B, *positions)
-            rows = adapter.broadcast_rows(x, items)
-            occluded = xe.perturb(rows, 1.0 - window, adapter.channel_axis, "inpainting", self.baseline)
-            scores = targets.take(items).score(adapter.forward(occluded))
-            drop = adapter.take_rows(base, items) - scores
-            sums.add(chunk, drop.reshape((-1,) + (1,) * len(positions)) * window)
+            # Uploads only (no GPU sync per chunk); the windows, the occluded batch, the scores
+            # and the drops are made in one pass that the adapter may compile.
+            indices = _window_indices(adapter, x, counts, chunk.samples)
+            rows, drop_base = adapter.broadcast_rows(x, items), adapter.take_rows(base, items)
+            values = xe.built_scores(
+                adapter, build, rows, drop_base, *device_tables, *indices,
+                targets=targets, items=items, finish=finish,
+            )
+            sums.add(chunk, values)                                               # (B, *positions)
         return sums.result() / adapter.from_numpy(x, coverage.astype(np.float32))
 
 
-def _windows(
-    adapter: ModelAdapter, x: ep.Tensor, tables: list[ep.Tensor], counts: list[int], samples: np.ndarray
-) -> ep.Tensor:
-    """0/1 windows ``(B, *positions)`` of the window indices ``samples`` (row-major order)."""
-    if len(tables) == 1:
-        return tables[0][adapter.from_numpy(x, samples.astype(np.int64))]  # no GPU sync per chunk
+def _window_indices(adapter: ModelAdapter, x: ep.Tensor, counts: list[int], samples: np.ndarray) -> list[ep.Tensor]:
+    """The index of each window ``samples`` (row-major order) in each axis's table, uploaded."""
+    if len(counts) == 1:
+        return [adapter.from_numpy(x, samples.astype(np.int64))]
     rows, cols = np.divmod(samples.astype(np.int64), counts[1])
-    r = tables[0][adapter.from_numpy(x, rows)]                                # (B, H)
-    c = tables[1][adapter.from_numpy(x, cols)]                                # (B, W)
+    return [adapter.from_numpy(x, rows), adapter.from_numpy(x, cols)]
+
+
+def _window_masks(tables: tuple[ep.Tensor, ...], indices: tuple[ep.Tensor, ...]) -> ep.Tensor:
+    """0/1 windows ``(B, *positions)`` from each axis's table ``(count, n)`` and the windows'
+    indices in it ``(B,)``."""
+    if len(tables) == 1:
+        return tables[0][indices[0]]
+    r = tables[0][indices[0]]                                                  # (B, H)
+    c = tables[1][indices[1]]                                                  # (B, W)
     return r.expand_dims(2) * c.expand_dims(1)
+
+
+def _occluder(channel_axis: int, baseline: float, axes: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``build(rows, base, *tables, *indices)`` → the occluded inputs, with each window and
+    its image's clean score; ``finish(scores, window, base)`` → the drops spread over the
+    windows ``(B, *positions)``. Pure functions of their tensors (see ``xe.built_scores``)."""
+
+    def build(rows: ep.Tensor, base: ep.Tensor, *tables_and_indices: ep.Tensor) -> tuple[ep.Tensor, ...]:
+        window = _window_masks(tables_and_indices[:axes], tables_and_indices[axes:])
+        occluded = xe.perturb(rows, 1.0 - window, channel_axis, "inpainting", baseline)
+        return occluded, window, base
+
+    def finish(scores: ep.Tensor, window: ep.Tensor, base: ep.Tensor) -> ep.Tensor:
+        return (base - scores).reshape((-1,) + (1,) * axes) * window
+
+    return build, finish
 
 
 Register = Callable[[str, type], None]

@@ -94,25 +94,50 @@ class RiseMasks:
         grids, dy, dx = self.sampler.take(samples)
         return grids, dy, dx
 
-    def full(self, adapter: ModelAdapter, like: ep.Tensor, samples: np.ndarray) -> ep.Tensor:
-        """Masks ``(B, H, W)`` (series ``(B, T)``, tabular ``(B, F)``) of the given samples,
-        built on ``like``'s device."""
+    @property
+    def kind(self) -> str:
+        """How :func:`masks_from` builds the masks: ``"image"``, ``"series"`` or ``"cells"``."""
+        if len(self.size) == 2:
+            return "image"
+        return "series" if self.smooth else "cells"
+
+    def tensors(self, adapter: ModelAdapter, like: ep.Tensor, samples: np.ndarray) -> tuple[ep.Tensor, ...]:
+        """What :func:`masks_from` builds the masks of the given samples from, on ``like``'s
+        device: the low-resolution grids, and for smoothed masks the cropped upsampling tables
+        (cached on the device) with each mask's shifts."""
         grids, dy, dx = self.low_res(samples)
-        if len(self.size) == 1:
-            g = adapter.from_numpy(like, grids)
-            if not self.smooth:
-                return g
-            key = ("rise-crops-1d", self.grid_size, self.size[0])
-            r = on_device(like, key, self._tables[0])[adapter.from_numpy(like, dy.astype(np.int64))]
-            return matmul(r, g[:, :, None])[:, :, 0]
+        g = adapter.from_numpy(like, grids)  # adapter.from_numpy: no stream synchronisation on a GPU
+        if self.kind == "cells":
+            return (g,)
+        if self.kind == "series":
+            table = on_device(like, ("rise-crops-1d", self.grid_size, self.size[0]), self._tables[0])
+            return g, table, adapter.from_numpy(like, dy.astype(np.int64))
         key = ("rise-crops", self.grid_size, *self.size)
         rows = on_device(like, (*key, "h"), self._tables[0])
         cols = on_device(like, (*key, "w"), self._tables[1])
-        # adapter.from_numpy: no stream synchronisation per chunk on a GPU
-        g = adapter.from_numpy(like, grids)
-        r = rows[adapter.from_numpy(like, dy.astype(np.int64))]
-        c = cols[adapter.from_numpy(like, dx.astype(np.int64))]
-        return matmul(matmul(r, g), c)
+        return g, rows, cols, adapter.from_numpy(like, dy.astype(np.int64)), adapter.from_numpy(like, dx.astype(np.int64))
+
+    def full(self, adapter: ModelAdapter, like: ep.Tensor, samples: np.ndarray) -> ep.Tensor:
+        """Masks ``(B, H, W)`` (series ``(B, T)``, tabular ``(B, F)``) of the given samples,
+        built on ``like``'s device."""
+        return masks_from(self.kind, *self.tensors(adapter, like, samples))
+
+
+def masks_from(kind: str, grids: ep.Tensor, *tables_and_shifts: ep.Tensor) -> ep.Tensor:
+    """The full-size masks of :meth:`RiseMasks.tensors`: ``M = R_h[dy] · G · R_w[dx]ᵀ`` for
+    images, ``R[dy] · g`` for series, the grids themselves for tabular rows (``kind``: see
+    :attr:`RiseMasks.kind`). A pure function of its tensors, so it can run inside a compiled pass.
+
+    Example:
+        >>> m = masks_from(masks.kind, *masks.tensors(adapter, x, chunk.samples))   # (B, H, W)
+    """
+    if kind == "cells":
+        return grids
+    if kind == "series":
+        table, dy = tables_and_shifts
+        return matmul(table[dy], grids[:, :, None])[:, :, 0]
+    rows, cols, dy, dx = tables_and_shifts
+    return matmul(matmul(rows[dy], grids), cols[dx])
 
 
 class Rise(PerturbationMethod):
@@ -205,14 +230,18 @@ class Rise(PerturbationMethod):
         # Adaptive: scores less each image's clean score, so float32 sums of squares stay exact.
         clean = xe.batched_scores(adapter, targets, x, self.batch_size) if schedule.adaptive else None
 
+        build = _perturber(masks.kind, adapter.channel_axis, self.baseline)
+
         def sample_round(round_: xe.SampleRound) -> None:
             todo = round_.chunks
             desc = f"{self.name} ({round_.hi} masks)" if schedule.adaptive else self.name
             for chunk in xe.progress(todo, enabled=self.progress, total=len(todo), desc=desc):
-                m = masks.full(adapter, x, chunk.samples)                          # (B, *positions)
                 rows = adapter.broadcast_rows(x, chunk.items)
-                perturbed = xe.perturb(rows, m, adapter.channel_axis, "inpainting", self.baseline)
-                scores = targets.take(chunk.items).score(adapter.forward(perturbed))  # (B,)
+                # masks, perturbed inputs and scores in one pass the adapter may compile
+                scores, m = xe.built_scores(                                         # (B,), (B, *positions)
+                    adapter, build, rows, *masks.tensors(adapter, x, chunk.samples),
+                    targets=targets, items=chunk.items,
+                )
                 if clean is not None:
                     scores = scores - adapter.take_rows(clean, chunk.items)
                 weights = moments.weights(scores)                                  # (R, B)
@@ -239,6 +268,17 @@ class Rise(PerturbationMethod):
         maps = maps.reshape((x.shape[0], *size))
         extras = xe.sample_counts(schedule, "nb_samples", used)
         return xe.Explanation(maps, extras) if extras else maps
+
+
+def _perturber(kind: str, channel_axis: int, baseline: float) -> Callable[..., tuple[ep.Tensor, ep.Tensor]]:
+    """``build(rows, *mask_tensors)`` → the masked inputs ``x ⊙ M + (1 − M) · baseline`` and
+    the masks (see ``xe.built_scores``)."""
+
+    def build(rows: ep.Tensor, *mask_tensors: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor]:
+        m = masks_from(kind, *mask_tensors)
+        return xe.perturb(rows, m, channel_axis, "inpainting", baseline), m
+
+    return build
 
 
 class MaskMoments:
