@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -243,6 +244,13 @@ def counting(
     wrap("weighted_value_and_grad", "gradient", lambda x, *a, **k: int(x.shape[0]))
     wrap("weighted_layer_activations", "gradient", lambda x, *a, **k: int(x.shape[0]))
     wrap("layer_activations", "gradient", lambda x, *a, **k: int(x.shape[0]))
+    # Built passes (build, model and score compiled together) run their steps in turn while
+    # counting, so the model's passes go through the wrapped forward above.
+    if hasattr(adapter, "forward_built_pass"):
+        from xai_toolbox.extend import ModelAdapter
+
+        originals["forward_built_pass"] = "forward_built_pass" in vars(adapter)
+        adapter.forward_built_pass = functools.partial(ModelAdapter.forward_built_pass, adapter)
     try:
         yield calls
     finally:
