@@ -28,7 +28,7 @@ import xai_toolbox as xt
 from xai_toolbox import extend as xe
 from xai_toolbox.extend import PerturbationMethod, Targets, matmul
 
-from .sobol import check_perturbation
+from .sobol import cell_mask_builder, cell_mask_scores, check_perturbation
 
 SAMPLERS = ("lhs", "sobol", "random")
 BANDWIDTHS = ("median_heuristic", "median_output")
@@ -292,6 +292,11 @@ class HsicAttribution(PerturbationMethod):
         reference = xe.reference_images(x, adapter.channel_axis, self.perturbation, self.baseline, self.blur_size)
         parts: list[list[ep.Tensor]] = [[] for _ in range(x.shape[0])]     # scores per round
 
+        build = cell_mask_builder(
+            positions, adapter.channel_axis, self.perturbation, self.amplitude_sigma,
+            None if isinstance(reference, ep.Tensor) else reference,
+        )
+
         def sample_round(round_: xe.SampleRound) -> None:
             scores = xe.PairScores(len(round_.active), round_.hi - round_.lo, adapter)
             todo = round_.chunks
@@ -299,13 +304,7 @@ class HsicAttribution(PerturbationMethod):
             for chunk in xe.progress(todo, enabled=self.progress, total=len(todo), desc=desc):
                 items = chunk.items
                 low = design[chunk.samples].reshape((-1, *cells))
-                masks = xe.upsample_cells(adapter.from_numpy(x, low), positions)  # no GPU sync per chunk
-                ref = adapter.broadcast_rows(reference, items) if isinstance(reference, ep.Tensor) else reference
-                perturbed = xe.perturb(
-                    adapter.broadcast_rows(x, items), masks, adapter.channel_axis, self.perturbation, ref,
-                    self.amplitude_sigma,
-                )
-                scores.put(chunk, targets.take(items).score(adapter.forward(perturbed)))
+                scores.put(chunk, cell_mask_scores(adapter, build, x, reference, low, targets, items))
             y = scores.result()
             for pos, item in enumerate(round_.active):
                 parts[item].append(y[pos])

@@ -232,6 +232,10 @@ class SobolAttribution(PerturbationMethod):
         y_a: list[list[ep.Tensor]] = [[] for _ in range(x.shape[0])]     # (points,) per round
         y_c: list[list[ep.Tensor]] = [[] for _ in range(x.shape[0])]     # (d, points) per round
         previous: dict[int, ep.Tensor] = {}
+        build = cell_mask_builder(
+            positions, adapter.channel_axis, self.perturbation, self.amplitude_sigma,
+            None if isinstance(reference, ep.Tensor) else reference,
+        )
 
         def sample_round(round_: xe.SampleRound) -> None:
             lo, hi = round_.lo, round_.hi
@@ -246,13 +250,7 @@ class SobolAttribution(PerturbationMethod):
                 block, j = np.divmod(chunk.samples, points)      # 0: A; i ≥ 1: C^(i)
                 low = replicated_rows(a, b, np.where(block == 0, j, (block + 1) * points + j))
                 low = low.reshape((-1, *cells))
-                masks = xe.upsample_cells(adapter.from_numpy(x, low), positions)  # no GPU sync per chunk
-                ref = adapter.broadcast_rows(reference, items) if isinstance(reference, ep.Tensor) else reference
-                perturbed = xe.perturb(
-                    adapter.broadcast_rows(x, items), masks, adapter.channel_axis, self.perturbation, ref,
-                    self.amplitude_sigma,
-                )
-                scores.put(chunk, targets.take(items).score(adapter.forward(perturbed)))
+                scores.put(chunk, cell_mask_scores(adapter, build, x, reference, low, targets, items))
             y = scores.result().reshape((len(round_.active), d + 1, points))  # A, C^(1..d) blocks
             for pos, item in enumerate(round_.active):
                 y_a[item].append(y[pos, 0])
@@ -279,6 +277,36 @@ class SobolAttribution(PerturbationMethod):
         maps = xe.upsample_cells(st.reshape((x.shape[0], *cells)), positions, "bicubic")
         extras = xe.sample_counts(schedule, "nb_design", used)
         return xe.Explanation(maps, extras) if extras else maps
+
+
+def cell_mask_builder(
+    positions: tuple[int, ...], channel_axis: int, perturbation: str, amplitude_sigma: float,
+    baseline: float | None,
+) -> Callable[..., ep.Tensor]:
+    """``build(rows, low[, reference])``: the inputs ``rows`` perturbed by the masks of the
+    low-resolution cell values ``low`` ``(B, *cells)``, upsampled to ``positions``, towards
+    ``baseline`` (a number), or towards the ``reference`` rows (blurred images) when
+    ``baseline`` is ``None`` (and nothing, for ``amplitude``). A pure function of its tensors, so the adapter may compile it
+    with the forward pass (``xe.built_scores``); Sobol and HSIC share it."""
+
+    def build(rows: ep.Tensor, low: ep.Tensor, *reference: ep.Tensor) -> ep.Tensor:
+        masks = xe.upsample_cells(low, positions)
+        ref = reference[0] if reference else baseline
+        return xe.perturb(rows, masks, channel_axis, perturbation, ref, amplitude_sigma)
+
+    return build
+
+
+def cell_mask_scores(
+    adapter: xe.ModelAdapter, build: Callable[..., ep.Tensor], x: ep.Tensor, reference: ep.Tensor | float,
+    low: np.ndarray, targets: Targets, items: np.ndarray,
+) -> ep.Tensor:
+    """The target scores ``(B,)`` of the images ``items`` of ``x`` perturbed by the cells
+    ``low`` through :func:`cell_mask_builder`'s ``build``, as one built pass."""
+    tensors = [adapter.broadcast_rows(x, items), adapter.from_numpy(x, low)]
+    if isinstance(reference, ep.Tensor):
+        tensors.append(adapter.broadcast_rows(reference, items))
+    return xe.built_scores(adapter, build, *tensors, targets=targets, items=items)
 
 
 def check_perturbation(perturbation: str, x: ep.Tensor, method: str) -> None:
