@@ -105,7 +105,7 @@ def irfft2(real: ep.Tensor, imag: ep.Tensor, matrices: tuple[ep.Tensor, ...]) ->
         >>> mats = [ep.astensor(m) for m in inverse_dft_matrices(8, 8)]
         >>> irfft2(ep.astensor(re), ep.astensor(im), mats).shape      # (..., 8, 8)
     """
-    ch, sh, cw, sw = matrices
+    ch, sh, cw, sw = matrices[:4]
     yr = xe.matmul(ch, real) - xe.matmul(sh, imag)  # inverse complex DFT along the rows
     yi = xe.matmul(sh, real) + xe.matmul(ch, imag)
     return xe.matmul(yr, cw) - xe.matmul(yi, sw)  # inverse real DFT along the columns
@@ -138,9 +138,23 @@ def sin_cos(t: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor]:
     return s * r, c
 
 
-def _standardize(t: ep.Tensor) -> ep.Tensor:
+def _standardize(t: ep.Tensor) -> tuple[ep.Tensor, tuple[ep.Tensor, ep.Tensor]]:
+    """``(t − mean) / (std + ε)`` (population std, over everything), and what its backward
+    needs."""
     centred = t - t.mean()
-    return centred / ((centred * centred).mean().sqrt() + _STD_EPS)
+    std = (centred * centred).mean().sqrt()
+    return centred / (std + _STD_EPS), (centred, std)
+
+
+def _standardize_backward(grad: ep.Tensor, saved: tuple[ep.Tensor, ep.Tensor]) -> ep.Tensor:
+    """The gradient with respect to ``t`` of :func:`_standardize` given ``grad`` for its output:
+    with ``c = t − mean t``, ``d = std + ε`` and ``n`` values,
+    ``∂/∂c = grad / d − c · Σ(grad · c) / (d² · std · n)``, then centred (``∂c/∂t``)."""
+    centred, std = saved
+    d = std + _STD_EPS
+    n = float(np.prod(centred.shape))
+    by_centred = grad / d - centred * ((grad * centred).sum() / (d * d * std * n))
+    return by_centred - by_centred.mean()
 
 
 class Maco(xe.FeatureVisualization):
@@ -152,10 +166,20 @@ class Maco(xe.FeatureVisualization):
     into ``values_range`` by a sigmoid. Each step, ``nb_crops`` random square crops (centres
     ``0.5 + N(0, 0.15)``, sides ``N(box, 0.05)`` clipped to ``[0.05, 1]``, ``box`` shrinking
     linearly from 0.5 to 0.05 unless ``box_size`` is given) are resized to the model's input
-    (bilinear, zero outside the image, as ``tf.image.crop_and_resize``), get
-    ``N(0, noise²) + U(−noise/2, noise/2)`` noise, and the mean objective over the crops is
-    maximised by Adam on ``φ``; ``|∂objective/∂image|`` is summed over the steps into the
-    transparency map.
+    (bilinear, as ``tf.image.crop_and_resize``), get ``N(0, noise²) + U(−noise/2, noise/2)``
+    noise, and the mean objective over the crops is maximised by Adam on ``φ``;
+    ``|∂objective/∂image|`` is summed over the steps into the transparency map.
+
+    Where a crop reaches outside the image it takes the middle of ``values_range``.
+    ``tf.image.crop_and_resize`` (Xplique) fills with zero: the middle of Xplique's default
+    ``(-1, 1)``, so the same there, but black for a ``(0, 1)`` model, whose crops then carry
+    hard black borders and corners the visualisation has to fight (on the demo model they cost
+    the circle and triangle visualisations probability: see ``docs/concepts/maco.md``).
+
+    To visualise a class so that the model *recognises* it, maximise
+    ``xt.Objective.log_probability(k)``, not the logit: a logit can rise with other classes'
+    logits (on the demo model the triangle and cross logits' visualisations are classified as
+    ring).
 
     Args:
         nb_steps: optimisation steps (Xplique: 256).
@@ -164,14 +188,16 @@ class Maco(xe.FeatureVisualization):
         nb_crops: crops per step (Xplique: 32); at most ``batch_size`` go through the model
             at once.
         box_size: the mean relative side of the crops, or ``None`` for the schedule.
-        noise: strength of the noise added to the crops (Xplique: 0.08).
+        noise: strength of the noise added to the crops, in the model's input units
+            (Xplique: 0.08, for its ``(-1, 1)`` range; the same relative strength is 0.04 for
+            a ``(0, 1)`` model).
         values_range: ``(low, high)`` of the image: the model's input range (Xplique:
             ``(-1, 1)``; ``(0, 1)`` for models taking images in ``[0, 1]``).
         seed: the initial phase and every crop and noise draw.
 
     Example:
-        >>> maco = xt.featurevis("maco", model, values_range=(0, 1))
-        >>> vis = maco(xt.Objective.logit(3), input_shape=(3, 224, 224))
+        >>> maco = xt.featurevis("maco", model, values_range=(0, 1), noise=0.04)
+        >>> vis = maco(xt.Objective.log_probability(3), input_shape=(3, 224, 224))
         >>> vis.plot().savefig("maco.png")
     """
 
@@ -210,13 +236,40 @@ class Maco(xe.FeatureVisualization):
     # -- the image ---------------------------------------------------------------------
     def image(self, phase: ep.Tensor, r: ep.Tensor, matrices: tuple[ep.Tensor, ...]) -> ep.Tensor:
         """The image ``(1, C, H, W)`` (channels first) of the phase ``φ`` ``(1, C, H, W//2+1)``."""
-        s, c = sin_cos(_standardize(phase))
-        x = _standardize(irfft2(r * c, r * s, matrices))
+        return self._image(phase, r, matrices)[0]
+
+    def _image(self, phase: ep.Tensor, r: ep.Tensor, matrices: tuple[ep.Tensor, ...]) -> tuple[ep.Tensor, tuple[Any, ...]]:
+        """The image and what :meth:`_phase_gradient` needs of its computation."""
+        standard_phase, saved_phase = _standardize(phase)
+        s, c = sin_cos(standard_phase)
+        x, saved_image = _standardize(irfft2(r * c, r * s, matrices))
         if x.shape[1] == 3:
             colours = xe.on_device(x, ("maco-colours",), COLOR_CORRELATION)
             x = xe.matmul(x.transpose((0, 2, 3, 1)), colours).transpose((0, 3, 1, 2))
         low, high = self.values_range
-        return low + (high - low) * 0.5 * (ep.tanh(0.5 * x) + 1.0)  # the sigmoid, overflow-free
+        image = low + (high - low) * 0.5 * (ep.tanh(0.5 * x) + 1.0)  # the sigmoid, overflow-free
+        return image, (saved_phase, s, c, saved_image)
+
+    def _phase_gradient(
+        self, image: ep.Tensor, grad_image: ep.Tensor, r: ep.Tensor, matrices: tuple[ep.Tensor, ...],
+        saved: tuple[Any, ...],
+    ) -> ep.Tensor:
+        """``(∂image/∂φ)ᵀ grad_image``, backward through :meth:`_image` by hand: what a tape
+        gives (checked by the tests), from the forward's values instead of a second forward
+        and the tape's walk back through the trigonometry's polynomials (a third of a step's
+        operations; eager TensorFlow pays per operation)."""
+        saved_phase, s, c, saved_image = saved
+        low, high = self.values_range
+        grad = grad_image * (image - low) * (high - image) / (high - low)  # the sigmoid's slope
+        if grad.shape[1] == 3:
+            colours_t = xe.on_device(grad, ("maco-colours-t",), np.ascontiguousarray(COLOR_CORRELATION.T))
+            grad = xe.matmul(grad.transpose((0, 2, 3, 1)), colours_t).transpose((0, 3, 1, 2))
+        grad = _standardize_backward(grad, saved_image)
+        ch, sh, _, _, cw_t, sw_t = matrices  # ch and sh are symmetric
+        by_cw, by_sw = xe.matmul(grad, cw_t), xe.matmul(grad, sw_t)
+        grad_real = xe.matmul(ch, by_cw) - xe.matmul(sh, by_sw)
+        grad_imag = -(xe.matmul(sh, by_cw) + xe.matmul(ch, by_sw))
+        return _standardize_backward(r * (grad_imag * c - grad_real * s), saved_phase)
 
     # -- the optimisation --------------------------------------------------------------
     def visualize(
@@ -228,10 +281,7 @@ class Maco(xe.FeatureVisualization):
         input_size = xe.image_size(like, axis, self.name)
         height, width = self.image_size
         r = adapter.from_numpy(like, magnitude(channels, height, width)[None])
-        matrices = tuple(
-            xe.on_device(like, ("maco-idft", height, width, k), m)
-            for k, m in enumerate(inverse_dft_matrices(height, width))
-        )
+        matrices = _matrices_on_device(like, height, width)
         rng = np.random.default_rng(self.seed)
         phase = adapter.from_numpy(like, xe.standard_normal(rng, (1, channels, height, width // 2 + 1)))
         m, s = ep.zeros_like(phase), ep.zeros_like(phase)
@@ -239,17 +289,12 @@ class Maco(xe.FeatureVisualization):
         history = []
         steps = xe.progress(range(self.nb_steps), enabled=self.progress, total=self.nb_steps, desc=self.name)
         for step in steps:
-            image = self.image(phase, r, matrices)
+            image, saved = self._image(phase, r, matrices)
             value, grad_image = self._crops_gradient(image, score, step, input_size)
             transparency = transparency + grad_image.abs()
             history.append(value)
-
-            def through_image(p: ep.Tensor, g: ep.Tensor = grad_image) -> ep.Tensor:
-                # ∂objective/∂φ = (∂image/∂φ)ᵀ ∂objective/∂image: one pass through the
-                # parametrisation only, the model is not run again.
-                return (self.image(p, r, matrices) * g).sum(axis=(1, 2, 3))
-
-            _, grad_phase = adapter.value_and_grad(through_image, phase)
+            # ∂objective/∂φ = (∂image/∂φ)ᵀ ∂objective/∂image: the model is not run again.
+            grad_phase = self._phase_gradient(image, grad_image, r, matrices, saved)
             phase, m, s = adam_step(phase, -grad_phase, m, s, step + 1, self.lr)  # ascent
         image = self.image(phase, r, matrices)
         model_input = xe.resize(image, input_size, "bilinear")
@@ -271,6 +316,10 @@ class Maco(xe.FeatureVisualization):
         image, the crops going through the model ``batch_size`` at a time."""
         adapter = self.adapter
         rows, cols, noise = self.draws(step, image.shape[1], image.shape[2:], input_size)
+        # Outside the image the crops take the middle of values_range: crop_and_resize fills
+        # with zero, which is the middle of Xplique's (-1, 1) but black for (0, 1) (see
+        # ``Maco``); the crop is linear, so shifting by the middle moves only the fill.
+        middle = 0.5 * (self.values_range[0] + self.values_range[1])
         total, grad = None, None
         for start in range(0, self.nb_crops, self.batch_size):
             part = slice(start, min(start + self.batch_size, self.nb_crops))
@@ -282,7 +331,7 @@ class Maco(xe.FeatureVisualization):
                 z: ep.Tensor, by_row: tuple[ep.Tensor, ...] = by_row, by_col: tuple[ep.Tensor, ...] = by_col,
                 extra: ep.Tensor = extra,
             ) -> ep.Tensor:
-                crops = crop_and_resize(z, by_row, by_col, input_size) + extra
+                crops = crop_and_resize(z - middle, by_row, by_col, input_size) + (extra + middle)
                 crops = crops if adapter.channel_axis == 1 else crops.transpose((0, 2, 3, 1))
                 return (score(crops).sum() / self.nb_crops).reshape((1,))
 
@@ -341,6 +390,16 @@ class _Sampling:
             offset = (np.arange(len(low)) * self.size)[:, None]
             low, high = low + offset, high + offset
         return low.ravel(), high.ravel(), self.w_low[crops].ravel(), self.w_high[crops].ravel()
+
+
+def _matrices_on_device(like: ep.Tensor, height: int, width: int) -> tuple[ep.Tensor, ...]:
+    """:func:`inverse_dft_matrices` beside ``like`` (cached), with the transposes of the
+    column matrices for :meth:`Maco._phase_gradient`."""
+    ch, sh, cw, sw = inverse_dft_matrices(height, width)
+    return tuple(
+        xe.on_device(like, ("maco-idft", height, width, k), np.ascontiguousarray(m))
+        for k, m in enumerate((ch, sh, cw, sw, cw.T, sw.T))
+    )
 
 
 def crop_and_resize(image: ep.Tensor, rows: tuple[ep.Tensor, ...], cols: tuple[ep.Tensor, ...], out: tuple[int, int]) -> ep.Tensor:

@@ -63,6 +63,27 @@ def test_only_the_phase_changes_the_magnitude_stays() -> None:
     np.testing.assert_allclose(kept, r[..., 1:-1], rtol=1e-3, atol=1e-3 * r.max())
 
 
+@pytest.mark.parametrize(("channels", "size"), [(3, (12, 10)), (1, (9, 7))])
+def test_the_phase_gradient_by_hand_is_the_tapes(framework: str, channels: int, size: tuple[int, int]) -> None:
+    """Each step goes back through the parametrisation by hand (the forward's values, no second
+    forward): it is what the framework's tape gives for the same forward."""
+    maco = xt.Maco(cnn(framework), **{**SMALL, "values_range": (-0.5, 2.0)})
+    adapter = maco.adapter
+    like = adapter.to_model(np.zeros((1, *_shape(framework)), np.float32))
+    rng = np.random.default_rng(3)
+    height, width = size
+    r = adapter.from_numpy(like, M.magnitude(channels, height, width)[None])
+    matrices = M._matrices_on_device(like, height, width)
+    phase = adapter.from_numpy(like, rng.normal(size=(1, channels, height, width // 2 + 1)).astype(np.float32))
+    grad_image = adapter.from_numpy(like, rng.normal(size=(1, channels, height, width)).astype(np.float32))
+    image, saved = maco._image(phase, r, matrices)
+    by_hand = xe.to_numpy(maco._phase_gradient(image, grad_image, r, matrices, saved))
+    _, by_tape = adapter.value_and_grad(lambda p: (maco.image(p, r, matrices) * grad_image).sum(axis=(1, 2, 3)), phase)
+    by_tape = xe.to_numpy(by_tape)
+    assert np.abs(by_tape).max() > 0
+    np.testing.assert_allclose(by_hand, by_tape, rtol=1e-4, atol=1e-5 * np.abs(by_tape).max())
+
+
 def test_image_lies_in_values_range_and_crops_are_tensorflows(tf: Any) -> None:
     rng = np.random.default_rng(0)
     image = rng.random((1, 3, 20, 30)).astype(np.float32)
@@ -77,6 +98,34 @@ def test_image_lies_in_values_range_and_crops_are_tensorflows(tf: Any) -> None:
             tuple(ep.astensor(a) for a in cols.part(part, stacked=True)), (11, 13),
         ).numpy()
         np.testing.assert_allclose(crops, expected[part].transpose(0, 3, 1, 2), atol=1e-5)
+
+
+@pytest.mark.parametrize(("values_range", "middle"), [((0.0, 1.0), 0.5), ((-1.0, 1.0), 0.0), ((-0.5, 2.5), 1.0)])
+def test_crops_reaching_outside_the_image_take_the_middle_of_values_range(
+    framework: str, values_range: tuple[float, float], middle: float
+) -> None:
+    """crop_and_resize fills with zero, the middle of Xplique's (-1, 1) but black for (0, 1):
+    here the fill is the middle of values_range. Canvas-sized crops of a uniform image at
+    ``low`` (noise off) move off the canvas (centres 0.5 + N(0, 0.15)): every pixel is ``low``
+    inside or ``middle`` outside, and both occur; the gradient flows from the inside only."""
+    maco = xt.Maco(cnn(framework), **{**SMALL, "box_size": 1.0, "noise": 0.0, "nb_crops": 6, "values_range": values_range})
+    adapter = maco.adapter
+    low = values_range[0]
+    like = adapter.to_model(np.zeros((1, *_shape(framework)), np.float32))
+    image = adapter.from_numpy(like, np.full((1, 3, 24, 24), low, np.float32))
+    seen: list[np.ndarray] = []
+
+    def record(crops: ep.Tensor) -> ep.Tensor:
+        seen.append(xe.to_numpy(crops))
+        return crops.sum(axis=(1, 2, 3))
+
+    _, grad = maco._crops_gradient(image, record, step=0, input_size=(16, 16))
+    crops = np.concatenate(seen)
+    inside = np.isclose(crops, low, atol=1e-6)
+    outside = np.isclose(crops, middle, atol=1e-6)
+    assert np.all(inside | outside) and inside.any() and outside.any()
+    # Each inside pixel of a crop passes ∂/∂image of total weight 1 / nb_crops, outside ones 0.
+    np.testing.assert_allclose(float(xe.to_numpy(grad).sum()), inside.sum() / 6, rtol=1e-4)
 
 
 def test_the_shipped_spectrum_is_what_the_script_computes() -> None:
@@ -261,40 +310,54 @@ def test_plots(framework: str) -> None:
 
 
 # -- meaningfulness on the demo model -------------------------------------------------------------
-def _demo_ranks(framework: str, nb_steps: int, seed: int = 0) -> list[int]:
-    """For each class c: the rank (1 = first) of c in the demo model's logits on MACO's
-    visualisation of logit c, the image resized to the model's input."""
+#: MACO at the demo's scale (64 × 64 inputs in [0, 1]), as docs/concepts/maco.md explains: the
+#: canvas is the model's input, so the crops are canvas-sized (objects at the scale the model
+#: was trained on; Xplique's schedule ends at crops of 0.05 of the canvas, 3 pixels here), and
+#: the noise is Xplique's 0.08 relative to its (-1, 1) range, 0.04 for (0, 1).
+DEMO_MACO = {"image_size": 64, "box_size": 1.0, "noise": 0.04, "nb_crops": 8, "values_range": (0.0, 1.0)}
+
+
+def _demo_verdicts(framework: str, objective: Any, nb_steps: int, seed: int) -> list[tuple[int, float]]:
+    """For each class c: the rank (1 = first) of c and its softmax probability in the demo
+    model's outputs on MACO's visualisation of ``objective(c)``, the image as the model's input."""
     from xai_toolbox.demo import CLASS_NAMES, load_demo_model
 
     model = load_demo_model(framework)
     adapter = xt.adapt(model)
-    maco = xt.featurevis(
-        "maco", model, nb_steps=nb_steps, nb_crops=4, image_size=64, box_size=0.8, values_range=(0.0, 1.0), seed=seed
-    )
-    ranks = []
+    maco = xt.featurevis("maco", model, nb_steps=nb_steps, seed=seed, **DEMO_MACO)
+    verdicts = []
     for label in range(len(CLASS_NAMES)):
-        vis = maco(xt.Objective.logit(label), _shape(framework, 64))
-        logits = as_numpy(adapter.forward(adapter.to_model(vis.model_input)))[0]
-        ranks.append(int((logits > logits[label]).sum()) + 1)
-    return ranks
+        vis = maco(objective(label), _shape(framework, 64))
+        logits = as_numpy(adapter.forward(adapter.to_model(vis.model_input)))[0].astype(np.float64)
+        probabilities = np.exp(logits - logits.max())
+        probabilities /= probabilities.sum()
+        verdicts.append((int((logits > logits[label]).sum()) + 1, round(float(probabilities[label]), 4)))
+    return verdicts
 
 
-def test_demo_logit_visualisations_are_recognised(pytestconfig: pytest.Config) -> None:
-    """The model's own verdict on MACO's visualisation of each class logit: the class is in its
-    top two of five for every class (all five by chance: 1 %). Measured: first for circle and
-    ring, second for square (after circle), triangle and cross (after ring), for every seed
-    tried — the ring row of the demo's last layer has the largest norm and is correlated with the
-    triangle and cross rows, so raising their logits raises ring's more."""
-    frameworks = pytestconfig.frameworks  # type: ignore[attr-defined]
-    framework = "torch" if "torch" in frameworks else frameworks[0]  # the faster one (twins agree)
-    ranks = _demo_ranks(framework, nb_steps=24)
-    assert max(ranks) <= 2, f"rank of each class on its own visualisation: {ranks}"
+def test_demo_class_visualisations_are_recognised(framework: str) -> None:
+    """Issue #17: the model classifies MACO's visualisation of each class as that class with
+    high confidence — every class first, probability at least 0.9, for two seeds. The objective
+    is the class's log-probability (a logit is no contrast: the triangle and cross logits'
+    visualisations come out as ring). Measured at these 24 steps, both frameworks (the twins
+    agree to 0.001): lowest 0.967 (seed 0, circle) and 0.943 (seed 1, square); over seeds 0-5
+    the lowest is 0.924. Without the optimisation the five images would be one (the initial
+    phase depends on the seed alone), so at most one class could pass."""
+    for seed in (0, 1):
+        verdicts = _demo_verdicts(framework, xt.Objective.log_probability, nb_steps=24, seed=seed)
+        assert all(rank == 1 and p >= 0.9 for rank, p in verdicts), f"seed {seed}, (rank, probability) per class: {verdicts}"
 
 
 @pytest.mark.slow
-def test_demo_logit_visualisations_are_recognised_at_more_steps(framework: str, pytestconfig: pytest.Config) -> None:
+def test_demo_class_visualisations_at_more_steps(framework: str, pytestconfig: pytest.Config) -> None:
+    """With 64 steps and four seeds every class's visualisation is classified as the class with
+    probability at least 0.95 (measured: lowest 0.967, seed 3, circle); the logits'
+    visualisations have their class in the top two of five (all five by chance: 1 %), and
+    triangle and cross not first (ring is: its row of the last layer has the largest norm)."""
     if "slow" not in (pytestconfig.getoption("markexpr") or ""):
-        pytest.skip("slow (a minute): run with -m slow")  # as tests/test_reliability_long_runs.py
-    for seed in (0, 1):
-        ranks = _demo_ranks(framework, nb_steps=64, seed=seed)
-        assert max(ranks) <= 2 and ranks[0] == ranks[4] == 1, f"seed {seed}: {ranks}"
+        pytest.skip("slow (a minute or two): run with -m slow")  # as tests/test_reliability_long_runs.py
+    for seed in range(4):
+        verdicts = _demo_verdicts(framework, xt.Objective.log_probability, nb_steps=64, seed=seed)
+        assert all(rank == 1 and p >= 0.95 for rank, p in verdicts), f"seed {seed}: {verdicts}"
+    ranks = [rank for rank, _ in _demo_verdicts(framework, xt.Objective.logit, nb_steps=64, seed=0)]
+    assert max(ranks) <= 2 and ranks[2] == ranks[3] == 2, f"logit objective, ranks per class: {ranks}"
