@@ -12,8 +12,9 @@ Writes:
   8 crops holding the most of each (CRAFT at ``relu3`` on 16 held-out triangles);
 * ``craft_importances.png``: their importances (Sobol total indices);
 * ``craft_maps.png``: where the 3 most important concepts lie in four of the triangles;
-* ``maco.png``: MACO's visualisation of each class logit of the demo model, with and without
-  the transparency map;
+* ``maco.png``: MACO's visualisation of each class of the demo model (its log-probability, at
+  the demo's scale: tests/test_maco.py's settings with more steps), with and without the
+  transparency map;
 * ``maco_concept.png``: MACO's visualisation of the most important triangle concept (a direction
   in ``relu3``).
 
@@ -51,6 +52,9 @@ CLASS = CLASS_NAMES.index("triangle")
 #: The settings of the pictures (also quoted on the pages).
 CRAFT_PARAMS = {"layer": "relu3", "number_of_concepts": 8, "patch_size": 32, "nb_crops": 8, "nb_design": 32, "batch_size": 256}
 MACO_PARAMS = {"nb_steps": 128, "image_size": 96, "nb_crops": 8, "values_range": (0.0, 1.0), "batch_size": 64}
+#: The class pictures: the canvas is the model's input, crops the canvas's size, the noise
+#: Xplique's relative to a (0, 1) range (see docs/concepts/maco.md, "The demo model").
+MACO_CLASS_PARAMS = {**MACO_PARAMS, "image_size": 64, "box_size": 1.0, "noise": 0.04}
 
 
 def save(fig: matplotlib.figure.Figure, name: str, out: Path) -> None:
@@ -78,11 +82,16 @@ def main(argv: list[str] | None = None) -> int:
         save(concepts.plot_attribution_maps(images[chosen[:4]], top=3), "craft_maps.png", args.out)
     if args.only != "craft":  # the concept picture needs the concepts above
         shape = images.shape[1:]
-        maco = xt.featurevis("maco", model, **MACO_PARAMS)
-        visualizations = [maco(xt.Objective.logit(c), shape) for c in range(len(CLASS_NAMES))]
-        save(plot_concepts.featurevis_grid(visualizations, titles=list(CLASS_NAMES), both=True), "maco.png", args.out)
+        classes = xt.featurevis("maco", model, **MACO_CLASS_PARAMS)
+        visualizations = [classes(xt.Objective.log_probability(c), shape) for c in range(len(CLASS_NAMES))]
+        adapter = xt.adapt(model)  # the model's verdict on each picture, in its title
+        logits = np.concatenate([adapter.to_numpy(adapter.forward(adapter.to_model(v.model_input))) for v in visualizations])
+        probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        titles = [f"{name} (p = {probabilities[c, c]:.2f})" for c, name in enumerate(CLASS_NAMES)]
+        save(plot_concepts.featurevis_grid(visualizations, titles=titles, both=True), "maco.png", args.out)
         best = int(concepts.order[0])
-        vis = maco(xt.Objective.direction("relu3", concepts.bank[best]), shape)
+        vis = xt.featurevis("maco", model, **MACO_PARAMS)(xt.Objective.direction("relu3", concepts.bank[best]), shape)
         save(vis.plot(title=f"triangle concept {best} (relu3)"), "maco_concept.png", args.out)
     return 0
 
