@@ -63,34 +63,23 @@ def run(
     cpu_start = cpu_times()
     bench = Workbench(cfg)
     results["model"] = model_info(cfg, bench)
-    if "overhead" in sections:
-        results["overhead"] = []
-        for case in cfg.overhead:
-            log(f"[overhead] {case.name} ...")
-            row = run_overhead_case(case, bench, cfg, "bare forward passes")
+    # The sections that time a method against the same passes run another way: (section,
+    # results key, cases, what the passes are compared with, ours compiled).
+    timed_sections = (
+        ("overhead", "overhead", cfg.overhead, "bare forward passes", False),
+        ("naive", "naive", cfg.overhead, NAIVE, False),
+        ("naive-compiled", "naive_compiled", cfg.overhead, NAIVE, True),
+        ("gradients", "gradients", cfg.gradients, "bare forward+backward passes", False),
+    )
+    for section, key, cases, reference, compiled in timed_sections:
+        if section not in sections:
+            continue
+        results[key] = []
+        for case in cases:
+            log(f"[{section}] {case.name} ...")
+            row = run_overhead_case(case, bench, cfg, reference, compiled=compiled)
             log_row(row)
-            results["overhead"].append(row)
-    if "naive" in sections:
-        results["naive"] = []
-        for case in cfg.overhead:
-            log(f"[naive] {case.name} ...")
-            row = run_overhead_case(case, bench, cfg, NAIVE)
-            log_row(row)
-            results["naive"].append(row)
-    if "naive-compiled" in sections:
-        results["naive_compiled"] = []
-        for case in cfg.overhead:
-            log(f"[naive-compiled] {case.name} ...")
-            row = run_overhead_case(case, bench, cfg, NAIVE, compiled=True)
-            log_row(row)
-            results["naive_compiled"].append(row)
-    if "gradients" in sections:
-        results["gradients"] = []
-        for case in cfg.gradients:
-            log(f"[gradients] {case.name} ...")
-            row = run_overhead_case(case, bench, cfg, "bare forward+backward passes")
-            log_row(row)
-            results["gradients"].append(row)
+            results[key].append(row)
     if "peers" in sections and cfg.peers:
         results["peers"] = []
         peer_bench = Workbench(cfg, n_images=cfg.peer_images)
