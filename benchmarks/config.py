@@ -136,11 +136,11 @@ class Config:
 def default_config(framework: str, device: str = "cpu", *, quick: bool = False, out: str = "bench-out") -> Config:
     """The settings of ``python -m benchmarks`` (``quick``: a smaller workload, same protocol)."""
     if quick:
-        n, rise, sobol_design, hsic, steps, mu = 2, 128, 2, 128, 64, 128
+        n, rise, sobol_design, hsic, steps, mu = 2, 128, 4, 128, 64, 128
         ig_steps, sg_samples = 32, 32
         memory = [
             MemoryCase("rise", "nb_samples", (128, 1024), {"grid_size": 7, "seed": 0}),
-            MemoryCase("sobol", "nb_design", (2, 16), {"grid_size": 8, "seed": 0}),
+            MemoryCase("sobol", "nb_design", (4, 32), {"grid_size": 8, "seed": 0}),
         ]
         peer_images = 4
     else:

@@ -201,6 +201,14 @@ class SobolAttribution(PerturbationMethod):
         self.nb_design = nb_design if nb_design == xe.AUTO else xe.power_of_two("nb_design", nb_design)
         if self.nb_design != xe.AUTO and self.nb_design < 2:
             raise xt.ParameterError("nb_design must be at least 2 (the estimator needs a variance)")
+        if self.nb_design == 2 and self.sampler == "sobol":
+            # The unscrambled sequence's first two points are constant (all 0, all 0.5): A and B
+            # agree on every cell, so every index would be exactly 0.
+            raise xt.ParameterError(
+                "nb_design=2 of the unscrambled Sobol sequence gives a map of zeros (its first two "
+                "points are constant, so no cell is ever resampled): use nb_design >= 4, or "
+                "sampler='scrambled' or 'random'"
+            )
         self.perturbation, self.blur_size, self.amplitude_sigma, self.baseline = xe.perturbation_params(
             perturbation, blur_size, amplitude_sigma, baseline
         )

@@ -190,3 +190,18 @@ def test_sobol_is_deterministic_and_counts_forward_passes() -> None:
     assert sum(calls[1:]) == 2 * 8 * (16 + 1)  # N (d + 1) forward passes per image (B unused)
     assert max(calls) <= 50
     np.testing.assert_array_equal(explainer(x, [0, 1]), first)
+
+
+def test_two_unscrambled_points_are_refused_and_scrambled_ones_are_not() -> None:
+    """The unscrambled sequence starts with two constant points (all 0, all 0.5): with
+    ``nb_design=2`` no cell is ever resampled and every index would be 0, so it is refused;
+    scrambled points differ between A and B, and give a map."""
+    model = linear_numpy(np.random.default_rng(0).normal(size=(3, 8, 8)))
+    x = np.random.default_rng(1).random((1, 3, 8, 8), dtype=np.float32)
+    ab = sobol_design(2, 2 * 16)
+    np.testing.assert_array_equal(ab[:, :16], ab[:, 16:])  # why: A and B agree on every cell
+    with pytest.raises(xt.ParameterError, match="nb_design=2 of the unscrambled"):
+        xt.SobolAttribution(model, grid_size=4, nb_design=2)
+    scrambled = xt.SobolAttribution(model, grid_size=4, nb_design=2, sampler="scrambled")(x, [0])
+    assert np.abs(scrambled).max() > 0
+    assert np.abs(xt.SobolAttribution(model, grid_size=4, nb_design=4)(x, [0])).max() > 0
