@@ -1,0 +1,109 @@
+"""Section c, a variance-reduction attempt for Sobol: a linear surrogate as control variate.
+
+``python -m benchmarks.sobol_surrogate --points 1024 --images 3`` (PyTorch, CPU; about 3 minutes
+per image on 2 idle cores): on the benchmark ResNet (random weights, 64×64, 8×8 cells, the
+``inpainting`` masks of :class:`~xai_toolbox.SobolAttribution` with baseline 0), the outputs of the
+whole unscrambled design of ``--points`` points (its prefixes are the smaller designs), then for
+each prefix ``N`` the correlation of the map with the full design's Jansen map, for
+
+* **jansen**: the method's estimator, the mean of ``(y_A - y_C(i))² / 2``;
+* **surrogate**: the same with a control variate. A linear model ``h(m) = c + w·m`` of the score
+  in the cell values, fitted by least squares on the ``N (d + 1)`` evaluations, has known total
+  indices (``w_i² / 12`` for uniform cells), so ``mean((Δy)² − (Δh)²) / 2 + w_i² / 12`` estimates
+  the same quantity; it helps as far as the score is additive in the cells.
+
+The score's share of variance that the linear model explains is printed per image. Nothing here
+changes the method: it records whether this estimator would reach r = 0.99 in fewer passes
+(``docs/benchmarks.md``, "Quality per forward pass").
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from xai_toolbox.plugins.sobol import jansen_total_order, sobol_design
+
+from .models import resnet
+
+
+def scores(model, image, masks: np.ndarray, target: int, grid: int, batch: int = 256) -> np.ndarray:  # noqa: ANN001
+    """The target logit of ``image`` masked by each row of cell values (nearest upsampling)."""
+    import torch
+
+    size = image.shape[-1]
+    out = []
+    with torch.no_grad():
+        for k in range(0, len(masks), batch):
+            m = torch.from_numpy(masks[k : k + batch].reshape(-1, 1, grid, grid).astype(np.float32))
+            m = m.repeat_interleave(size // grid, 2).repeat_interleave(size // grid, 3)
+            out.append(model(image * m)[:, target])
+    return torch.cat(out).double().numpy()
+
+
+def surrogate_indices(a: np.ndarray, b: np.ndarray, y_a: np.ndarray, y_c: np.ndarray) -> np.ndarray:
+    """Jansen's total-order numerators with a fitted linear model as control variate (see the
+    module docstring), divided by the same output variance as :func:`jansen_total_order`."""
+    n, d = a.shape
+    rows = [a] + [np.where(np.arange(d) == i, b, a) for i in range(d)]
+    design = np.concatenate(rows)
+    values = np.concatenate([y_a, *y_c])
+    coef, *_ = np.linalg.lstsq(np.c_[np.ones(len(design)), design], values, rcond=None)
+    w = coef[1:]
+    dy2 = (y_a[None] - y_c) ** 2
+    dh2 = (w[:, None] * (a - b).T) ** 2
+    variance = max(float(np.var(y_a, ddof=1)), 1e-12)
+    return ((dy2 - dh2).mean(1) / 2 + w**2 / 12) / variance
+
+
+def linear_share(a: np.ndarray, y_a: np.ndarray, b: np.ndarray, y_c: np.ndarray) -> float:
+    """The share of the score's variance over the design ``A`` that the fitted linear model explains."""
+    n, d = a.shape
+    design = np.concatenate([a] + [np.where(np.arange(d) == i, b, a) for i in range(d)])
+    values = np.concatenate([y_a, *y_c])
+    x1 = np.c_[np.ones(len(design)), design]
+    coef, *_ = np.linalg.lstsq(x1, values, rcond=None)
+    return float(np.var(np.c_[np.ones(n), a] @ coef) / np.var(y_a))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.sobol_surrogate", description=__doc__.splitlines()[0])
+    p.add_argument("--points", type=int, default=1024, help="the full design (a power of two): the reference")
+    p.add_argument("--images", type=int, default=3)
+    p.add_argument("--grid", type=int, default=8)
+    p.add_argument("--size", type=int, default=64)
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(2)
+    model = resnet("torch", size=args.size).eval()
+    d = args.grid**2
+    ab = sobol_design(args.points, 2 * d)
+    a, b = ab[:, :d], ab[:, d:]
+    rng = np.random.default_rng(0)
+    prefixes = [n for n in (8, 16, 32, 64, 128, 256) if n < args.points]
+    print("| image | linear share | N | passes | jansen r | surrogate r |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for index in range(args.images):
+        image = torch.from_numpy(rng.random((1, 3, args.size, args.size), dtype=np.float32))
+        with torch.no_grad():
+            target = int(model(image).argmax())
+        start = time.perf_counter()
+        y_a = scores(model, image, a, target, args.grid)
+        y_c = np.stack([scores(model, image, np.where(np.arange(d) == i, b, a), target, args.grid) for i in range(d)])
+        seconds = time.perf_counter() - start
+        reference = jansen_total_order(y_a, y_c.reshape(-1), args.points)
+        share = linear_share(a, y_a, b, y_c)
+        for n in prefixes:
+            plain = jansen_total_order(y_a[:n], y_c[:, :n].reshape(-1), n)
+            cv = surrogate_indices(a[:n], b[:n], y_a[:n], y_c[:, :n])
+            r_plain = np.corrcoef(plain, reference)[0, 1]
+            r_cv = np.corrcoef(cv, reference)[0, 1]
+            print(f"| {index} | {share:.2f} | {n} | {n * (d + 1)} | {r_plain:.3f} | {r_cv:.3f} |", flush=True)
+        print(f"<!-- image {index}: {args.points * (d + 1)} passes in {seconds:.0f} s -->", flush=True)
+
+
+if __name__ == "__main__":
+    main()
