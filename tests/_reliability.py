@@ -36,6 +36,44 @@ def cli_many(cases: Mapping[str, Sequence[Any]], cwd: Path, timeout: float = 300
     return done
 
 
+def communicate_or_explain(proc: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """``proc.communicate(timeout=timeout)``; if the process is still running then, the test
+    fails with what each of its threads was doing (state and kernel wait channel from
+    ``/proc``, and Python's stacks: it runs with ``PYTHONFAULTHANDLER=1`` when started with
+    :data:`FAULT_ENV`, and is aborted to print them) instead of a bare ``TimeoutExpired``."""
+    import signal
+
+    import pytest
+
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    threads = []
+    for task in sorted(Path(f"/proc/{proc.pid}/task").glob("*")):
+        try:
+            comm = (task / "comm").read_text().strip()
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            wchan = (task / "wchan").read_text().strip()
+        except OSError:
+            continue
+        threads.append(f"{task.name} {comm} state={state} wchan={wchan}")
+    proc.send_signal(signal.SIGABRT)
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    pytest.fail(
+        f"still running after {timeout} s; threads:\n" + "\n".join(threads)
+        + f"\nstdout:\n{out[-2000:]}\nstderr (Python's stacks after SIGABRT):\n{err[-6000:]}"
+    )
+
+
+#: The environment of a process whose stacks :func:`communicate_or_explain` may need.
+FAULT_ENV = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+
+
 def error_lines(stderr: str) -> list[str]:
     """The lines of ``stderr`` that are not warnings."""
     return [line for line in stderr.splitlines() if line and not line.startswith("xai-toolbox: warning:")]

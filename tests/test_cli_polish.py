@@ -3,6 +3,7 @@ class and layer were explained, constant maps flagged, warm-up kept out of the t
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -43,6 +44,37 @@ def test_native_start_up_noise_is_filtered_and_everything_else_kept() -> None:
         "E0000 00:00:17.5 1 other.cc:3] a real native error", "a Python warning",
         "no newline at the endafter",  # a partial line is passed on as it is, when the filter stops
     ]
+
+
+def test_a_hung_filtered_process_still_shows_its_stacks() -> None:
+    """With PYTHONFAULTHANDLER=1, the stacks dumped on SIGABRT reach the real stderr even while
+    the filter's thread cannot run (the main thread holds the GIL in a loop)."""
+    import signal
+    import time
+
+    script = textwrap.dedent("""
+        import os, sys
+        from xai_toolbox.backends.native_logs import native_logs_filtered
+        def spin_here():
+            while True:
+                pass
+        with native_logs_filtered():
+            os.write(1, b"ready\\n")
+            spin_here()
+    """)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGABRT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert b"Fatal Python error: Aborted" in err
+    assert b"in spin_here" in err
 
 
 def _scores(n_metrics: int) -> list[Any]:

@@ -15,7 +15,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _reliability import MARKING_FACTORY, cli_command, cli_many, error_lines, write_png_images
+from _reliability import (
+    FAULT_ENV,
+    MARKING_FACTORY,
+    cli_command,
+    cli_many,
+    communicate_or_explain,
+    error_lines,
+    write_png_images,
+)
 
 import xai_toolbox as xt
 
@@ -130,7 +138,7 @@ def test_non_utf8_file_names_and_ctrl_c(torch: Any, tmp_path: Path) -> None:
     slow = ["--method", "saliency", "--method", "rise", "--param", "rise.nb_samples=10000000", "--param", "rise.grid_size=4"]
     interrupted = subprocess.Popen(
         cli_command(["explain", "--model", "factory.py:build", *slow, "--out", "maps", "--no-progress", "imgs"]),
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=FAULT_ENV,
     )
     deadline = time.monotonic() + 240
     while not (tmp_path / "maps" / "img1_saliency.png").exists():  # saliency done, rise running
@@ -138,7 +146,7 @@ def test_non_utf8_file_names_and_ctrl_c(torch: Any, tmp_path: Path) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.2)
     interrupted.send_signal(signal.SIGINT)
-    _, err = interrupted.communicate(timeout=120)
+    _, err = communicate_or_explain(interrupted, timeout=120)
     assert interrupted.returncode == 130, err
     assert "interrupted; wrote 4 files (.npy maps and .png overlays) for saliency to maps" in err
     assert np.load(tmp_path / "maps" / "img0_saliency.npy").shape == (16, 16)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import faulthandler
 import os
 import re
 import threading
@@ -57,6 +58,11 @@ def filter_native_logs() -> Callable[[], None]:
         return lambda: None
     os.dup2(write_end, 2)
     os.close(write_end)
+    # A fault handler (PYTHONFAULTHANDLER, -X faulthandler) dumps stacks from a signal handler,
+    # when the filter's thread may never run again: it writes to the real stderr instead.
+    moved_faults = faulthandler.is_enabled()
+    if moved_faults:
+        faulthandler.enable(file=original, all_threads=True)
 
     def forward() -> None:
         with os.fdopen(read_end, "rb") as source:
@@ -78,6 +84,8 @@ def filter_native_logs() -> Callable[[], None]:
         sys.stderr.flush()
         os.dup2(original, 2)  # closes the pipe's last write end: the thread reads to the end
         thread.join(timeout=5.0)
+        if moved_faults:
+            faulthandler.enable(file=2, all_threads=True)
         os.close(original)
 
     atexit.register(stop)
