@@ -32,9 +32,28 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--width", type=int, default=None, help="base width of the ResNet (default 32)")
     p.add_argument("--quality-divisor", type=int, default=None,
                    help="quality section: divide every sample count by N (default 8 with --quick, else 1)")
+    p.add_argument("--ours", default="", metavar="OPTIONS",
+                   help="xplique section: our adapter's options, e.g. compile=true or "
+                        "memory_format=channels_last (default: xt.adapt's defaults)")
     p.add_argument("--render", default=None, metavar="JSON", help="only rewrite the Markdown of a results file")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)  # internal: one memory setting
     return p.parse_args(argv)
+
+
+def adapter_options(text: str) -> dict[str, object]:
+    """``"compile=true,memory_format=channels_last"`` → ``{"compile": True, "memory_format": "channels_last"}``.
+
+    Example:
+        >>> adapter_options("compile=true")
+        {'compile': True}
+    """
+    options: dict[str, object] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--ours: expected KEY=VALUE, got {item!r}")
+        options[key.strip()] = {"true": True, "false": False}.get(value.strip().lower(), value.strip())
+    return options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.quality_divisor = args.quality_divisor
     if args.width is not None:
         cfg.width = args.width
+    if args.ours:
+        cfg.xplique_adapter = adapter_options(args.ours)
     if args.only:
         keep = {n.strip() for n in args.only.split(",")}
         cfg.overhead = [c for c in cfg.overhead if c.name in keep]

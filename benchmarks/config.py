@@ -118,6 +118,9 @@ class Config:
     xplique_size: int = 64
     xplique_images: int = 2
     xplique_batch: int = 128
+    #: Options of our adapter in the Xplique section (``xt.adapt(model, **options)``), e.g.
+    #: ``{"compile": True}`` or ``{"memory_format": "channels_last"}``; empty: the defaults.
+    xplique_adapter: dict[str, Any] = field(default_factory=dict)
     #: Compilation (section ``compile``): cases timed eager and compiled.
     compiling: list[CompileCase] = field(default_factory=list)
     #: Quality (section ``quality``): every sample count divided by this (``None``: 8 with

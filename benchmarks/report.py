@@ -213,7 +213,8 @@ def _xplique_table(section: dict[str, Any], fw: str) -> list[str]:
     lines = [f"#### {title}", "",
              f"Xplique {env.get('xplique')} (TensorFlow {env.get('tensorflow')}{', torch ' + env['torch'] if env.get('torch') else ''})"
              f"{bridge}, in its own environment; {settings.get('n_images')} images of "
-             f"{settings.get('size')}×{settings.get('size')}, {settings.get('batch_size')} inputs per pass.", ""]
+             f"{settings.get('size')}×{settings.get('size')}, {settings.get('batch_size')} inputs per pass; "
+             f"ours on {_adapter_call(settings.get('ours') or {})}.", ""]
 
     def cells(r: dict[str, Any]) -> list[str]:
         if r["kind"] == "metric":
@@ -320,3 +321,9 @@ def _table(
         lines.append("| " + " | ".join(shown) + " |" + " |" * (len(columns) - len(shown)))
     lines.append("")
     return lines
+
+
+def _adapter_call(options: dict[str, Any]) -> str:
+    """How our side's model was adapted, as code: ``xt.adapt(model, compile=True)``."""
+    args = "".join(f", {k}={v!r}" for k, v in options.items())
+    return f"`xt.adapt(model{args})`"

@@ -121,7 +121,8 @@ def run_xplique(cfg: Config) -> dict[str, Any]:
         finally:
             worker.close()
     return {"status": "ok", "environment": worker.ready, "settings": {
-        "size": side.size, "n_images": side.n_images, "batch_size": side.batch_size}, "rows": rows}
+        "size": side.size, "n_images": side.n_images, "batch_size": side.batch_size,
+        "ours": dict(cfg.xplique_adapter)}, "rows": rows}
 
 
 def _write_inputs(cfg: Config, bench: Workbench, data: Path) -> None:
@@ -145,7 +146,10 @@ def _run_case(case: XpliqueCase, bench: Workbench, cfg: Config, worker: Worker, 
     cls, note = resolve(Case(case.name, case.kind), case.kind)
     if cls is None:
         return {**row, "status": "skipped", "note": note}
-    obj, notes = make(cls, bench, case.ours, cfg.batch_size)
+    import xai_toolbox as xt
+
+    model = xt.adapt(bench.model, **cfg.xplique_adapter) if cfg.xplique_adapter else None
+    obj, notes = make(cls, bench, case.ours, cfg.batch_size, model)
     row["params"] = {k: v for k, v in obj.get_params().items() if k not in ("score_fn", "progress", "framework")}
     row["notes"] = notes
     theirs_params = {**case.theirs, "batch_size": cfg.batch_size}

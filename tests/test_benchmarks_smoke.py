@@ -277,6 +277,20 @@ def test_new_sections_render_wellformed_tables(harness: Any) -> None:
     text = markdown(results)
     assert check_markdown_tables(text) == 5
     assert "2.00× (1.67–2.50)" in text and "8 calls" in text and "0.100 / 0.200" in text
+    assert "ours on `xt.adapt(model)`" in text
+    results["xplique"]["settings"]["ours"] = {"compile": True}
+    assert "ours on `xt.adapt(model, compile=True)`" in markdown(results)
+
+
+def test_our_adapter_options_for_the_xplique_section(harness: Any) -> None:
+    from benchmarks.__main__ import adapter_options, parse
+
+    assert adapter_options("compile=true, memory_format=channels_last") == {
+        "compile": True, "memory_format": "channels_last"}
+    assert adapter_options("") == {}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        adapter_options("compile")
+    assert parse(["--ours", "compile=true"]).ours == "compile=true"
 
 
 def test_quality_extrapolates_passes_by_the_monte_carlo_law(harness: Any) -> None:
