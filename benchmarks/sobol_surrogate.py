@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from xai_toolbox.plugins.sobol import jansen_total_order, sobol_design
+from xai_toolbox.plugins.sobol import jansen_total_order, replicated_design, sobol_design
 
 from .models import resnet
 
@@ -43,29 +43,31 @@ def scores(model, image, masks: np.ndarray, target: int, grid: int, batch: int =
     return torch.cat(out).double().numpy()
 
 
+def _fit(a: np.ndarray, b: np.ndarray, y_a: np.ndarray, y_c: np.ndarray) -> np.ndarray:
+    """``(c, w_1 … w_d)``: the least-squares linear model of the score on the ``N (d + 1)``
+    evaluated rows (``A`` and the ``C^(i)``; ``B`` is not evaluated)."""
+    n = len(a)
+    full = replicated_design(a, b)
+    rows = np.concatenate([full[:n], full[2 * n :]])
+    values = np.concatenate([y_a, y_c.reshape(-1)])
+    coef, *_ = np.linalg.lstsq(np.c_[np.ones(len(rows)), rows], values, rcond=None)
+    return coef
+
+
 def surrogate_indices(a: np.ndarray, b: np.ndarray, y_a: np.ndarray, y_c: np.ndarray) -> np.ndarray:
     """Jansen's total-order numerators with a fitted linear model as control variate (see the
     module docstring), divided by the same output variance as :func:`jansen_total_order`."""
-    n, d = a.shape
-    rows = [a] + [np.where(np.arange(d) == i, b, a) for i in range(d)]
-    design = np.concatenate(rows)
-    values = np.concatenate([y_a, *y_c])
-    coef, *_ = np.linalg.lstsq(np.c_[np.ones(len(design)), design], values, rcond=None)
-    w = coef[1:]
+    w = _fit(a, b, y_a, y_c)[1:]
     dy2 = (y_a[None] - y_c) ** 2
     dh2 = (w[:, None] * (a - b).T) ** 2
     variance = max(float(np.var(y_a, ddof=1)), 1e-12)
     return ((dy2 - dh2).mean(1) / 2 + w**2 / 12) / variance
 
 
-def linear_share(a: np.ndarray, y_a: np.ndarray, b: np.ndarray, y_c: np.ndarray) -> float:
+def linear_share(a: np.ndarray, b: np.ndarray, y_a: np.ndarray, y_c: np.ndarray) -> float:
     """The share of the score's variance over the design ``A`` that the fitted linear model explains."""
-    n, d = a.shape
-    design = np.concatenate([a] + [np.where(np.arange(d) == i, b, a) for i in range(d)])
-    values = np.concatenate([y_a, *y_c])
-    x1 = np.c_[np.ones(len(design)), design]
-    coef, *_ = np.linalg.lstsq(x1, values, rcond=None)
-    return float(np.var(np.c_[np.ones(n), a] @ coef) / np.var(y_a))
+    coef = _fit(a, b, y_a, y_c)
+    return float(np.var(np.c_[np.ones(len(a)), a] @ coef) / np.var(y_a))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -92,10 +94,11 @@ def main(argv: list[str] | None = None) -> None:
             target = int(model(image).argmax())
         start = time.perf_counter()
         y_a = scores(model, image, a, target, args.grid)
-        y_c = np.stack([scores(model, image, np.where(np.arange(d) == i, b, a), target, args.grid) for i in range(d)])
+        c_rows = replicated_design(a, b)[2 * args.points :]          # C^(1), ..., C^(d)
+        y_c = scores(model, image, c_rows, target, args.grid).reshape(d, args.points)
         seconds = time.perf_counter() - start
         reference = jansen_total_order(y_a, y_c.reshape(-1), args.points)
-        share = linear_share(a, y_a, b, y_c)
+        share = linear_share(a, b, y_a, y_c)
         for n in prefixes:
             plain = jansen_total_order(y_a[:n], y_c[:, :n].reshape(-1), n)
             cv = surrogate_indices(a[:n], b[:n], y_a[:n], y_c[:, :n])
