@@ -18,6 +18,19 @@ def cli_command(argv: Sequence[Any]) -> list[str]:
     return [sys.executable, "-m", "xai_toolbox.cli", *map(str, argv)]
 
 
+def interruptible_cli_command(argv: Sequence[Any]) -> list[str]:
+    """:func:`cli_command` with Ctrl-C delivered as at a terminal. A process started in the
+    background by a non-interactive shell (``cmd &``, as CI may run the suite) ignores SIGINT,
+    its children inherit that, and Python then keeps ignoring it: the command would never see
+    the test's Ctrl-C. The wrapper restores Python's handler, then runs the entry point as
+    ``-m`` does."""
+    script = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "runpy.run_module('xai_toolbox.cli', run_name='__main__', alter_sys=True)"
+    )
+    return [sys.executable, "-c", script, *map(str, argv)]
+
+
 def cli(*argv: Any, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """``xai-toolbox ARGV`` in a fresh process."""
     return subprocess.run(cli_command(argv), capture_output=True, text=True, timeout=timeout, cwd=cwd, env=ENV)

@@ -22,6 +22,7 @@ from _reliability import (
     cli_many,
     communicate_or_explain,
     error_lines,
+    interruptible_cli_command,
     write_png_images,
 )
 
@@ -137,7 +138,7 @@ def test_non_utf8_file_names_and_ctrl_c(torch: Any, tmp_path: Path) -> None:
     )
     slow = ["--method", "saliency", "--method", "rise", "--param", "rise.nb_samples=10000000", "--param", "rise.grid_size=4"]
     interrupted = subprocess.Popen(
-        cli_command(["explain", "--model", "factory.py:build", *slow, "--out", "maps", "--no-progress", "imgs"]),
+        interruptible_cli_command(["explain", "--model", "factory.py:build", *slow, "--out", "maps", "--no-progress", "imgs"]),
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=FAULT_ENV,
     )
     deadline = time.monotonic() + 240
