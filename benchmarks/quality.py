@@ -89,6 +89,7 @@ def quality_cases(quick: bool, divisor: int | None = None) -> list[QualityCase]:
             [
                 Candidate(f"{n(1500)}, lhs (former default)", {"nb_design": n(1500), "sampler": "lhs"}),
                 Candidate(f"{n(1500)}, sobol (Xplique's)", {"nb_design": n(1500), "sampler": "sobol"}, seeded=False),
+                Candidate(f"{n(1500)}, orthogonal", {"nb_design": n(1500), "sampler": "orthogonal"}),
                 Candidate("auto, lhs, tol 0.1", {"nb_design": "auto", "sampler": "lhs", "tolerance": 0.1,
                                                  "max_design": n(4096)}),
                 Candidate("auto, lhs, tol 0.2", {"nb_design": "auto", "sampler": "lhs", "tolerance": 0.2,

@@ -303,3 +303,22 @@ def test_quality_extrapolates_passes_by_the_monte_carlo_law(harness: Any) -> Non
     np.testing.assert_allclose(_correlations(a, 2 * a + 1), [1.0, 1.0])
     quick = {c.method: c for c in quality_cases(quick=True)}
     assert quick["rise"].reference["nb_samples"] == 8000 and set(quick) == {"rise", "sobol", "hsic", "mufidelity"}
+
+
+def test_hsic_sampler_comparison_prints_a_row_per_sampler(
+    harness: Any, torch: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks.hsic_samplers import main
+
+    main(["--images", "1", "--seeds", "1", "--masks", "32"])
+    out = capsys.readouterr().out
+    assert out.count("the two references correlate") == 2  # the ResNet and the demo CNN
+    rows = [line for line in out.splitlines() if line.startswith(("| lhs |", "| orthogonal |"))]
+    assert len(rows) == 4
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        for pair in cells[1:4]:
+            mean, worst = (float(v) for v in pair.split(","))
+            assert -1.0 <= worst <= mean <= 1.0
+        assert float(cells[4]) > 0  # passes for r = 0.99 (inf where r <= 0)
+        assert all(np.isfinite(float(c)) for c in cells[5:7])  # deletion and insertion areas

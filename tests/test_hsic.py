@@ -10,6 +10,8 @@ from xai_toolbox.plugins.hsic import (
     hsic_design,
     hsic_scores,
     median_pairwise_distance,
+    orthogonal_array,
+    orthogonal_block,
     output_bandwidth,
 )
 
@@ -73,6 +75,34 @@ def test_designs_are_binary_balanced_and_seeded() -> None:
     assert abs(hsic_design(4000, 4, "random", seed=0).mean() - 0.5) < 0.02
 
 
+@pytest.mark.parametrize("dim", [1, 2, 3, 5, 16, 64])
+def test_orthogonal_blocks_are_strength_three_arrays(dim: int) -> None:
+    block = orthogonal_array(dim, np.random.default_rng(dim))
+    rows = orthogonal_block(dim)
+    assert block.shape == (rows, dim) and rows >= 2 * dim and set(np.unique(block)) <= {0, 1}
+    s = 2.0 * block - 1.0
+    # every product of one, two or three distinct columns sums to zero: each cell, pair and
+    # triple of cells takes all its value combinations equally often
+    np.testing.assert_array_equal(s.sum(axis=0), 0)
+    np.testing.assert_array_equal(s.T @ s, rows * np.eye(dim))
+    if dim >= 3:
+        np.testing.assert_array_equal(np.einsum("ni,nj,nk->ijk", s, s, s), 0)
+
+
+def test_orthogonal_design_is_seeded_nested_and_fair_per_mask() -> None:
+    design = hsic_design(300, 64, "orthogonal", seed=3)
+    assert design.shape == (300, 64) and design.dtype == np.float32
+    np.testing.assert_array_equal(design[:256], hsic_design(256, 64, "orthogonal", seed=3))
+    assert not np.array_equal(design, hsic_design(300, 64, "orthogonal", seed=4))
+    assert not np.array_equal(design[:128], design[128:256])  # each block its own draw
+    # the random shift and row order give every mask the law of independent fair cells:
+    # over many seeds, the first mask's cells are kept half of the time and uncorrelated
+    first = np.stack([hsic_design(4, 16, "orthogonal", seed=k)[0] for k in range(2000)])
+    assert np.abs(first.mean(axis=0) - 0.5).max() < 0.05
+    corr = np.corrcoef(first.T) - np.eye(16)
+    assert np.abs(corr).max() < 0.1
+
+
 def two_cell_model(size: int, a: tuple[int, int], b: tuple[int, int]) -> xt.NumpyModel:
     """Score = 3 · (pixel a kept) + 1 · (pixel b kept) on a white image (inpainting with 0)."""
     def fn(batch: np.ndarray) -> np.ndarray:
@@ -86,7 +116,7 @@ def test_end_to_end_finds_the_cells_the_score_depends_on() -> None:
     x = np.ones((1, 1, size, size), np.float32)
     model = two_cell_model(size, (1, 2), (3, 0))
     maps = xt.HsicAttribution(model, grid_size=size, nb_design=n, seed=0, batch_size=100)(x, [0])[0]
-    design = hsic_design(n, size * size, "lhs", seed=0)
+    design = hsic_design(n, size * size, seed=0)  # the default sampler
     y = 3.0 * design[:, 1 * size + 2] + design[:, 3 * size + 0]
     z = design - design.mean(axis=0)
     expected = hsic_scores(z.astype(np.float64), y.astype(np.float64), median_pairwise_distance(y))
@@ -95,6 +125,23 @@ def test_end_to_end_finds_the_cells_the_score_depends_on() -> None:
     assert order[0] == 1 * size + 2 and order[1] == 3 * size + 0
     others = np.delete(maps.ravel(), [1 * size + 2, 3 * size])
     assert others.max() < 0.5 * maps[3, 0] < maps[1, 2]  # independent cells: only estimator noise
+
+
+def test_orthogonal_design_gives_exact_zeros_where_the_score_does_not_depend() -> None:
+    """With two active cells, each other cell's halves hold the four combinations of the two
+    equally often (strength 3), so the score has one law in both halves and HSIC is exactly 0;
+    the Latin hypercube leaves sampling noise there."""
+    size = 4
+    x = np.ones((1, 1, size, size), np.float32)
+    model = two_cell_model(size, (1, 2), (3, 0))
+    found = {}
+    for sampler in ("orthogonal", "lhs"):
+        maps = xt.HsicAttribution(model, grid_size=size, nb_design=96, sampler=sampler, seed=0)(x, [0])[0]
+        found[sampler] = np.delete(maps.ravel(), [1 * size + 2, 3 * size]), maps
+    others, maps = found["orthogonal"]
+    np.testing.assert_allclose(others, 0.0, atol=1e-6)
+    assert maps[1, 2] > maps[3, 0] > 1e-3
+    assert found["lhs"][0].max() > 1e-3
 
 
 def test_median_heuristic_is_invariant_to_affine_rescaling_of_the_score() -> None:
@@ -127,10 +174,12 @@ def test_samplers_and_seed_change_the_masks(framework: str) -> None:
     runs = {
         key: as_numpy(xt.HsicAttribution(net, grid_size=4, nb_design=48, **params)(batch, [1]))
         for key, params in {
-            "lhs0": {"seed": 0}, "lhs0b": {"seed": 0, "batch_size": 5}, "lhs1": {"seed": 1},
+            "seed0": {"seed": 0}, "seed0b": {"seed": 0, "batch_size": 5}, "seed1": {"seed": 1},
+            "orthogonal": {"sampler": "orthogonal", "seed": 0}, "lhs": {"sampler": "lhs"},
             "sobol": {"sampler": "sobol"}, "random": {"sampler": "random"},
         }.items()
     }
-    np.testing.assert_allclose(runs["lhs0b"], runs["lhs0"], rtol=1e-5, atol=1e-8)
-    for key in ("lhs1", "sobol", "random"):
-        assert np.abs(runs[key] - runs["lhs0"]).max() > 1e-6, key
+    np.testing.assert_allclose(runs["seed0b"], runs["seed0"], rtol=1e-5, atol=1e-8)
+    np.testing.assert_array_equal(runs["orthogonal"], runs["seed0"])  # the default sampler
+    for key in ("seed1", "lhs", "sobol", "random"):
+        assert np.abs(runs[key] - runs["seed0"]).max() > 1e-6, key
