@@ -10,8 +10,9 @@ The reference averages two maps of 24 576 masks each, one per sampler (standardi
 favours neither; their correlation is printed: a sampler that estimated another quantity would
 show there. *passes for r = 0.99* extrapolates each image's and seed's r at 1536 masks by the
 Monte-Carlo law (noise variance ∝ 1/n) and gives the median (``inf`` where r ≤ 0). The Deletion
-and Insertion areas (logits) are those of the method's own maps from the largest design, averaged
-over the images and seeds (``docs/benchmarks.md``, "Quality per forward pass").
+and Insertion areas are those of the method's own maps from the largest design, averaged over the
+images and seeds, on the logits and with the RISE paper's protocol (probabilities, insertion onto
+a blurred copy) (``docs/benchmarks.md``, "Quality per forward pass").
 """
 
 from __future__ import annotations
@@ -54,17 +55,22 @@ def models(n_images: int) -> list[tuple[str, object, object]]:
     ]
 
 
-def fidelity(model: object, images: object, targets: list[int], sampler: str, seeds: int, masks: int) -> tuple[float, float]:
-    """Mean Deletion and Insertion areas (logits, the metrics' defaults) of the method's own maps
-    from ``masks`` masks of ``sampler``, over the images and seeds."""
+def fidelity(model: object, images: object, targets: list[int], sampler: str, seeds: int, masks: int) -> np.ndarray:
+    """Mean Deletion and Insertion areas of the method's own maps from ``masks`` masks of
+    ``sampler``, over the images and seeds: ``(deletion, insertion)`` on the logits (the metrics'
+    defaults), then with the RISE paper's protocol (probabilities; insertion onto a blurred copy)."""
     import xai_toolbox as xt
 
-    deletion, insertion = xt.Deletion(model, progress=False), xt.Insertion(model, progress=False)
+    metrics = [
+        xt.Deletion(model, progress=False), xt.Insertion(model, progress=False),
+        xt.Deletion(model, activation="softmax", progress=False),
+        xt.Insertion(model, activation="softmax", baseline="blur", progress=False),
+    ]
     found = []
     for seed in range(seeds):
         maps = xt.HsicAttribution(model, nb_design=masks, sampler=sampler, seed=seed, progress=False)(images, targets)
-        found.append((deletion(images, targets, maps).mean, insertion(images, targets, maps).mean))
-    return float(np.mean([f[0] for f in found])), float(np.mean([f[1] for f in found]))
+        found.append([m(images, targets, maps).mean for m in metrics])
+    return np.mean(found, axis=0)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,14 +112,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n**{name}** — {args.images} images × {args.seeds} seeds; the two references correlate "
               f"{min(agreement):.3f}–{max(agreement):.3f}\n")
         head = " | ".join(f"r at {n} (mean, worst)" for n in prefixes)
-        print(f"| sampler | {head} | passes for r = 0.99 | deletion ↓ | insertion ↑ |")
+        print(f"| sampler | {head} | passes for r = 0.99 | deletion ↓ (logit, prob.) | insertion ↑ (logit, prob.) |")
         print("|---|" + "---:|" * (len(prefixes) + 3))
         for sampler in SAMPLERS:
             r = np.array(found[sampler])
             cells = " | ".join(f"{r[:, j].mean():.3f}, {r[:, j].min():.3f}" for j in range(len(prefixes)))
             needs = [_passes_for(v, prefixes[-1]) for v in r[:, -1]]
             need = float(np.median([np.inf if v is None else v for v in needs]))
-            print(f"| {sampler} | {cells} | {need:.0f} | {areas[sampler][0]:.3f} | {areas[sampler][1]:.3f} |")
+            dl, ins, dl_p, ins_p = areas[sampler]
+            print(f"| {sampler} | {cells} | {need:.0f} | {dl:.3f}, {dl_p:.3f} | {ins:.3f}, {ins_p:.3f} |")
         print(f"<!-- {seconds:.0f} s -->", flush=True)
 
 

@@ -1,4 +1,4 @@
-"""Section c, a variance-reduction attempt for Sobol: a linear surrogate as control variate.
+"""Section c, variance-reduction attempts for Sobol: a linear surrogate as control variate, and rescalings.
 
 ``python -m benchmarks.sobol_surrogate --points 1024 --images 3`` (PyTorch, CPU; about 3 minutes
 per image on 2 idle cores): on the benchmark ResNet (random weights, 64×64, 8×8 cells, the
@@ -11,6 +11,11 @@ each prefix ``N`` the correlation of the map with the full design's Jansen map, 
   in the cell values, fitted by least squares on the ``N (d + 1)`` evaluations, has known total
   indices (``w_i² / 12`` for uniform cells), so ``mean((Δy)² − (Δh)²) / 2 + w_i² / 12`` estimates
   the same quantity; it helps as far as the score is additive in the cells.
+
+* **ratio**: ``Σ (Δy)² / Σ δ²`` with ``δ = a_i − b_i`` the cell's known change, times
+  ``E[δ²] = 1/6``: removes the noise of ``δ`` when ``Δy ≈ g δ``;
+* **slopes**: the squared slopes ``(Δy / δ)²`` weighted by ``E[δ² | a] = a² − a + 1/3``
+  (exact for a score linear in the cell, whatever the other cells).
 
 The score's share of variance that the linear model explains is printed per image. Nothing here
 changes the method: it records whether this estimator would reach r = 0.99 in fewer passes
@@ -64,6 +69,23 @@ def surrogate_indices(a: np.ndarray, b: np.ndarray, y_a: np.ndarray, y_c: np.nda
     return ((dy2 - dh2).mean(1) / 2 + w**2 / 12) / variance
 
 
+def ratio_indices(a: np.ndarray, b: np.ndarray, y_a: np.ndarray, y_c: np.ndarray) -> np.ndarray:
+    """Jansen's numerators rescaled by the design's own ``Σ δ²`` (see the module docstring).
+    NaN for a cell whose ``δ`` are all 0 (the first unscrambled points of some columns agree)."""
+    dy2 = ((y_a[None] - y_c) ** 2).sum(1)
+    variance = max(float(np.var(y_a, ddof=1)), 1e-12)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return dy2 / (((a - b).T ** 2).sum(1) * 6.0) / 2 / variance
+
+
+def slope_indices(a: np.ndarray, b: np.ndarray, y_a: np.ndarray, y_c: np.ndarray) -> np.ndarray:
+    """Squared slopes ``(Δy / δ)²`` weighted by ``E[δ² | a]`` (see the module docstring)."""
+    delta2 = np.maximum((a - b).T ** 2, 1e-12)
+    weight = a.T**2 - a.T + 1.0 / 3.0
+    variance = max(float(np.var(y_a, ddof=1)), 1e-12)
+    return ((y_a[None] - y_c) ** 2 / delta2 * weight).mean(1) / 2 / variance
+
+
 def linear_share(a: np.ndarray, b: np.ndarray, y_a: np.ndarray, y_c: np.ndarray) -> float:
     """The share of the score's variance over the design ``A`` that the fitted linear model explains."""
     coef = _fit(a, b, y_a, y_c)
@@ -86,8 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     a, b = ab[:, :d], ab[:, d:]
     rng = np.random.default_rng(0)
     prefixes = [n for n in (8, 16, 32, 64, 128, 256) if n < args.points]
-    print("| image | linear share | N | passes | jansen r | surrogate r |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("| image | linear share | N | passes | jansen r | surrogate r | ratio r | slopes r |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for index in range(args.images):
         image = torch.from_numpy(rng.random((1, 3, args.size, args.size), dtype=np.float32))
         with torch.no_grad():
@@ -102,9 +124,11 @@ def main(argv: list[str] | None = None) -> None:
         for n in prefixes:
             plain = jansen_total_order(y_a[:n], y_c[:, :n].reshape(-1), n)
             cv = surrogate_indices(a[:n], b[:n], y_a[:n], y_c[:, :n])
-            r_plain = np.corrcoef(plain, reference)[0, 1]
-            r_cv = np.corrcoef(cv, reference)[0, 1]
-            print(f"| {index} | {share:.2f} | {n} | {n * (d + 1)} | {r_plain:.3f} | {r_cv:.3f} |", flush=True)
+            args_n = (a[:n], b[:n], y_a[:n], y_c[:, :n])
+            r = [np.corrcoef(m, reference)[0, 1]
+                 for m in (plain, cv, ratio_indices(*args_n), slope_indices(*args_n))]
+            cells = " | ".join(f"{v:.3f}" for v in r)
+            print(f"| {index} | {share:.2f} | {n} | {n * (d + 1)} | {cells} |", flush=True)
         print(f"<!-- image {index}: {args.points * (d + 1)} passes in {seconds:.0f} s -->", flush=True)
 
 

@@ -321,4 +321,5 @@ def test_hsic_sampler_comparison_prints_a_row_per_sampler(
             mean, worst = (float(v) for v in pair.split(","))
             assert -1.0 <= worst <= mean <= 1.0
         assert float(cells[4]) > 0  # passes for r = 0.99 (inf where r <= 0)
-        assert all(np.isfinite(float(c)) for c in cells[5:7])  # deletion and insertion areas
+        areas = [float(v) for c in cells[5:7] for v in c.split(",")]  # deletion, insertion: logit, prob.
+        assert len(areas) == 4 and np.isfinite(areas).all()

@@ -101,6 +101,9 @@ def test_orthogonal_design_is_seeded_nested_and_fair_per_mask() -> None:
     assert np.abs(first.mean(axis=0) - 0.5).max() < 0.05
     corr = np.corrcoef(first.T) - np.eye(16)
     assert np.abs(corr).max() < 0.1
+    # and the law is uniform on all 2^64 masks, not on one block's 128 codewords: no repeats
+    wide = {hsic_design(4, 64, "orthogonal", seed=k)[0].tobytes() for k in range(2000)}
+    assert len(wide) == 2000
 
 
 def two_cell_model(size: int, a: tuple[int, int], b: tuple[int, int]) -> xt.NumpyModel:
