@@ -24,7 +24,8 @@ import numpy as np
 
 from xai_toolbox.plugins.hsic import hsic_design, hsic_scores, output_bandwidth
 
-from .quality import _passes_for
+from .config import Config
+from .quality import _passes_for, quality_models
 from .sobol_surrogate import scores
 
 SAMPLERS = ("lhs", "orthogonal")
@@ -34,25 +35,6 @@ def hsic_map(masks: np.ndarray, y: np.ndarray) -> np.ndarray:
     """The method's estimator on given masks and scores (median-heuristic bandwidth)."""
     z = (masks - masks.mean(axis=0)).astype(np.float64)
     return np.asarray(hsic_scores(z, y, output_bandwidth(y, "median_heuristic")))
-
-
-def models(n_images: int) -> list[tuple[str, object, object]]:
-    """``(name, model, images)``: the benchmark ResNet on random images, the demo CNN on held-out shapes."""
-    import torch
-
-    from xai_toolbox.demo import DEMO_SEEDS, load_demo_model, make_shapes, to_channels_first
-
-    from .models import resnet
-
-    rng = np.random.default_rng(0)
-    random_images = rng.uniform(0.0, 1.0, (n_images, 3, 64, 64)).astype(np.float32)
-    shapes = np.ascontiguousarray(to_channels_first(make_shapes(n_images, seed=DEMO_SEEDS.heldout).images))
-    return [
-        ("benchmark ResNet (random weights, width 32)", resnet("torch", 0, size=64, width=32).eval(),
-         torch.from_numpy(random_images)),
-        ("demo CNN (trained, held-out shapes)", load_demo_model("torch").eval(),
-         torch.from_numpy(shapes.astype(np.float32))),
-    ]
 
 
 def fidelity(model: object, images: object, targets: list[int], sampler: str, seeds: int, masks: int) -> np.ndarray:
@@ -85,13 +67,11 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(2)
     grid, d = 8, 64
-    for name, model, images in models(args.images):
+    for name, model, images, labels in quality_models(Config(framework="torch"), args.images):
         found: dict[str, list[list[float]]] = {s: [] for s in SAMPLERS}
         agreement = []
         start = time.perf_counter()
-        images = images[: args.images]
-        with torch.no_grad():
-            targets = model(images).argmax(dim=1).tolist()
+        targets = labels.tolist()
         areas = {s: fidelity(model, images, targets, s, args.seeds, args.masks) for s in SAMPLERS}
         for index, target in enumerate(targets):
             image = images[index : index + 1]

@@ -29,7 +29,12 @@ import time
 
 import numpy as np
 
-from xai_toolbox.plugins.sobol import jansen_total_order, replicated_design, sobol_design
+from xai_toolbox.plugins.sobol import (
+    MIN_VARIANCE,
+    jansen_total_order,
+    replicated_design,
+    sobol_design,
+)
 
 from .models import resnet
 
@@ -59,13 +64,18 @@ def _fit(a: np.ndarray, b: np.ndarray, y_a: np.ndarray, y_c: np.ndarray) -> np.n
     return coef
 
 
+def output_variance(y_a: np.ndarray) -> float:
+    """The denominator of :func:`jansen_total_order`: the variance of ``y_A``, floored the same way."""
+    return max(float(np.var(y_a, ddof=1)), MIN_VARIANCE)
+
+
 def surrogate_indices(a: np.ndarray, b: np.ndarray, y_a: np.ndarray, y_c: np.ndarray) -> np.ndarray:
     """Jansen's total-order numerators with a fitted linear model as control variate (see the
     module docstring), divided by the same output variance as :func:`jansen_total_order`."""
     w = _fit(a, b, y_a, y_c)[1:]
     dy2 = (y_a[None] - y_c) ** 2
     dh2 = (w[:, None] * (a - b).T) ** 2
-    variance = max(float(np.var(y_a, ddof=1)), 1e-12)
+    variance = output_variance(y_a)
     return ((dy2 - dh2).mean(1) / 2 + w**2 / 12) / variance
 
 
@@ -73,7 +83,7 @@ def ratio_indices(a: np.ndarray, b: np.ndarray, y_a: np.ndarray, y_c: np.ndarray
     """Jansen's numerators rescaled by the design's own ``Σ δ²`` (see the module docstring).
     NaN for a cell whose ``δ`` are all 0 (the first unscrambled points of some columns agree)."""
     dy2 = ((y_a[None] - y_c) ** 2).sum(1)
-    variance = max(float(np.var(y_a, ddof=1)), 1e-12)
+    variance = output_variance(y_a)
     with np.errstate(invalid="ignore", divide="ignore"):
         return dy2 / (((a - b).T ** 2).sum(1) * 6.0) / 2 / variance
 
@@ -82,7 +92,7 @@ def slope_indices(a: np.ndarray, b: np.ndarray, y_a: np.ndarray, y_c: np.ndarray
     """Squared slopes ``(Δy / δ)²`` weighted by ``E[δ² | a]`` (see the module docstring)."""
     delta2 = np.maximum((a - b).T ** 2, 1e-12)
     weight = a.T**2 - a.T + 1.0 / 3.0
-    variance = max(float(np.var(y_a, ddof=1)), 1e-12)
+    variance = output_variance(y_a)
     return ((y_a[None] - y_c) ** 2 / delta2 * weight).mean(1) / 2 / variance
 
 
